@@ -1,0 +1,22 @@
+"""Errors the CLI turns into one-line messages (``spkid: error: <file>: <problem>``)."""
+
+
+class SpkidError(Exception):
+    """Base class: a user-facing problem with input, config or environment."""
+
+
+class DataError(SpkidError):
+    """Bad or missing data file (HW4 json, .pt tensor, audio, CSV)."""
+
+
+class ConfigError(SpkidError):
+    """Unknown config key, wrong type or inconsistent values."""
+
+
+class CheckpointError(SpkidError):
+    """Missing, corrupt or incompatible checkpoint."""
+
+
+def where(path, problem: str) -> str:
+    """Format the one-line message: ``<path>: <problem>``."""
+    return f"{path}: {problem}"
