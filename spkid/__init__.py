@@ -1,0 +1,12 @@
+"""spkid: speaker identification from HW4 log-mel features or raw audio.
+
+    import spkid
+    model = spkid.load("runs/a/best.ckpt")
+    model.predict(["a.wav", "uttr-0001.pt"])      # -> ["SPEAKER0001", ...]
+    model.embed(["a.wav"])                         # -> (1, E) L2-normalised
+    model.verify("a.wav", "b.wav")                 # -> cosine score
+"""
+from .infer import Model, load
+
+__all__ = ["Model", "load"]
+__version__ = "0.1.0"

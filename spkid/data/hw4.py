@@ -1,0 +1,175 @@
+"""Read the HW4 data layout; the only module that knows the format.
+
+Layout of a data directory::
+
+    metadata.json  {"n_mels": 40, "speakers": {"<spk>": [{"feature_path": "uttr-<hex>.pt", "mel_len": 435}, ...]}}
+    mapping.json   {"speaker2id": {"<spk>": 0, ...}, "id2speaker": {"0": "<spk>", ...}}
+    testdata.json  {"n_mels": 40, "utterances": [{"feature_path": ..., "mel_len": ...}]}
+    uttr-*.pt      tensor (frames, n_mels), natural-log mel power, float32 or float16
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class Utterance:
+    feature_path: str          # relative to the data directory; the Kaggle "Id"
+    mel_len: int               # frames, as declared in the json
+    speaker: str | None = None
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" if path.parent.is_dir() else f"{path.parent}: directory not found")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: expected a JSON object at top level, found {type(d).__name__}")
+    return d
+
+
+def _get(d: dict, key: str, kind, path: Path, where: str = ""):
+    if key not in d:
+        raise DataError(f"{path}: missing key {where + key!r}")
+    value = d[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise DataError(f"{path}: {where + key!r} must be {name}, found {type(value).__name__}")
+    return value
+
+
+def _utterance(item, path: Path, where: str, speaker: str | None) -> Utterance:
+    if not isinstance(item, dict):
+        raise DataError(f"{path}: {where} must be an object, found {type(item).__name__}")
+    fp = _get(item, "feature_path", str, path, where + ".")
+    n = _get(item, "mel_len", int, path, where + ".")
+    if not fp or os.path.isabs(fp) or ".." in Path(fp).parts:
+        raise DataError(f"{path}: {where}.feature_path {fp!r} must be a relative path inside the data directory")
+    if n < 1:
+        raise DataError(f"{path}: {where} ({fp}) has mel_len {n}; utterances need at least 1 frame")
+    return Utterance(fp, n, speaker)
+
+
+def read_mapping(root: str | Path) -> list[str]:
+    """Speaker names ordered by class id, from ``mapping.json`` (ids must be 0..N-1)."""
+    path = Path(root) / "mapping.json"
+    d = _read_json(path)
+    s2i = _get(d, "speaker2id", dict, path)
+    if not s2i:
+        raise DataError(f"{path}: 'speaker2id' is empty")
+    ids = sorted(s2i.values(), key=lambda v: (not isinstance(v, int), v if isinstance(v, int) else 0))
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in s2i.values()) or ids != list(range(len(s2i))):
+        raise DataError(f"{path}: 'speaker2id' ids must be the integers 0..{len(s2i) - 1}, each once")
+    speakers = [""] * len(s2i)
+    for name, i in s2i.items():
+        speakers[i] = name
+    i2s = d.get("id2speaker")
+    if i2s is not None:
+        if not isinstance(i2s, dict) or any(i2s.get(str(i)) != name for i, name in enumerate(speakers)):
+            raise DataError(f"{path}: 'id2speaker' does not mirror 'speaker2id'")
+    return speakers
+
+
+def read_metadata(root: str | Path) -> tuple[int, list[Utterance]]:
+    """``(n_mels, training utterances)`` from ``metadata.json``."""
+    path = Path(root) / "metadata.json"
+    d = _read_json(path)
+    n_mels = _get(d, "n_mels", int, path)
+    speakers = _get(d, "speakers", dict, path)
+    utts, seen = [], set()
+    for spk, items in speakers.items():
+        if not isinstance(items, list):
+            raise DataError(f"{path}: speakers[{spk!r}] must be a list, found {type(items).__name__}")
+        for j, item in enumerate(items):
+            u = _utterance(item, path, f"speakers[{spk!r}][{j}]", spk)
+            if u.feature_path in seen:
+                raise DataError(f"{path}: duplicate feature_path {u.feature_path!r}")
+            seen.add(u.feature_path)
+            utts.append(u)
+    if not utts:
+        raise DataError(f"{path}: no training utterances")
+    return n_mels, utts
+
+
+def read_testdata(root: str | Path) -> tuple[int, list[Utterance]]:
+    """``(n_mels, test utterances)`` from ``testdata.json``; duplicate ids are an error."""
+    path = Path(root) / "testdata.json"
+    d = _read_json(path)
+    n_mels = _get(d, "n_mels", int, path)
+    items = _get(d, "utterances", list, path)
+    utts, seen = [], set()
+    for j, item in enumerate(items):
+        u = _utterance(item, path, f"utterances[{j}]", None)
+        if u.feature_path in seen:
+            raise DataError(f"{path}: duplicate test id {u.feature_path!r} (utterances[{j}])")
+        seen.add(u.feature_path)
+        utts.append(u)
+    if not utts:
+        raise DataError(f"{path}: no test utterances")
+    return n_mels, utts
+
+
+def read_train(root: str | Path) -> tuple[int, list[str], list[Utterance]]:
+    """``(n_mels, speakers by id, utterances)``; every metadata speaker must be in the mapping."""
+    speakers = read_mapping(root)
+    n_mels, utts = read_metadata(root)
+    known = set(speakers)
+    for u in utts:
+        if u.speaker not in known:
+            raise DataError(f"{Path(root) / 'mapping.json'}: speaker {u.speaker!r} from metadata.json is missing")
+    return n_mels, speakers, utts
+
+
+def load_tensor(path: str | Path, n_mels: int, expect_len: int | None = None) -> torch.Tensor:
+    """Load one feature tensor ``(T, n_mels)`` as float16 (``weights_only=True``), checking it fully."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: feature file not found")
+    try:
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt zip, truncated file, refused pickle: all surface as one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            msg = "refused: file holds objects other than tensors (unsafe pickle)"
+        raise DataError(f"{path}: cannot load tensor: {msg[:200]}") from None
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{path}: expected a tensor (frames, {n_mels}), found {type(x).__name__}")
+    if x.dim() != 2 or x.shape[1] != n_mels:
+        raise DataError(f"{path}: expected shape (frames, {n_mels}), found {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise DataError(f"{path}: zero-length utterance (0 frames)")
+    if not x.is_floating_point():
+        raise DataError(f"{path}: expected float16/float32 values, found {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise DataError(f"{path}: contains NaN or Inf values")
+    if expect_len is not None and x.shape[0] != expect_len:
+        raise DataError(f"{path}: json says mel_len {expect_len}, tensor has {x.shape[0]} frames")
+    x = x.to(torch.float16)
+    if not torch.isfinite(x).all():
+        raise DataError(f"{path}: values overflow float16")
+    return x
+
+
+def load_features(root: str | Path, utts: list[Utterance], n_mels: int, *, workers: int = 8,
+                  progress: bool = True, desc: str = "loading features") -> list[torch.Tensor]:
+    """Load all tensors into memory (float16) in parallel threads; each ``(T_i, n_mels)``."""
+    root = Path(root)
+    from tqdm import tqdm
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        jobs = pool.map(lambda u: load_tensor(root / u.feature_path, n_mels, u.mel_len), utts)
+        return list(tqdm(jobs, total=len(utts), desc=desc, disable=not progress, unit="utt",
+                         mininterval=math.inf if not progress else 0.5))

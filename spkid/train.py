@@ -1,0 +1,231 @@
+"""Training loop: crops -> AdamW with warmup + cosine -> whole-utterance validation -> checkpoints.
+
+The schedule runs on a progress fraction ``p = max(step / steps, elapsed / budget)``, so a ``--max-minutes``
+run is a complete schedule (warmup, cosine to zero) whatever the machine's speed. Batches depend only on
+``(seed, rank, step)`` and the RNG states are checkpointed, so in step mode a resumed run reproduces an
+uninterrupted one exactly on CPU. Under ``torchrun`` each rank draws different crops, DDP all-reduces the
+gradients and rank 0 validates, logs and checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed as dist
+from .checkpoint import (atomic_write, checkpoint_config, load_checkpoint, load_weights, rng_state,
+                         save_checkpoint, set_rng_state)
+from .config import RunConfig
+from .data.dataset import CropSampler, split_per_speaker
+from .data.features import load_train_features
+from .errors import CheckpointError
+from .infer import class_scores, embed_features, resolve_device
+from .models.speaker_net import build_model
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    elapsed: float
+    val_acc: float | None
+    best_val: float | None
+    last: Path
+    best: Path | None
+    interrupted: bool = False
+
+
+def lr_factor(p: float, warm: float) -> float:
+    """Linear warmup over progress ``[0, warm]``, then cosine from 1 to 0 at ``p = 1``."""
+    if p < warm:
+        return p / warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (p - warm) / max(1e-8, 1 - warm))))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and conv kernels only, not on biases, norms or normalisation stats."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def evaluate_accuracy(net, feats, labels, cfg: RunConfig, device) -> float:
+    """Whole-utterance accuracy, computed exactly as ``predict`` computes test predictions."""
+    emb = embed_features(net, feats, cfg.infer, device)
+    pred = class_scores(net, emb, device).argmax(-1)
+    return float((pred == torch.as_tensor(labels)).float().mean())
+
+
+class _Logger:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, **row) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: bool = False,
+          progress: bool = True, cache_dir: str | Path | None = None) -> TrainResult:
+    """Train on an HW4-format directory; writes ``config.json``, ``metrics.jsonl``, ``last.ckpt``, ``best.ckpt``."""
+    out_dir = Path(out_dir)
+    rank, world = dist.setup()
+    main = rank == 0
+    t = cfg.train
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    device = dist.device_for_rank(resolve_device(t.device), rank)
+
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out_dir / "last.ckpt")
+        saved = checkpoint_config(ckpt, out_dir / "last.ckpt")
+        if saved.model != cfg.model or saved.data != cfg.data:
+            raise CheckpointError(f"{out_dir / 'last.ckpt'}: the run was made with other model/data settings; "
+                                  "resume with the run's own config (drop --config and model./data. overrides)")
+    torch.manual_seed(t.seed)
+
+    data = load_train_features(data_dir, cfg.model.n_mels, progress=progress and main, cache_dir=cache_dir)
+    train_idx, val_idx = split_per_speaker(data.utts, cfg.data.val_per_speaker, t.seed)
+    spk_id = {s: i for i, s in enumerate(data.speakers)}
+    labels = [spk_id[u.speaker] for u in data.utts]
+    train_feats = [data.feats[i] for i in train_idx]
+    val_feats, val_labels = [data.feats[i] for i in val_idx], [labels[i] for i in val_idx]
+
+    model = build_model(cfg, len(data.speakers))
+    if cfg.model.norm == "global":
+        model.norm.set_stats(*_feature_stats(train_feats))
+    model.to(device)
+    opt = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.98))
+    step, elapsed, best_val, val_acc = 0, 0.0, None, None
+    if ckpt is not None:
+        load_weights(model, ckpt["model"], out_dir / "last.ckpt")
+        opt.load_state_dict(ckpt["optimizer"])
+        step, elapsed, best_val = ckpt["step"], ckpt["elapsed"], ckpt.get("best_val")
+        set_rng_state(ckpt["rng"])
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "config.json", lambda p: Path(p).write_text(json.dumps(cfg.to_dict(), indent=2)))
+    fwd = TrainStep(model)
+    if world > 1:
+        fwd = dist.wrap(fwd, device)
+    if t.compile:
+        fwd = torch.compile(fwd)
+    sampler = CropSampler(train_feats, [labels[i] for i in train_idx], batch_size=cfg.data.batch_size,
+                          crop_frames=cfg.data.crop_frames, crop_min_frames=cfg.data.crop_min_frames,
+                          seed=t.seed, rank=rank)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
+    scaler = torch.amp.GradScaler(enabled=t.amp == "fp16" and device.type == "cuda")
+    log = _Logger(out_dir / "metrics.jsonl", main)
+    budget = t.max_minutes * 60
+    warm = (min(1.0, t.warmup_steps / t.steps) if budget <= 0 else
+            min(t.warmup_steps / t.steps if t.steps else 1.0, 0.05))
+
+    def snapshot() -> dict:
+        return {"config": cfg.to_dict(), "speakers": data.speakers, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "rng": rng_state(),
+                "best_val": best_val, "val_acc": val_acc}
+
+    def validate() -> None:
+        nonlocal val_acc, best_val
+        if not val_feats:
+            return
+        val_acc = evaluate_accuracy(model, val_feats, val_labels, cfg, device)
+        log.write(step=step, elapsed=round(elapsed, 2), val_acc=val_acc)
+        if best_val is None or val_acc > best_val:
+            best_val = val_acc
+            save_checkpoint(out_dir / "best.ckpt", snapshot())
+
+    from tqdm import tqdm
+    bar = tqdm(total=t.steps if budget <= 0 else None, initial=step, disable=not (progress and main),
+               desc="train", unit="step", dynamic_ncols=True)
+    interrupted, last_val_time, run_loss, run_acc = False, elapsed, 0.0, 0.0
+    model.train()
+    start = time.perf_counter() - elapsed
+    try:
+        while True:
+            elapsed = dist.broadcast_float(time.perf_counter() - start)
+            p = max(step / t.steps if t.steps else 0.0, elapsed / budget if budget > 0 else 0.0)
+            if p >= 1.0:
+                break
+            lr = t.lr * lr_factor(p, warm)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if cfg.model.head in ("am", "aam"):
+                model.head.margin = cfg.model.margin * (min(1.0, p / t.margin_warmup) if t.margin_warmup > 0 else 1)
+            x, lengths, y = (v.to(device, non_blocking=True) for v in sampler.batch(step))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = fwd(x, lengths, y)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.model.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if t.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            run_loss = 0.98 * run_loss + 0.02 * loss.item() if step > 1 else loss.item()
+            acc = float((logits.argmax(-1) == y).float().mean())
+            run_acc = 0.98 * run_acc + 0.02 * acc if step > 1 else acc
+            bar.update(1)
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}", lr=f"{lr:.2e}",
+                                val="-" if val_acc is None else f"{val_acc:.3f}")
+                log.write(step=step, elapsed=round(elapsed, 2), lr=lr, loss=round(run_loss, 4), acc=round(run_acc, 4),
+                          steps_per_s=round(step / max(elapsed, 1e-6), 3))
+            due_val = (t.val_every and step % t.val_every == 0) or (
+                budget > 0 and t.val_minutes > 0 and elapsed - last_val_time >= t.val_minutes * 60)
+            if main and due_val:
+                validate()
+                model.train()
+                last_val_time = elapsed
+            if main and step % t.ckpt_every == 0:
+                save_checkpoint(out_dir / "last.ckpt", snapshot())
+            dist.barrier_if(due_val or step % t.ckpt_every == 0)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    if main:
+        if not interrupted:
+            validate()
+        save_checkpoint(out_dir / "last.ckpt", snapshot())
+    dist.barrier_if(True)
+    dist.teardown()
+    best = out_dir / "best.ckpt"
+    return TrainResult(step, elapsed, val_acc, best_val, out_dir / "last.ckpt", best if best.exists() else None,
+                       interrupted)
+
+
+class TrainStep(torch.nn.Module):
+    """Network and head as one module, so DDP sees every parameter used inside its forward."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``(B, T, F)``, ``(B,)``, ``(B,)`` -> margin logits ``(B, N)``."""
+        return self.net.head(self.net(x, lengths), labels)
+
+
+def _feature_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and std over all training frames ``(F,)``, accumulated in float64."""
+    n, s, ss = 0, 0.0, 0.0
+    for f in feats:
+        f = f.double()
+        n += f.shape[0]
+        s = s + f.sum(0)
+        ss = ss + (f * f).sum(0)
+    mean = s / n
+    return mean.float(), (ss / n - mean * mean).clamp(min=0).sqrt().float()
