@@ -21,6 +21,8 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; the LR schedule follows it")
     p.add_argument("--steps", type=int, help="number of training steps")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.ckpt")
+    p.add_argument("--stop-after", type=int, default=0, metavar="STEP",
+                   help="end this invocation after STEP (checkpoint saved); --resume finishes the schedule")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int)
     p.add_argument("--attention", help="attention variant: full, linformer, local, sparse, adaptive")
@@ -73,11 +75,13 @@ def _cmd_train(a) -> int:
     if a.attention:
         sets.append(f"model.attention={a.attention}")
     cfg = apply_overrides(cfg, sets)
-    r = train(a.data_dir, out, cfg, resume=a.resume, progress=not a.quiet, cache_dir=a.cache)
-    if r is None:
+    r = train(a.data_dir, out, cfg, resume=a.resume, progress=not a.quiet, cache_dir=a.cache,
+              stop_after=a.stop_after)
+    if r is None:          # a non-zero DDP rank: rank 0 reports
         return 0
     val = "n/a" if r.val_acc is None else f"{r.val_acc:.4f}"
-    state = "interrupted, checkpoint saved" if r.interrupted else "done"
+    state = ("interrupted, checkpoint saved (--resume to continue)" if r.interrupted else
+             "done" if r.finished else "stopped early, checkpoint saved (--resume to continue)")
     print(f"{state}: {r.steps} steps in {r.elapsed / 60:.1f} min, validation accuracy {val}")
     print(f"checkpoints: {r.last}" + (f", {r.best}" if r.best else ""))
     return 130 if r.interrupted else 0

@@ -124,6 +124,9 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         if value not in allowed:
             raise ConfigError(f"{source}: {key}={value!r}; choose one of {list(allowed)}")
     m, d, t = cfg.model, cfg.data, cfg.train
+    from .models.attention import ATTENTION  # the registry is the list of valid names
+    if m.attention not in ATTENTION:
+        raise ConfigError(f"{source}: model.attention={m.attention!r}; choose one of {sorted(ATTENTION)}")
     if m.d_model % m.n_heads:
         raise ConfigError(f"{source}: model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
     if m.conv_kernel % 2 == 0:

@@ -38,6 +38,7 @@ class TrainResult:
     last: Path
     best: Path | None
     interrupted: bool = False
+    finished: bool = True            # False when stopped early (stop_after / Ctrl-C): resume to finish
 
 
 def lr_factor(p: float, warm: float) -> float:
@@ -75,8 +76,12 @@ class _Logger:
 
 
 def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: bool = False,
-          progress: bool = True, cache_dir: str | Path | None = None) -> TrainResult:
-    """Train on an HW4-format directory; writes ``config.json``, ``metrics.jsonl``, ``last.ckpt``, ``best.ckpt``."""
+          progress: bool = True, cache_dir: str | Path | None = None, stop_after: int = 0) -> TrainResult | None:
+    """Train on an HW4-format directory; writes ``config.json``, ``metrics.jsonl``, ``last.ckpt``, ``best.ckpt``.
+
+    ``stop_after > 0`` ends this invocation after that step (checkpoint saved, schedule unchanged), for
+    sessions shorter than the run; ``resume=True`` continues from ``last.ckpt``. Returns None on DDP ranks > 0.
+    """
     out_dir = Path(out_dir)
     rank, world = dist.setup()
     main = rank == 0
@@ -155,7 +160,7 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
         while True:
             elapsed = dist.broadcast_float(time.perf_counter() - start)
             p = max(step / t.steps if t.steps else 0.0, elapsed / budget if budget > 0 else 0.0)
-            if p >= 1.0:
+            if p >= 1.0 or (stop_after and step >= stop_after):
                 break
             lr = t.lr * lr_factor(p, warm)
             for g in opt.param_groups:
@@ -202,9 +207,13 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
         save_checkpoint(out_dir / "last.ckpt", snapshot())
     dist.barrier_if(True)
     dist.teardown()
+    if not main:
+        return None
     best = out_dir / "best.ckpt"
+    finished = not interrupted and not (stop_after and step >= stop_after and step / max(t.steps, 1) < 1
+                                        and (budget <= 0 or elapsed < budget))
     return TrainResult(step, elapsed, val_acc, best_val, out_dir / "last.ckpt", best if best.exists() else None,
-                       interrupted)
+                       interrupted, finished)
 
 
 class TrainStep(torch.nn.Module):

@@ -44,11 +44,11 @@ def _read_json(path: Path) -> dict:
 
 def _get(d: dict, key: str, kind, path: Path, where: str = ""):
     if key not in d:
-        raise DataError(f"{path}: missing key {where + key!r}")
+        raise DataError(f"{path}: {where.rstrip('.') + ': ' if where else ''}missing key {key!r}")
     value = d[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise DataError(f"{path}: {where + key!r} must be {name}, found {type(value).__name__}")
+        raise DataError(f"{path}: {where}{key} must be {name}, found {type(value).__name__}")
     return value
 
 

@@ -1,0 +1,141 @@
+"""Waveform -> log-mel features: the HW4 feature definition as one batched ``nn.Module``.
+
+HW4 features: 16 kHz audio, 25 ms periodic Hann window (``n_fft`` 400), 10 ms hop (160 samples),
+centred frames with reflect padding (``T = S // 160 + 1``), power spectrum, 40 triangular mel filters
+on the HTK mel scale (``2595 * log10(1 + f / 700)``) spanning 0-8 kHz with unit peak (no area
+normalisation), power floored at 1e-9, natural log. This reproduces the tensors of
+``shared/data/speechocean762`` to float16 rounding.
+
+Batching: a short utterance padded into a batch must give the same frames as alone, so the reflect
+padding at each utterance's end is built from that utterance's own ``lengths`` (one gather), not from
+the batch's padding.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def hz_to_mel(f: torch.Tensor | float) -> torch.Tensor:
+    """HTK mel scale."""
+    return 2595.0 * torch.log10(1.0 + torch.as_tensor(f, dtype=torch.float64) / 700.0)
+
+
+def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_freqs: int, sample_rate: int, n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
+    """Triangular filters ``(n_freqs, n_mels)`` with peak 1, centres equally spaced on the HTK mel scale.
+
+    Filter ``m`` rises from centre ``m-1`` to centre ``m`` and falls to centre ``m+1`` (centres include
+    the two edges ``f_min`` and ``f_max``), evaluated at the FFT bin frequencies ``linspace(0, sr/2)``.
+    """
+    if not 0.0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"mel range must satisfy 0 <= f_min < f_max <= sample_rate/2, got {f_min}..{f_max}")
+    bins = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)        # (n_freqs,)
+    mels = torch.linspace(hz_to_mel(f_min).item(), hz_to_mel(f_max).item(), n_mels + 2, dtype=torch.float64)
+    centres = mel_to_hz(mels)                                                         # (n_mels + 2,)
+    widths = centres[1:] - centres[:-1]                                               # (n_mels + 1,)
+    slopes = centres[None, :] - bins[:, None]                                         # (n_freqs, n_mels + 2)
+    rising = -slopes[:, :-2] / widths[:-1]
+    falling = slopes[:, 2:] / widths[1:]
+    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
+
+
+class LogMel(nn.Module):
+    """Batched log-mel front end (CPU or GPU; no trainable parameters).
+
+    Args:
+        sample_rate (int): input sample rate in Hz. (Default: ``16000``)
+        n_fft (int): FFT size; also the Hann window length. (Default: ``400``, 25 ms)
+        hop (int): frame shift in samples. (Default: ``160``, 10 ms)
+        n_mels (int): number of mel bands F. (Default: ``40``)
+        f_min (float), f_max (float): mel range in Hz; ``f_max`` None means ``sample_rate / 2``. (Default: 0, None)
+        floor (float): power floor before the log. (Default: ``1e-9``)
+    """
+
+    def __init__(self, *, sample_rate: int = 16000, n_fft: int = 400, hop: int = 160, n_mels: int = 40,
+                 f_min: float = 0.0, f_max: float | None = None, floor: float = 1e-9):
+        super().__init__()
+        if n_fft < 2 or hop < 1 or n_mels < 1 or floor <= 0:
+            raise ValueError(f"need n_fft >= 2, hop >= 1, n_mels >= 1, floor > 0; got {n_fft}, {hop}, {n_mels}, {floor}")
+        self.sample_rate, self.n_fft, self.hop, self.n_mels, self.floor = sample_rate, n_fft, hop, n_mels, floor
+        f_max = sample_rate / 2 if f_max is None else f_max
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self.register_buffer("fbank", mel_filterbank(n_fft // 2 + 1, sample_rate, n_mels, f_min, f_max),
+                             persistent=False)                                        # (n_fft/2 + 1, F)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames per utterance for centred framing: ``S // hop + 1``."""
+        return torch.div(lengths, self.hop, rounding_mode="floor") + 1
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``wav`` ``(B, S)`` float, ``lengths`` ``(B,)`` samples -> ``(feats (B, T, F), frame_lengths (B,))``.
+
+        ``T = max(lengths) // hop + 1``; frames past an utterance's ``frame_lengths`` are set to 0 and
+        must be masked by the caller. Real frames never depend on samples past ``lengths``.
+        """
+        if wav.dim() != 2 or lengths.shape != (wav.shape[0],):
+            raise ValueError(f"expected wav (B, S) and lengths (B,), got {tuple(wav.shape)} and {tuple(lengths.shape)}")
+        lengths = lengths.to(device=wav.device, dtype=torch.long)
+        if bool((lengths < 1).any()) or bool((lengths > wav.shape[1]).any()):
+            raise ValueError(f"lengths must lie in 1..{wav.shape[1]}, got {lengths.tolist()}")
+        wav = wav.float()
+        s_max = int(lengths.max())
+        half = self.n_fft // 2
+        padded = self._reflect_pad(wav, lengths, s_max, half)                      # (B, S_max + n_fft)
+        spec = torch.stft(padded, self.n_fft, self.hop, self.n_fft, self.window,
+                          center=False, return_complex=True)                        # (B, n_fft/2 + 1, T)
+        power = spec.real.square() + spec.imag.square()
+        mel = torch.matmul(power.transpose(1, 2), self.fbank)                       # (B, T, n_fft/2+1) -> (B, T, F)
+        feats = torch.log(torch.clamp(mel, min=self.floor))
+        n_frames = self.frame_lengths(lengths)
+        valid = torch.arange(feats.shape[1], device=wav.device)[None, :] < n_frames[:, None]  # (B, T)
+        return feats.masked_fill(~valid[:, :, None], 0.0), n_frames
+
+    @staticmethod
+    def _reflect_pad(wav: torch.Tensor, lengths: torch.Tensor, s_max: int, half: int) -> torch.Tensor:
+        """Reflect-pad each row by ``half`` on both sides of its own ``lengths``; zeros after that.
+
+        Index ``p`` (relative to the utterance start) maps to the mirror image ``-p`` before the start
+        and ``2(L-1) - p`` after the end (as ``torch.stft``'s reflect padding), folded periodically so
+        that utterances shorter than ``half`` still get defined values.
+        """
+        b = wav.shape[0]
+        ar = torch.arange(s_max, device=wav.device)
+        body = wav[:, :s_max].masked_fill(ar[None, :] >= lengths[:, None], 0.0)        # (B, S_max)
+        out = torch.nn.functional.pad(body, (half, half))                                # (B, S_max + 2 half)
+        j = torch.arange(half, device=wav.device)[None, :]                               # (1, half)
+        period = torch.clamp(2 * (lengths[:, None] - 1), min=1)                          # (B, 1)
+
+        def fold(p: torch.Tensor) -> torch.Tensor:
+            q = torch.remainder(p, period)
+            return torch.clamp(torch.where(q < lengths[:, None], q, period - q), 0, s_max - 1)
+
+        out[:, :half] = torch.gather(wav, 1, fold((j - half).expand(b, -1)))            # left edge
+        right = torch.gather(wav, 1, fold(lengths[:, None] + j))                          # (B, half)
+        return out.scatter(1, lengths[:, None] + half + j, right)
+
+
+def logmel(wav: torch.Tensor, frontend: LogMel | None = None) -> torch.Tensor:
+    """Features ``(T, F)`` of one utterance ``(S,)`` (builds a default ``LogMel`` when none is given)."""
+    if wav.dim() != 1:
+        raise ValueError(f"expected one waveform (S,), got shape {tuple(wav.shape)}")
+    frontend = frontend if frontend is not None else _default_frontend(wav.device)
+    with torch.no_grad():
+        feats, _ = frontend(wav[None, :], torch.tensor([wav.shape[0]], device=wav.device))
+    return feats[0]
+
+
+_DEFAULTS: dict[str, LogMel] = {}
+
+
+def _default_frontend(device: torch.device) -> LogMel:
+    key = str(device)
+    if key not in _DEFAULTS:
+        _DEFAULTS[key] = LogMel().to(device)
+    return _DEFAULTS[key]
+
+
+__all__ = ["LogMel", "logmel", "mel_filterbank", "hz_to_mel", "mel_to_hz"]

@@ -1,0 +1,112 @@
+"""Model contracts: shapes, padding invariance for every encoder/attention/pooling/head, masks honoured."""
+import pytest
+import torch
+
+from spkid.config import apply_overrides, load_config
+from spkid.models.attention import ATTENTION
+from spkid.models.conformer import ConformerBlock, ConformerEncoder, ConvModule
+from spkid.models.losses import CosineMarginHead
+from spkid.models.masking import valid_mask
+from spkid.models.pooling import POOLING, build_pooling
+from spkid.models.speaker_net import build_model
+
+SMALL = ["model.d_model=32", "model.n_heads=2", "model.ffn_dim=48", "model.conv_kernel=5", "model.dropout=0.1"]
+
+
+def _padding_invariance(net, n_mels=40, lengths=(37, 20, 3, 1)):
+    torch.manual_seed(1)
+    net.eval()
+    L = torch.tensor(lengths)
+    x = torch.randn(len(lengths), max(lengths), n_mels)
+    x[valid_mask(L, x.shape[1]) == 0] = 1e4          # garbage in the padding must not matter
+    batch = net(x, L)
+    for i, n in enumerate(lengths):
+        alone = net(x[i:i + 1, :n], L[i:i + 1])
+        assert torch.allclose(alone, batch[i:i + 1], atol=1e-5), (i, (alone - batch[i]).abs().max())
+    return batch
+
+
+@pytest.mark.parametrize("encoder", ["conformer", "transformer"])
+@pytest.mark.parametrize("attention", sorted(ATTENTION))
+def test_padding_invariance_every_encoder_and_attention(encoder, attention):
+    cfg = apply_overrides(load_config("default"), SMALL + [f"model.encoder={encoder}", f"model.attention={attention}"])
+    out = _padding_invariance(build_model(cfg, 5))
+    assert out.shape == (4, 32)
+
+
+@pytest.mark.parametrize("pooling", sorted(POOLING))
+@pytest.mark.parametrize("subsample", [1, 2, 4])
+@pytest.mark.parametrize("norm", ["global", "cmn", "none"])
+def test_padding_invariance_pooling_subsampling_norm(pooling, subsample, norm):
+    cfg = apply_overrides(load_config("default"), SMALL + [f"model.pooling={pooling}", f"model.subsample={subsample}",
+                                                           f"model.norm={norm}", "model.embed_dim=24"])
+    assert _padding_invariance(build_model(cfg, 5)).shape == (4, 24)
+
+
+def test_hw4_sample_model_is_post_norm_single_layer_and_padding_invariant():
+    cfg = load_config("hw4-sample")
+    net = build_model(cfg, 600)
+    assert len(net.encoder.blocks) == 1 and net.encoder.blocks[0].norm_first is False
+    assert net.head.fc.out_features == 600 and net.subsample.proj.out_features == 80
+    _padding_invariance(net)
+
+
+def test_conformer_shapes_and_padded_frames_zero():
+    enc = ConformerEncoder(d_model=16, n_heads=2, n_layers=3, ffn_dim=32, conv_kernel=7, dropout=0.0)
+    x, L = torch.randn(3, 37, 16), torch.tensor([37, 11, 2])
+    valid = valid_mask(L, 37)
+    y = enc(x, valid)
+    assert y.shape == (3, 37, 16)
+    assert (y[~valid] == 0).all()
+    assert len(enc.blocks) == 3
+
+
+def test_conv_module_does_not_leak_padding_and_rejects_even_kernel():
+    conv = ConvModule(8, 5, 0.0).eval()
+    x, L = torch.randn(2, 12, 8), torch.tensor([12, 6])
+    valid = valid_mask(L, 12)
+    a = conv(x, valid)[1, :6]
+    x2 = x.clone()
+    x2[1, 6:] = 99.0
+    assert torch.allclose(conv(x2, valid)[1, :6], a)
+    with pytest.raises(ValueError, match="odd"):
+        ConvModule(8, 4, 0.0)
+
+
+def test_dropout_is_applied_in_training_only():
+    blk = ConformerBlock(d_model=16, n_heads=2, ffn_dim=32, conv_kernel=3, dropout=0.5)
+    x, valid = torch.randn(2, 10, 16), torch.ones(2, 10, dtype=torch.bool)
+    blk.train()
+    assert not torch.allclose(blk(x, valid), blk(x, valid))
+    blk.eval()
+    assert torch.allclose(blk(x, valid), blk(x, valid))
+
+
+@pytest.mark.parametrize("name", sorted(POOLING))
+def test_pooling_out_dim(name):
+    pool = build_pooling(name, 12)
+    assert pool(torch.randn(3, 7, 12), torch.ones(3, 7, dtype=torch.bool)).shape == (3, pool.out_dim)
+
+
+@pytest.mark.parametrize("angular", [False, True])
+def test_margin_heads_lower_target_logit_only_with_labels(angular):
+    head = CosineMarginHead(8, 5, margin=0.3, scale=10.0, angular=angular)
+    emb, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    plain, marg = head(emb), head(emb, y)
+    tgt = torch.arange(4)
+    assert (marg[tgt, y] < plain[tgt, y]).all()
+    off = torch.ones_like(plain, dtype=torch.bool)
+    off[tgt, y] = False
+    assert torch.allclose(marg[off], plain[off])
+    head.margin = 0.0
+    assert torch.allclose(head(emb, y), plain)
+
+
+def test_every_config_field_changes_the_model():
+    base = load_config("tiny")
+    ref = build_model(base, 4)
+    n_ref = sum(p.numel() for p in ref.parameters())
+    for change in ["model.n_layers=2", "model.ffn_dim=96", "model.d_model=48", "model.conv_kernel=9",
+                   "model.embed_dim=16", "model.pooling=asp", "model.subsample=4", "model.encoder=transformer"]:
+        other = build_model(apply_overrides(base, [change]), 4)
+        assert sum(p.numel() for p in other.parameters()) != n_ref, change
