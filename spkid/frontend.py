@@ -73,18 +73,18 @@ class LogMel(nn.Module):
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``wav`` ``(B, S)`` float, ``lengths`` ``(B,)`` samples -> ``(feats (B, T, F), frame_lengths (B,))``.
 
-        ``T = max(lengths) // hop + 1``; frames past an utterance's ``frame_lengths`` are set to 0 and
-        must be masked by the caller. Real frames never depend on samples past ``lengths``.
+        ``T = S // hop + 1``; frames past an utterance's ``frame_lengths`` are set to 0 and must be masked
+        by the caller. Real frames never depend on samples past ``lengths``.
         """
-        if wav.dim() != 2 or lengths.shape != (wav.shape[0],):
-            raise ValueError(f"expected wav (B, S) and lengths (B,), got {tuple(wav.shape)} and {tuple(lengths.shape)}")
+        if wav.dim() != 2 or lengths.dim() != 1 or lengths.shape[0] != wav.shape[0]:
+            raise ValueError("expected wav (B, S) and lengths (B,), got " + str(list(wav.shape)) + " and "
+                             + str(list(lengths.shape)))
         lengths = lengths.to(device=wav.device, dtype=torch.long)
-        if bool((lengths < 1).any()) or bool((lengths > wav.shape[1]).any()):
-            raise ValueError(f"lengths must lie in 1..{wav.shape[1]}, got {lengths.tolist()}")
+        if not torch.jit.is_scripting() and not _is_tracing():
+            _check_lengths(lengths, wav.shape[1])                                    # eager only: syncs with GPU
         wav = wav.float()
-        s_max = int(lengths.max())
         half = self.n_fft // 2
-        padded = self._reflect_pad(wav, lengths, s_max, half)                      # (B, S_max + n_fft)
+        padded = _reflect_pad(wav, lengths, half)                                    # (B, S + n_fft)
         spec = torch.stft(padded, self.n_fft, self.hop, self.n_fft, self.window,
                           center=False, return_complex=True)                        # (B, n_fft/2 + 1, T)
         power = spec.real.square() + spec.imag.square()
@@ -94,28 +94,40 @@ class LogMel(nn.Module):
         valid = torch.arange(feats.shape[1], device=wav.device)[None, :] < n_frames[:, None]  # (B, T)
         return feats.masked_fill(~valid[:, :, None], 0.0), n_frames
 
-    @staticmethod
-    def _reflect_pad(wav: torch.Tensor, lengths: torch.Tensor, s_max: int, half: int) -> torch.Tensor:
-        """Reflect-pad each row by ``half`` on both sides of its own ``lengths``; zeros after that.
 
-        Index ``p`` (relative to the utterance start) maps to the mirror image ``-p`` before the start
-        and ``2(L-1) - p`` after the end (as ``torch.stft``'s reflect padding), folded periodically so
-        that utterances shorter than ``half`` still get defined values.
-        """
-        b = wav.shape[0]
-        ar = torch.arange(s_max, device=wav.device)
-        body = wav[:, :s_max].masked_fill(ar[None, :] >= lengths[:, None], 0.0)        # (B, S_max)
-        out = torch.nn.functional.pad(body, (half, half))                                # (B, S_max + 2 half)
-        j = torch.arange(half, device=wav.device)[None, :]                               # (1, half)
-        period = torch.clamp(2 * (lengths[:, None] - 1), min=1)                          # (B, 1)
+def _is_tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
-        def fold(p: torch.Tensor) -> torch.Tensor:
-            q = torch.remainder(p, period)
-            return torch.clamp(torch.where(q < lengths[:, None], q, period - q), 0, s_max - 1)
 
-        out[:, :half] = torch.gather(wav, 1, fold((j - half).expand(b, -1)))            # left edge
-        right = torch.gather(wav, 1, fold(lengths[:, None] + j))                          # (B, half)
-        return out.scatter(1, lengths[:, None] + half + j, right)
+@torch.jit.unused
+def _check_lengths(lengths: torch.Tensor, s: int) -> None:
+    if bool((lengths < 1).any()) or bool((lengths > s).any()):
+        raise ValueError(f"lengths must lie in 1..{s}, got {lengths.tolist()}")
+
+
+def _fold(p: torch.Tensor, lengths: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
+    """Reflect index ``p`` ``(B, K)`` into ``0..L-1`` of each row (``period = 2(L-1)``)."""
+    q = torch.remainder(p, period)
+    return torch.where(q < lengths, q, period - q)
+
+
+def _reflect_pad(wav: torch.Tensor, lengths: torch.Tensor, half: int) -> torch.Tensor:
+    """Reflect-pad each row ``(B, S)`` by ``half`` on both sides of its own ``lengths``; zeros after that.
+
+    Index ``p`` (relative to the utterance start) maps to the mirror image ``-p`` before the start and
+    ``2(L-1) - p`` after the end (as ``torch.stft``'s reflect padding), folded periodically so that
+    utterances shorter than ``half`` still get defined values. Returns ``(B, S + 2 half)``.
+    """
+    b, s = wav.shape
+    lengths = lengths[:, None]                                                       # (B, 1)
+    body = wav.masked_fill(torch.arange(s, device=wav.device)[None, :] >= lengths, 0.0)
+    out = torch.nn.functional.pad(body, (half, half))                                # (B, S + 2 half)
+    j = torch.arange(half, device=wav.device)[None, :]                               # (1, half)
+    period = torch.clamp(2 * (lengths - 1), min=1)                                   # (B, 1)
+    left = torch.gather(wav, 1, _fold((j - half).expand(b, half), lengths, period))  # (B, half)
+    right = torch.gather(wav, 1, _fold(lengths + j, lengths, period))                # (B, half)
+    out = torch.cat([left, out[:, half:]], dim=1)
+    return out.scatter(1, lengths + half + j, right)
 
 
 def logmel(wav: torch.Tensor, frontend: LogMel | None = None) -> torch.Tensor:

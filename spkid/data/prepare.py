@@ -6,14 +6,15 @@ Inputs:
 - test audio (optional): a folder of unlabelled files (recursive), or a CSV/TSV whose first column is a path.
 
 Every source file gets a *key*: its path relative to its input root in POSIX form (``spk/a.wav``; for a CSV,
-the path as written, normalised), with ``test/`` prepended for test files. Its features go to
+the path as written, normalised), with ``test/`` prepended for test files (``test/b.wav``; an absolute path
+in a test list loses its leading ``/``: ``test/home/me/b.wav``). Its features go to
 ``uttr-<md5(key)>.pt``, so a re-run finds them again, and ``features.csv`` (``audio,feature_path``) maps each
 key to its tensor, as ``shared/data/speechocean762-audio/features.csv`` does.
 
 Files that cannot be used (unreadable, not audio, empty, NaN/Inf, shorter than ``min_seconds``) are skipped
 and listed with their reason in ``prepare_report.txt``; a speaker left with no files is dropped. Every output
 is written to a temporary file in ``out_dir`` and renamed into place, so a killed run leaves no partial file,
-and a re-run reuses every ``.pt`` that exists and loads.
+and a re-run reuses every ``.pt`` that loads, has the requested dtype and is not older than its source.
 """
 from __future__ import annotations
 
@@ -96,6 +97,7 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input:
     skipped: list[tuple[str, str]] = []
     items = _collect(Path(input), None, skipped)
     test_items = _collect(Path(test_input), "test/", skipped) if test_input is not None else []
+    _check_disjoint(items, test_items)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     results = _run(items + test_items, out_dir, dtype, min_seconds, workers, progress)
@@ -153,6 +155,19 @@ def _collect(root: Path, prefix: str | None, skipped: list[tuple[str, str]]) -> 
         else:
             unique[it.key] = it
     return sorted(unique.values(), key=lambda it: it.key)
+
+
+def _check_disjoint(items: list[_Item], test_items: list[_Item]) -> None:
+    """A file may not be both training and test audio, and two files may not share a key (one ``.pt``)."""
+    train_paths = {it.path.resolve() for it in items}
+    train_keys = {it.key for it in items}
+    for it in test_items:
+        if it.path.resolve() in train_paths:
+            raise DataError(where(it.path, "listed as both training and test audio "
+                                           "(is the test folder inside the training folder?)"))
+        if it.key in train_keys:
+            raise DataError(where(it.path, f"test key {it.key!r} equals a training file's key; "
+                                           "rename the training speaker folder 'test'"))
 
 
 def _collect_speaker_folders(root: Path, skipped: list[tuple[str, str]]) -> list[_Item]:
@@ -229,7 +244,7 @@ def _init_worker() -> None:
 def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float) -> tuple[str, int | str]:
     """One file -> ``("computed"|"reused", mel_len)`` or ``("skipped", reason)``."""
     global _FRONTEND
-    existing = _load_existing(out, dtype)
+    existing = _load_existing(out, path, dtype)
     if existing is not None:
         return "reused", existing
     try:
@@ -247,9 +262,13 @@ def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float) -> t
     return "computed", int(feats.shape[0])
 
 
-def _load_existing(out: Path, dtype: torch.dtype) -> int | None:
-    """Frames of a usable earlier result at ``out`` (right shape and dtype), else None."""
-    if not out.is_file():
+def _load_existing(out: Path, src: Path, dtype: torch.dtype) -> int | None:
+    """Frames of a usable earlier result at ``out`` (loads, right shape and dtype, not older than
+    its source file), else None."""
+    try:
+        if out.stat().st_mtime < src.stat().st_mtime:
+            return None
+    except OSError:  # no result yet, or the source is gone (then it is reported as missing)
         return None
     try:
         t = torch.load(out, weights_only=True, map_location="cpu")
