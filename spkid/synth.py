@@ -10,7 +10,8 @@ background noise) and is written at a random sample rate (8/16/22.05/44.1 kHz) a
 FLAC, float32 WAV), a few in stereo, so the raw-audio path meets the variety real folders have.
 
 Everything is drawn from ``numpy.random.default_rng`` seeded by ``(seed, speaker, utterance)``: the same
-seed gives the same files, and speaker ``k`` sounds the same whatever ``n_speakers`` is.
+seed gives the same files (the same samples; float WAVs differ in bytes only by the write time libsndfile
+stamps into their PEAK chunk), and speaker ``k`` sounds the same whatever ``n_speakers`` is.
 """
 from __future__ import annotations
 
