@@ -7,33 +7,16 @@ and Python generator states), ``best_val``, ``val_acc``.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError
+from .fileio import atomic_write
 
 FORMAT = 1
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

@@ -103,9 +103,166 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
-COMMANDS = {"train": (_add_train, _cmd_train), "predict": (_add_predict, _cmd_predict),
-            "evaluate": (_add_evaluate, _cmd_evaluate)}
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="audio folders or path,speaker lists -> HW4-format features")
+    p.add_argument("input", help="folder with one sub-folder per speaker, or a CSV/TSV of path,speaker")
+    p.add_argument("out_dir")
+    p.add_argument("--test", dest="test_input", help="folder or list of unlabelled test audio")
+    p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    p.add_argument("--float16", action="store_true", help="store features as float16 (default float32)")
+    p.add_argument("--min-seconds", type=float, default=0.1, help="skip files shorter than this")
+    p.add_argument("--quiet", action="store_true")
 
+
+def _cmd_prepare(a) -> int:
+    import torch
+    from .data.prepare import prepare
+    r = prepare(a.input, a.out_dir, test_input=a.test_input, workers=a.workers, min_seconds=a.min_seconds,
+                dtype=torch.float16 if a.float16 else torch.float32, progress=not a.quiet)
+    print(f"prepared {r.n_train} training utterances of {r.n_speakers} speakers and {r.n_test} test utterances "
+          f"in {r.out_dir} ({r.n_processed} computed, {r.n_reused} reused, {len(r.skipped)} skipped)")
+    if r.skipped:
+        print(f"spkid: warning: skipped {len(r.skipped)} file(s), reasons in {r.report_path}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="offline end-to-end run: synthesise voices, prepare, train, predict")
+    p.add_argument("--out", default="demo_out", help="working directory (default demo_out)")
+    p.add_argument("--minutes", type=float, default=2.0, help="training budget (default 2)")
+    p.add_argument("--speakers", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_demo(a) -> int:
+    from .demo import run_demo
+    r = run_demo(a.out, minutes=a.minutes, n_speakers=a.speakers, seed=a.seed, progress=not a.quiet)
+    print(f"demo: {r.n_speakers} synthetic speakers, {r.n_train} training / {r.n_test} held-out utterances")
+    print(f"validation accuracy {r.val_acc:.4f}, held-out test accuracy {r.test_acc:.4f}")
+    print(f"predictions: {r.csv}\ncheckpoint:  {r.checkpoint}")
+    for plot in r.plots:
+        print(f"plot:        {plot}")
+    return 0
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="L2-normalised speaker embeddings of .pt features or audio files")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", help="files or folders (.pt and audio)")
+    p.add_argument("-o", "--output", required=True, help="output .npz (ids, embeddings) or .pt")
+    p.add_argument("--device", default="auto")
+
+
+def _cmd_embed(a) -> int:
+    from .speakers import embed_files
+    n = embed_files(a.checkpoint, a.inputs, a.output, device=a.device)
+    print(f"wrote {n} embeddings to {a.output}")
+    return 0
+
+
+def _add_enroll(sub) -> None:
+    p = sub.add_parser("enroll", help="add (or update) a speaker in a SQLite registry")
+    p.add_argument("registry", help="registry file (created when new)")
+    p.add_argument("name", help="speaker name")
+    p.add_argument("files", nargs="+", help="the speaker's utterances (audio or .pt), or folders of them")
+    p.add_argument("--checkpoint", help="model that embeds (required for a new registry)")
+    p.add_argument("--device", default="auto")
+
+
+def _cmd_enroll(a) -> int:
+    from .speakers import enroll
+    n, ckpt = enroll(a.registry, a.name, a.files, checkpoint=a.checkpoint, device=a.device)
+    print(f"enrolled {a.name}: {n} utterance(s) in {a.registry} (model {ckpt})")
+    return 0
+
+
+def _add_identify(sub) -> None:
+    p = sub.add_parser("identify", help="who is speaking, among enrolled speakers (or unknown)")
+    p.add_argument("registry")
+    p.add_argument("files", nargs="+")
+    p.add_argument("-o", "--output", help="CSV file,speaker,score (default: print)")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--device", default="auto")
+
+
+def _cmd_identify(a) -> int:
+    from .fileio import write_csv
+    from .speakers import identify
+    rows = identify(a.registry, a.files, top_k=a.top_k, device=a.device)
+    if a.output:
+        write_csv(a.output, ["file", "speaker", "score"], rows)
+        print(f"wrote {len(rows)} rows to {a.output}")
+    else:
+        print("file,speaker,score")
+        for r in rows:
+            print(",".join(map(str, r)))
+    return 0
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="same speaker or not: cosine score of two files")
+    p.add_argument("checkpoint")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: from the checkpoint)")
+    p.add_argument("--device", default="auto")
+
+
+def _cmd_verify(a) -> int:
+    from .speakers import verify
+    score, same, thr = verify(a.checkpoint, a.a, a.b, threshold=a.threshold, device=a.device)
+    print(f"score {score:.4f} threshold {thr:.4f}: {'same speaker' if same else 'different speakers'}")
+    return 0
+
+
+def _add_eval_verification(sub) -> None:
+    p = sub.add_parser("eval-verification", help="EER/minDCF on speakers unseen in training; pick a threshold")
+    p.add_argument("checkpoint")
+    p.add_argument("data_dir", help="HW4 directory whose speakers the model did not see")
+    p.add_argument("--far", type=float, help="pick the threshold at this false-accept rate (default: at EER)")
+    p.add_argument("--registry", help="store the chosen threshold in this registry")
+    p.add_argument("--max-nontarget", type=int, default=200000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_eval_verification(a) -> int:
+    from .speakers import eval_verification
+    r = eval_verification(a.checkpoint, a.data_dir, far=a.far, max_nontarget=a.max_nontarget, device=a.device,
+                          progress=not a.quiet)
+    print(f"{r['n_speakers']} unseen speakers, {r['n_utterances']} utterances, {r['n_target']} target / "
+          f"{r['n_nontarget']} non-target trials")
+    print(f"EER {100 * r['eer']:.2f}%  minDCF(p=0.01) {r['min_dcf']:.4f}  threshold {r['threshold']:.4f} "
+          f"({r['threshold_source']})")
+    if a.registry:
+        from .registry import Registry
+        with Registry.open(a.registry) as reg:
+            reg.set_threshold(r["threshold"], r["threshold_source"])
+        print(f"stored threshold in {a.registry}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (dynamic batch and time axes)")
+    p.add_argument("checkpoint")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+
+
+def _cmd_export(a) -> int:
+    from .export import export_onnx
+    worst = export_onnx(a.checkpoint, a.onnx)
+    print(f"wrote {a.onnx} (max abs difference to PyTorch {worst:.2e})")
+    return 0
+
+
+COMMANDS = {"train": (_add_train, _cmd_train), "predict": (_add_predict, _cmd_predict),
+            "evaluate": (_add_evaluate, _cmd_evaluate), "prepare": (_add_prepare, _cmd_prepare),
+            "demo": (_add_demo, _cmd_demo), "embed": (_add_embed, _cmd_embed), "enroll": (_add_enroll, _cmd_enroll),
+            "identify": (_add_identify, _cmd_identify), "verify": (_add_verify, _cmd_verify),
+            "eval-verification": (_add_eval_verification, _cmd_eval_verification),
+            "export": (_add_export, _cmd_export)}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spkid", description="speaker identification toolkit")

@@ -16,14 +16,14 @@ torch.set_num_threads(int(os.environ.get("SPKID_TEST_THREADS", "1")))
 
 
 def make_hw4(root: Path, *, n_speakers: int = 4, per_speaker: int = 6, n_test: int = 8, n_mels: int = 40,
-             seed: int = 0, dtype=torch.float16, lengths=(30, 90)) -> dict:
+             seed: int = 0, dtype=torch.float16, lengths=(30, 90), prefix: str = "spk") -> dict:
     """Write a learnable HW4-format dataset: each speaker has its own spectral envelope plus noise.
 
     Returns ``{"root": root, "answers": {test_id: speaker}}``.
     """
     g = torch.Generator().manual_seed(seed)
     root.mkdir(parents=True, exist_ok=True)
-    names = [f"spk{i:02d}" for i in range(n_speakers)]
+    names = [f"{prefix}{i:02d}" for i in range(n_speakers)]
     env = torch.randn(n_speakers, n_mels, generator=g) * 2
 
     def utt(i: int, tag: str) -> dict:
@@ -52,3 +52,16 @@ def make_hw4(root: Path, *, n_speakers: int = 4, per_speaker: int = 6, n_test: i
 @pytest.fixture
 def hw4(tmp_path) -> dict:
     return make_hw4(tmp_path / "hw4")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """A tiny model trained once per session on a 6-speaker generated dataset; plus 5 unseen speakers."""
+    from spkid.config import apply_overrides, load_config
+    from spkid.train import train
+    base = tmp_path_factory.mktemp("trained")
+    seen = make_hw4(base / "seen", n_speakers=6, per_speaker=6, seed=3)
+    unseen = make_hw4(base / "unseen", n_speakers=5, per_speaker=4, seed=4, prefix="new")
+    cfg = apply_overrides(load_config("tiny"), ["train.steps=60", "train.lr=3e-3", "model.pooling=asp"])
+    r = train(seen["root"], base / "run", cfg, progress=False)
+    return {"seen": seen, "unseen": unseen, "ckpt": r.best, "run": base / "run"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write
+from ..fileio import atomic_write
 from ..errors import DataError
 from .hw4 import Utterance, load_features, read_testdata, read_train
 

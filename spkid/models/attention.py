@@ -282,16 +282,19 @@ class LinformerAttention(SelfAttention):
         dens = torch.cat([self.proj_k, self.proj_v]).float()                     # (2k, R)
         R = dens.shape[1]
         cum = F.pad(dens.cumsum(-1) / R, (1, 0))                                   # (2k, R+1): ∫_0^{i/R}
+        # one lookup table, cell start -> (integral so far, density / R); embedding backward is fast
+        table = torch.cat([cum, F.pad(dens / R, (0, 1))]).t()                      # (R+1, 4k)
         n = valid.sum(-1, keepdim=True).clamp_min(1)                               # (B, 1) real frames
         hi = valid.cumsum(-1)                                                      # (B, T): rank + 1
         lo = hi - valid.long()                                                     # equal to hi when padded
 
-        def integral(idx):                                                         # ∫_0^{idx/n} -> (B, 2k, T)
-            x = idx / n * R
+        def integral(edge):                                                        # ∫_0^{edge/n} -> (B, T, 2k)
+            x = edge / n * R
             i = x.floor().long().clamp(max=R - 1)
-            return (cum[:, i] + (x - i) * dens[:, i] / R).permute(1, 0, 2)
+            start, slope = F.embedding(i, table).chunk(2, dim=-1)
+            return start + (x - i)[..., None] * slope
 
-        P = integral(hi) - integral(lo)                                            # (B, 2k, T)
+        P = (integral(hi) - integral(lo)).transpose(1, 2)                         # (B, 2k, T)
         return P[:, : self.k], P[:, self.k:]
 
     def _attend(self, q, k, v, valid):

@@ -1,0 +1,137 @@
+"""Ablation: train each configuration under the same wall-clock budget on speechocean762 and tabulate.
+
+    python benchmarks/ablation.py --minutes 10 --variants default hw4-sample --seeds 0 1
+    python benchmarks/ablation.py --table-only          # re-render docs/results.md from saved results
+
+Each run is ``spkid train DATA --max-minutes M`` in its own process (``--threads`` torch threads), then:
+validation accuracy (whole held-out utterances), public-test accuracy (``testdata.json`` vs ``answers.csv``),
+accuracy on 1-second crops (the first 100 frames of each public-test utterance), steps reached, parameters.
+Results are kept in ``runs/ablation/<variant>-s<seed>/result.json``; the table merges all saved results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "speechocean762"
+
+# name -> (preset, overrides, description)
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "hw4-sample": ("hw4-sample", [], "HW4 sample recipe: 1 post-norm Transformer layer d80, mean pool, CE"),
+    "default": ("default", [], "the default recipe (see spkid/config.py)"),
+    "transformer": ("default", ["model.encoder=transformer"], "default with a pre-norm Transformer encoder"),
+    "pool-mean": ("default", ["model.pooling=mean"], "default with masked mean pooling"),
+    "pool-sap": ("default", ["model.pooling=sap"], "default with self-attentive pooling"),
+    "pool-asp": ("default", ["model.pooling=asp"], "default with attentive statistics pooling"),
+    "head-softmax": ("default", ["model.head=softmax", "model.label_smoothing=0.1"], "CE + label smoothing 0.1"),
+    "head-am": ("default", ["model.head=am", "model.margin=0.2", "model.scale=30"], "AM-softmax m0.2 s30"),
+    "head-aam": ("default", ["model.head=aam", "model.margin=0.2", "model.scale=30"], "AAM-softmax m0.2 s30"),
+    "no-specaug": ("default", ["data.spec_time_masks=0", "data.spec_freq_masks=0"], "default without SpecAugment"),
+    "crop-fixed": ("default", ["data.crop_min_frames=0"], "fixed-length crops"),
+    "sub2": ("default", ["model.subsample=2"], "2x time subsampling instead of 4x"),
+    "attn-linformer": ("default", ["model.attention=linformer"], "Linformer attention"),
+    "attn-local": ("default", ["model.attention=local"], "local-window attention"),
+    "attn-sparse": ("default", ["model.attention=sparse"], "local window + strided global positions"),
+    "attn-adaptive": ("default", ["model.attention=adaptive"], "adaptive attention span"),
+}
+
+
+def _accuracy(pred: list[str], gold: list[str]) -> float:
+    return sum(p == g for p, g in zip(pred, gold)) / len(gold)
+
+
+def evaluate_run(ckpt: Path) -> dict:
+    """Public-test and 1-second-crop accuracy of one checkpoint (same code path as ``spkid predict``)."""
+    import torch
+    from spkid.data.features import load_test_features
+    from spkid.infer import load
+    from spkid.metrics import read_answers_csv
+    model = load(ckpt, "cpu")
+    test = load_test_features(DATA, 40, progress=False)
+    answers = read_answers_csv(DATA / "answers.csv")
+    gold = [answers[u.feature_path] for u in test.utts]
+    ids = [model.speakers[i] for i in model.scores(test.feats).argmax(-1).tolist()]
+    crops = [f[:100] for f in test.feats]
+    ids_1s = [model.speakers[i] for i in model.scores(crops).argmax(-1).tolist()]
+    return {"test_acc": _accuracy(ids, gold), "test_1s_acc": _accuracy(ids_1s, gold),
+            "params": sum(p.numel() for p in model.net.parameters())}
+
+
+def run_one(name: str, seed: int, minutes: float, threads: int, out_root: Path, extra: list[str]) -> dict:
+    preset, sets, desc = VARIANTS[name]
+    out = out_root / f"{name}-s{seed}"
+    if out.exists():
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+    cmd = [sys.executable, "-m", "spkid", "train", str(DATA), "--out", str(out), "--config", preset,
+           "--max-minutes", str(minutes), "--seed", str(seed), "--quiet", "--set", f"train.threads={threads}"]
+    for s in sets + extra:
+        cmd += ["--set", s]
+    t0 = time.time()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    wall = time.time() - t0
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    vals = [r["val_acc"] for r in last if "val_acc" in r]
+    steps = max(r.get("step", 0) for r in last)
+    res = {"variant": name, "seed": seed, "minutes": minutes, "threads": threads, "desc": desc,
+           "overrides": sets + extra, "val_acc": vals[-1] if vals else None, "steps": steps, "wall_s": round(wall, 1),
+           **evaluate_run(out / "last.ckpt")}
+    (out / "result.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def render_table(out_root: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(out_root.glob("*/result.json"))]
+    if not rows:
+        return "(no results yet)\n"
+    lines = ["| variant | seed | budget (min, threads) | val acc | public test acc | 1-s crop acc | steps | params |",
+             "|---|---|---|---|---|---|---|---|"]
+    order = {n: i for i, n in enumerate(VARIANTS)}
+    for r in sorted(rows, key=lambda r: (order.get(r["variant"], 99), r["minutes"], r["seed"])):
+        val = "-" if r["val_acc"] is None else f"{r['val_acc']:.4f}"
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['minutes']:g}, {r['threads']} | {val} | "
+                     f"{r['test_acc']:.4f} | {r['test_1s_acc']:.4f} | {r['steps']} | {r['params'] / 1e6:.2f}M |")
+    by = {}
+    for r in rows:
+        by.setdefault((r["variant"], r["minutes"]), []).append(r)
+    spread = [(k, [x["test_acc"] for x in v], [x["test_1s_acc"] for x in v]) for k, v in by.items() if len(v) > 1]
+    if spread:
+        lines += ["", "Seed spread (max - min over seeds of the same variant and budget):", ""]
+        for (name, minutes), acc, acc1 in spread:
+            lines.append(f"- {name} ({minutes:g} min, {len(acc)} seeds): public test {max(acc) - min(acc):.4f}, "
+                         f"1-s crops {max(acc1) - min(acc1):.4f} (mean {statistics.mean(acc):.4f} / "
+                         f"{statistics.mean(acc1):.4f})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="*", default=["hw4-sample", "default"], choices=sorted(VARIANTS))
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], help="extra override for every run")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "ablation"))
+    ap.add_argument("--table-only", action="store_true")
+    a = ap.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found (needs ../shared beside the checkout)")
+        return
+    out_root = Path(a.runs)
+    if not a.table_only:
+        for name in a.variants:
+            for seed in a.seeds:
+                run_one(name, seed, a.minutes, a.threads, out_root, a.set)
+    print(render_table(out_root))
+
+
+if __name__ == "__main__":
+    main()
