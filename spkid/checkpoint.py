@@ -46,7 +46,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else "empty or truncated"
+        first = f"corrupt, truncated or not a torch.save file ({type(e).__name__}: {first[:120]})"
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             first = "refused: holds objects other than tensors and plain data (unsafe pickle)"
         raise CheckpointError(f"{path}: cannot read checkpoint: {first[:200]}") from None
@@ -55,6 +56,13 @@ def load_checkpoint(path: str | Path) -> dict:
     for key in ("config", "speakers", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: not a spkid checkpoint (no {key!r} entry)")
+    for key, kind in (("spkid", int), ("config", dict), ("speakers", list), ("model", dict)):
+        if not isinstance(ckpt[key], kind):
+            raise CheckpointError(f"{path}: {key!r} entry must be {kind.__name__}, found {type(ckpt[key]).__name__}")
+    if not ckpt["speakers"] or not all(isinstance(s, str) for s in ckpt["speakers"]):
+        raise CheckpointError(f"{path}: 'speakers' entry must be a non-empty list of names")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise CheckpointError(f"{path}: 'model' entry must map parameter names to tensors")
     if ckpt["spkid"] > FORMAT:
         raise CheckpointError(f"{path}: written by a newer spkid (format {ckpt['spkid']} > {FORMAT})")
     return ckpt

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from .errors import SpkidError
@@ -275,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Library noise that would turn a one-line error into several: numpy's finfo warns once flush-denormal
+    # (set by train/load) is on, and torch warns about the protocol of a pickle it is about to refuse.
+    warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)

@@ -7,20 +7,27 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import SpkidError
+
 
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:    # unwritable or missing place: a one-line user error, not a traceback
+        raise SpkidError(f"{path}: cannot write: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):      # e.g. the target is a directory, or the disk is full
+            raise SpkidError(f"{path}: cannot write: {e.strerror or e}") from None
         raise
 
 

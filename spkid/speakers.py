@@ -72,6 +72,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
     """Add ``files`` of speaker ``name``; returns ``(utterances now enrolled for name, registry checkpoint)``."""
     from .registry import Registry
     registry = Path(registry)
+    reg_ctx = None
     if registry.exists():
         reg_ctx = Registry.open(registry)
         model = load(checkpoint or reg_ctx.checkpoint, device)
@@ -79,11 +80,12 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         if checkpoint is None:
             raise SpkidError(f"{registry}: new registry: give --checkpoint to say which model embeds")
         model = load(checkpoint, device)
+    ids, items = gather(files)
+    emb = model.embed(items)        # before creating a new registry: a bad file must leave no registry behind
+    if reg_ctx is None:
         threshold, source = default_threshold(model)
         reg_ctx = Registry.create(registry, model_id=model.model_id, checkpoint=str(Path(checkpoint).resolve()),
                                   embed_dim=model.net.embed_dim, threshold=threshold, threshold_source=source)
-    ids, items = gather(files)
-    emb = model.embed(items)
     with reg_ctx as reg:
         n = reg.enroll(name, emb, [str(Path(i).resolve()) if isinstance(i, Path) else i for i in items],
                        model_id=model.model_id)

@@ -105,6 +105,10 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
     if resume:
         ckpt = load_checkpoint(out_dir / "last.ckpt")
         saved = checkpoint_config(ckpt, out_dir / "last.ckpt")
+        missing = [k for k in ("optimizer", "step", "elapsed", "rng") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{out_dir / 'last.ckpt'}: cannot resume: no {missing[0]!r} entry "
+                                  "(a stripped or inference-only checkpoint)")
         if saved.model != cfg.model or saved.data != cfg.data:
             raise CheckpointError(f"{out_dir / 'last.ckpt'}: the run was made with other model/data settings; "
                                   "resume with the run's own config (drop --config and model./data. overrides)")
@@ -130,6 +134,8 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
         set_rng_state(ckpt["rng"])
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".*.ckpt.*.tmp"):   # half-written by a killed run; never read as a checkpoint
+            stale.unlink(missing_ok=True)
         atomic_write(out_dir / "config.json", lambda p: Path(p).write_text(json.dumps(cfg.to_dict(), indent=2)))
     fwd = TrainStep(model)
     if world > 1:

@@ -142,7 +142,8 @@ def load_tensor(path: str | Path, n_mels: int, expect_len: int | None = None) ->
     try:
         x = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, truncated file, refused pickle: all surface as one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else "empty or truncated"
+        msg = f"corrupt, truncated or not a torch.save file ({type(e).__name__}: {first[:120]})"
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             msg = "refused: file holds objects other than tensors (unsafe pickle)"
         raise DataError(f"{path}: cannot load tensor: {msg[:200]}") from None

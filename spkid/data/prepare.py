@@ -215,6 +215,8 @@ def _read_table(path: Path, labelled: bool) -> list[tuple[str, str | None]]:
                                         f"(path,speaker), found {len(row)}: {delim.join(row)!r}"))
         if not row[path_col]:
             raise DataError(where(path, f"line {n}: empty path"))
+        if "\x00" in row[path_col]:        # the OS cannot open such a name (Path.resolve raises ValueError)
+            raise DataError(where(path, f"line {n}: path contains a NUL byte"))
         rows.append((row[path_col], row[spk_col] if labelled else None))
     if not rows:
         raise DataError(where(path, "no rows after the header"))
