@@ -121,6 +121,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra override for every run")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "ablation"))
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--write", default=str(ROOT / "docs" / "results.md"),
+                    help="markdown file whose ablation section (between markers) is replaced by the table")
     a = ap.parse_args()
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (needs ../shared beside the checkout)")
@@ -130,7 +132,24 @@ def main() -> None:
         for name in a.variants:
             for seed in a.seeds:
                 run_one(name, seed, a.minutes, a.threads, out_root, a.set)
-    print(render_table(out_root))
+    table = render_table(out_root)
+    print(table)
+    if a.write:
+        write_section(Path(a.write), table)
+
+
+START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+
+
+def write_section(path: Path, table: str) -> None:
+    """Replace the text between the ablation markers in ``path`` (append the section if absent)."""
+    text = path.read_text() if path.exists() else "# Results\n"
+    block = f"{START}\n{table}{END}"
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_csv(path: str | Path, header: list[str], rows) -> None:
     """A CSV with ``header`` and ``rows``, written atomically."""
     buf = io.StringIO()

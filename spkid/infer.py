@@ -20,6 +20,7 @@ from .data.dataset import length_buckets, pad_batch
 from .data.hw4 import load_tensor
 from .errors import DataError, SpkidError
 from .fileio import write_csv
+from .runtime import flush_denormal
 from .models.speaker_net import SpeakerNet, build_model
 
 
@@ -50,6 +51,11 @@ def embed_features(net: SpeakerNet, feats: Sequence[torch.Tensor], cfg: InferCon
 
     Whole utterances unless ``cfg.window > 0`` or ``T_i > cfg.max_frames``; then the mean over windows.
     """
+    with flush_denormal():
+        return _embed(net, feats, cfg, device)
+
+
+def _embed(net, feats, cfg: InferConfig, device) -> torch.Tensor:
     was_training = net.training
     net.eval()
     segs, owner = [], []
@@ -93,7 +99,6 @@ class Model:
 
     def __init__(self, path: str | Path, device: str = "auto"):
         self.path = Path(path)
-        torch.set_flush_denormal(True)      # denormal floats are 20x+ slower on x86 CPUs (see train.py)
         ckpt = load_checkpoint(self.path)
         self.cfg: RunConfig = checkpoint_config(ckpt, self.path)
         self.speakers: list[str] = list(ckpt["speakers"])

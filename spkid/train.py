@@ -20,12 +20,13 @@ import torch.nn.functional as F
 
 from . import distributed as dist
 from .fileio import atomic_write
+from .runtime import flush_denormal
 from .checkpoint import (checkpoint_config, load_checkpoint, load_weights, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import RunConfig
 from .data.dataset import CropSampler, split_per_speaker
 from .data.features import load_train_features
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .infer import class_scores, embed_features, resolve_device
 from .models.speaker_net import build_model
 
@@ -42,11 +43,10 @@ class TrainResult:
     finished: bool = True            # False when stopped early (stop_after / Ctrl-C): resume to finish
 
 
-def lr_factor(p: float, warm: float) -> float:
-    """Linear warmup over progress ``[0, warm]``, then cosine from 1 to 0 at ``p = 1``."""
-    if p < warm:
-        return p / warm
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (p - warm) / max(1e-8, 1 - warm))))
+def lr_factor(step: int, warmup_steps: int, p: float) -> float:
+    """Linear warmup over ``warmup_steps`` steps, times a cosine from 1 to 0 over progress ``p`` in [0, 1]."""
+    warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+    return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, p))))
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -90,16 +90,23 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
     ``stop_after > 0`` ends this invocation after that step (checkpoint saved, schedule unchanged), for
     sessions shorter than the run; ``resume=True`` continues from ``last.ckpt``. Returns None on DDP ranks > 0.
     """
+    with flush_denormal():
+        return _train(data_dir, out_dir, cfg, resume=resume, progress=progress, cache_dir=cache_dir,
+                      stop_after=stop_after)
+
+
+def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, cache_dir, stop_after: int):
     out_dir = Path(out_dir)
-    rank, world = dist.setup()
-    main = rank == 0
     t = cfg.train
-    # Tiny gradients and optimizer moments become denormal floats, which x86 CPUs process 20-60x slower
-    # (measured: 0.96 s -> 0.05 s per step for the demo model); flushing them to zero changes nothing else.
-    torch.set_flush_denormal(True)
+    device = resolve_device(t.device)
+    if t.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.amp=fp16 needs a CUDA device (loss scaling); on {device.type} "
+                          "use train.amp=bf16 or none")
+    rank, world = dist.setup(device)              # NCCL for CUDA, gloo for CPU
+    main = rank == 0
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    device = dist.device_for_rank(resolve_device(t.device), rank)
+    device = dist.device_for_rank(device, rank)
 
     ckpt = None
     if resume:
@@ -125,13 +132,16 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
     if cfg.model.norm == "global":
         model.norm.set_stats(*_feature_stats(train_feats))
     model.to(device)
+    if world > 1:       # each rank its own dropout/SpecAugment stream (the weights are rank 0's: DDP broadcasts them)
+        torch.manual_seed(t.seed * 1_000_003 + rank)
     opt = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.98))
     step, elapsed, best_val, val_acc, val_extra = 0, 0.0, None, None, {}
     if ckpt is not None:
         load_weights(model, ckpt["model"], out_dir / "last.ckpt")
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed, best_val = ckpt["step"], ckpt["elapsed"], ckpt.get("best_val")
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks") or []   # one state per DDP rank: each resumes its own dropout stream
+        set_rng_state(ranks[rank] if len(ranks) == world else ckpt["rng"])
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob(".*.ckpt.*.tmp"):   # half-written by a killed run; never read as a checkpoint
@@ -148,14 +158,16 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
     scaler = torch.amp.GradScaler(enabled=t.amp == "fp16" and device.type == "cuda")
     log = _Logger(out_dir / "metrics.jsonl", main)
+    span_modules = [m for m in model.modules() if hasattr(m, "span_loss")]
     budget = t.max_minutes * 60
-    warm = (min(1.0, t.warmup_steps / t.steps) if budget <= 0 else
-            min(t.warmup_steps / t.steps if t.steps else 1.0, 0.05))
+    # cosine progress: by steps after warmup (as the HW4 sample), or by elapsed time with a budget
+    decay_steps = max(1, t.steps - t.warmup_steps)
 
-    def snapshot() -> dict:
+    def snapshot(rng_ranks: list | None = None) -> dict:
         return {"config": cfg.to_dict(), "speakers": data.speakers, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "rng": rng_state(),
-                "best_val": best_val, "val_acc": val_acc, **val_extra}
+                "best_val": best_val, "val_acc": val_acc, **val_extra,
+                **({"rng_ranks": rng_ranks} if rng_ranks and len(rng_ranks) > 1 else {})}
 
     def validate() -> None:
         nonlocal val_acc, best_val, val_extra
@@ -177,18 +189,21 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
     try:
         while True:
             elapsed = dist.broadcast_float(time.perf_counter() - start)
-            p = max(step / t.steps if t.steps else 0.0, elapsed / budget if budget > 0 else 0.0)
-            if p >= 1.0 or (stop_after and step >= stop_after):
+            if step >= t.steps or (budget > 0 and elapsed >= budget) or (stop_after and step >= stop_after):
                 break
-            lr = t.lr * lr_factor(p, warm)
+            p = max((step - t.warmup_steps) / decay_steps, elapsed / budget if budget > 0 else 0.0)
+            lr = t.lr * lr_factor(step, t.warmup_steps, p)
             for g in opt.param_groups:
                 g["lr"] = lr
             if cfg.model.head in ("am", "aam"):
-                model.head.margin = cfg.model.margin * (min(1.0, p / t.margin_warmup) if t.margin_warmup > 0 else 1)
+                progress = max(step / t.steps, elapsed / budget if budget > 0 else 0.0)
+                model.head.margin = cfg.model.margin * (min(1.0, progress / t.margin_warmup) if t.margin_warmup > 0 else 1)
             x, lengths, y = (v.to(device, non_blocking=True) for v in sampler.batch(step))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = fwd(x, lengths, y)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.model.label_smoothing)
+                if span_modules and t.span_penalty > 0:     # adaptive attention: shorter spans cost less
+                    loss = loss + t.span_penalty * sum(m.span_loss() for m in span_modules) / len(span_modules)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if t.grad_clip > 0:
@@ -211,25 +226,28 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
             if main and due_val:
                 validate()
                 model.train()
-                last_val_time = elapsed
-            if main and step % t.ckpt_every == 0:
-                save_checkpoint(out_dir / "last.ckpt", snapshot())
+            if due_val:
+                last_val_time = elapsed       # on every rank: due_val must agree, or the barriers below mismatch
+            if step % t.ckpt_every == 0:
+                rng_ranks = dist.all_gather(rng_state())   # a collective: every rank, every checkpoint
+                if main:
+                    save_checkpoint(out_dir / "last.ckpt", snapshot(rng_ranks))
             dist.barrier_if(due_val or step % t.ckpt_every == 0)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
+    rng_ranks = [rng_state()] if interrupted else dist.all_gather(rng_state())
     if main:
         if not interrupted:
             validate()
-        save_checkpoint(out_dir / "last.ckpt", snapshot())
+        save_checkpoint(out_dir / "last.ckpt", snapshot(rng_ranks))
     dist.barrier_if(True)
     dist.teardown()
     if not main:
         return None
     best = out_dir / "best.ckpt"
-    finished = not interrupted and not (stop_after and step >= stop_after and step / max(t.steps, 1) < 1
-                                        and (budget <= 0 or elapsed < budget))
+    finished = not interrupted and (step >= t.steps or (budget > 0 and elapsed >= budget))
     return TrainResult(step, elapsed, val_acc, best_val, out_dir / "last.ckpt", best if best.exists() else None,
                        interrupted, finished)
 

@@ -10,7 +10,8 @@ from spkid.models.masking import valid_mask
 from spkid.models.pooling import POOLING, build_pooling
 from spkid.models.speaker_net import build_model
 
-SMALL = ["model.d_model=32", "model.n_heads=2", "model.ffn_dim=48", "model.conv_kernel=5", "model.dropout=0.1"]
+SMALL = ["model.d_model=32", "model.n_heads=2", "model.ffn_dim=48", "model.conv_kernel=5", "model.dropout=0.1",
+         "model.pooling=mean"]
 
 
 def _padding_invariance(net, n_mels=40, lengths=(37, 20, 3, 1)):

@@ -16,11 +16,12 @@ def _cfg(*sets):
 
 
 def test_lr_schedule_warmup_then_cosine_to_zero():
-    assert lr_factor(0.0, 0.1) == 0.0
-    assert lr_factor(0.05, 0.1) == pytest.approx(0.5)
-    assert lr_factor(0.1, 0.1) == pytest.approx(1.0)
-    assert lr_factor(0.55, 0.1) == pytest.approx(0.5)
-    assert lr_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0, 10, 0.0) == 0.0
+    assert lr_factor(5, 10, 0.0) == pytest.approx(0.5)
+    assert lr_factor(10, 10, 0.0) == pytest.approx(1.0)
+    assert lr_factor(50, 10, 0.5) == pytest.approx(0.5)
+    assert lr_factor(99, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(3, 0, 0.0) == 1.0
 
 
 def test_resume_gives_identical_weights(hw4, tmp_path):
