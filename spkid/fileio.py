@@ -10,8 +10,12 @@ from pathlib import Path
 from .errors import SpkidError
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+def atomic_write(path: str | Path, write, *, fsync: bool = True) -> None:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    ``fsync=False`` skips the flush to disk (many small files): a killed process still never leaves a partial
+    file under ``path``; only a power loss could.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,8 +25,9 @@ def atomic_write(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)

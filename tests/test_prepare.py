@@ -244,7 +244,7 @@ def test_outputs_are_atomic(corpus, tmp_path, monkeypatch):
 
     def write_then_die(path, text):
         if path.name == "metadata.json":
-            prepare_mod._atomic_write(path, lambda f: (f.write(text.encode()), dying_dump()))
+            prepare_mod.atomic_write(path, lambda tmp: (Path(tmp).write_bytes(text.encode()), dying_dump()))
         real_write(path, text)
 
     monkeypatch.setattr(prepare_mod, "_write_text", write_then_die)
@@ -254,7 +254,7 @@ def test_outputs_are_atomic(corpus, tmp_path, monkeypatch):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
     monkeypatch.undo()
-    monkeypatch.setattr(prepare_mod.torch, "save", lambda obj, f: (f.write(b"partial"), dying_dump()))
+    monkeypatch.setattr(prepare_mod.torch, "save", lambda obj, f: (Path(f).write_bytes(b"partial"), dying_dump()))
     fresh = tmp_path / "fresh"
     with pytest.raises(KeyboardInterrupt):
         prepare(corpus.train_dir, fresh, workers=1, progress=False)

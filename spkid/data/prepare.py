@@ -24,7 +24,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from spkid.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, list_audio, load_audio
 from spkid.errors import DataError, where
+from spkid.fileio import atomic_write
 from spkid.frontend import LogMel
 
 N_MELS = 40
@@ -260,7 +260,7 @@ def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float) -> t
     with torch.no_grad():
         feats, _ = _FRONTEND(wav[None, :], torch.tensor([wav.shape[0]]))  # (1, S) -> (1, T, F)
     feats = feats[0].to(dtype).clone()                                       # (T, F), own storage
-    _atomic_write(out, lambda f: torch.save(feats, f))
+    atomic_write(out, lambda tmp: torch.save(feats, tmp), fsync=False)
     return "computed", int(feats.shape[0])
 
 
@@ -305,20 +305,8 @@ def _run(items: list[_Item], out_dir: Path, dtype: torch.dtype, min_seconds: flo
 
 # ---------------------------------------------------------------- outputs
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)  # no fsync: the rename is what protects against a killed run
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(text.encode("utf-8")), fsync=False)
 
 
 def _write_json(path: Path, obj) -> None:
