@@ -6,6 +6,7 @@ Errors from the library (``SpkidError``) become one line ``spkid: error: <file>:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 import warnings
@@ -30,6 +31,9 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.n_layers=4 --set train.lr=3e-4")
     p.add_argument("--cache", help="directory for a memory-mapped float16 feature cache (reused across runs)")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="data-parallel training in N local processes (re-runs this command through torchrun; "
+                        "one GPU each with CUDA, else CPU/gloo with cores // N threads each)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -53,6 +57,7 @@ def _add_evaluate(sub) -> None:
 def _cmd_train(a) -> int:
     from .config import apply_overrides, load_config
     from .checkpoint import checkpoint_config, load_checkpoint
+    from . import distributed
     from .train import train
     out = Path(a.out)
     last = out / "last.ckpt"
@@ -76,6 +81,10 @@ def _cmd_train(a) -> int:
     if a.attention:
         sets.append(f"model.attention={a.attention}")
     cfg = apply_overrides(cfg, sets)
+    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:  # settings checked above: one error line, not one per rank
+        return distributed.launch(a.argv, a.nproc)       # this same command line, once per rank
+    if a.nproc > 1:
+        distributed.check_nproc(a.nproc)
     r = train(a.data_dir, out, cfg, resume=a.resume, progress=not a.quiet, cache_dir=a.cache,
               stop_after=a.stop_after)
     if r is None:          # a non-zero DDP rank: rank 0 reports
@@ -281,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     args = build_parser().parse_args(argv)
+    args.argv = argv                  # for commands that re-launch themselves (train --nproc)
     try:
         return COMMANDS[args.command][1](args)
     except SpkidError as e:
