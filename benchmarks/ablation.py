@@ -6,7 +6,7 @@
 Each run is ``spkid train DATA --max-minutes M`` in its own process (``--threads`` torch threads), then:
 validation accuracy (whole held-out utterances), public-test accuracy (``testdata.json`` vs ``answers.csv``),
 accuracy on 1-second crops (the first 100 frames of each public-test utterance), steps reached, parameters.
-Results are kept in ``runs/ablation/<variant>-s<seed>/result.json``; the table merges all saved results.
+Results are kept in ``runs/ablation/<variant>-s<seed>-<minutes>m<threads>t/result.json``; the table merges all saved results.
 """
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "head-softmax": ("default", ["model.head=softmax", "model.label_smoothing=0.1"], "CE + label smoothing 0.1"),
     "head-am": ("default", ["model.head=am", "model.margin=0.2", "model.scale=30"], "AM-softmax m0.2 s30"),
     "head-aam": ("default", ["model.head=aam", "model.margin=0.2", "model.scale=30"], "AAM-softmax m0.2 s30"),
-    "no-specaug": ("default", ["data.spec_time_masks=0", "data.spec_freq_masks=0"], "default without SpecAugment"),
-    "crop-fixed": ("default", ["data.crop_min_frames=0"], "fixed-length crops"),
+    "specaug": ("default", ["data.spec_time_masks=2", "data.spec_freq_masks=2"], "default plus SpecAugment (2+2 masks)"),
+    "crop-fixed": ("default", ["data.crop_min_frames=0", "data.crop_frames=200"], "fixed 200-frame crops"),
+    "avg": ("default", ["train.average_last=0.3"], "final weights = mean of snapshots over the last 30%"),
+    "wide": ("default", ["model.d_model=144", "model.ffn_dim=576", "model.n_layers=4"], "d144, 4 blocks, FFN 576"),
     "sub2": ("default", ["model.subsample=2"], "2x time subsampling instead of 4x"),
     "attn-linformer": ("default", ["model.attention=linformer"], "Linformer attention"),
     "attn-local": ("default", ["model.attention=local"], "local-window attention"),
@@ -66,7 +68,7 @@ def evaluate_run(ckpt: Path) -> dict:
 
 def run_one(name: str, seed: int, minutes: float, threads: int, out_root: Path, extra: list[str]) -> dict:
     preset, sets, desc = VARIANTS[name]
-    out = out_root / f"{name}-s{seed}"
+    out = out_root / f"{name}-s{seed}-{minutes:g}m{threads}t"
     if out.exists():
         subprocess.run(["rm", "-rf", str(out)], check=True)
     cmd = [sys.executable, "-m", "spkid", "train", str(DATA), "--out", str(out), "--config", preset,

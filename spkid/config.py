@@ -62,6 +62,8 @@ class TrainConfig:
     warmup_steps: int = 1000          # with a time budget: warmup over this many steps or 5% of the budget
     grad_clip: float = 5.0
     margin_warmup: float = 0.0        # fraction of training over which am/aam margin ramps from 0 to full
+    average_last: float = 0.0         # >0: final weights = mean of snapshots taken over this last fraction of training
+    average_every: int = 10           # steps between averaged snapshots
     span_penalty: float = 1e-3        # adaptive attention: L1 weight on the learned spans (mean span, frames)
     val_every: int = 0                # steps between validations (0: only at the end; also every val_minutes)
     val_minutes: float = 2.0          # with a time budget: validate at most this often

@@ -136,8 +136,10 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
         torch.manual_seed(t.seed * 1_000_003 + rank)
     opt = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.98))
     step, elapsed, best_val, val_acc, val_extra = 0, 0.0, None, None, {}
+    avg = WeightAverage(model)
     if ckpt is not None:
         load_weights(model, ckpt["model"], out_dir / "last.ckpt")
+        avg.load(ckpt.get("average"))
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed, best_val = ckpt["step"], ckpt["elapsed"], ckpt.get("best_val")
         ranks = ckpt.get("rng_ranks") or []   # one state per DDP rank: each resumes its own dropout stream
@@ -163,10 +165,13 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
     # cosine progress: by steps after warmup (as the HW4 sample), or by elapsed time with a budget
     decay_steps = max(1, t.steps - t.warmup_steps)
 
+    def finished_run(step: int, elapsed: float) -> bool:
+        return step >= t.steps or (budget > 0 and elapsed >= budget)
+
     def snapshot(rng_ranks: list | None = None) -> dict:
         return {"config": cfg.to_dict(), "speakers": data.speakers, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "rng": rng_state(),
-                "best_val": best_val, "val_acc": val_acc, **val_extra,
+                "best_val": best_val, "val_acc": val_acc, **val_extra, **avg.state(),
                 **({"rng_ranks": rng_ranks} if rng_ranks and len(rng_ranks) > 1 else {})}
 
     def validate() -> None:
@@ -195,8 +200,8 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
             lr = t.lr * lr_factor(step, t.warmup_steps, p)
             for g in opt.param_groups:
                 g["lr"] = lr
+            progress = max(step / t.steps, elapsed / budget if budget > 0 else 0.0)
             if cfg.model.head in ("am", "aam"):
-                progress = max(step / t.steps, elapsed / budget if budget > 0 else 0.0)
                 model.head.margin = cfg.model.margin * (min(1.0, progress / t.margin_warmup) if t.margin_warmup > 0 else 1)
             x, lengths, y = (v.to(device, non_blocking=True) for v in sampler.batch(step))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -212,6 +217,8 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
             scaler.step(opt)
             scaler.update()
             step += 1
+            if t.average_last > 0 and progress >= 1 - t.average_last and step % t.average_every == 0:
+                avg.update(model)
             run_loss = 0.98 * run_loss + 0.02 * loss.item() if step > 1 else loss.item()
             acc = float((logits.argmax(-1) == y).float().mean())
             run_acc = 0.98 * run_acc + 0.02 * acc if step > 1 else acc
@@ -240,6 +247,8 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
     rng_ranks = [rng_state()] if interrupted else dist.all_gather(rng_state())
     if main:
         if not interrupted:
+            if avg.count and finished_run(step, elapsed):
+                avg.apply(model)              # the final model is the average of the last snapshots
             validate()
         save_checkpoint(out_dir / "last.ckpt", snapshot(rng_ranks))
     dist.barrier_if(True)
@@ -247,9 +256,43 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
     if not main:
         return None
     best = out_dir / "best.ckpt"
-    finished = not interrupted and (step >= t.steps or (budget > 0 and elapsed >= budget))
+    finished = not interrupted and finished_run(step, elapsed)
     return TrainResult(step, elapsed, val_acc, best_val, out_dir / "last.ckpt", best if best.exists() else None,
                        interrupted, finished)
+
+
+class WeightAverage:
+    """Uniform running average of the weights over the last part of training (checkpoint averaging, SWA-style).
+
+    Snapshots are folded in as they come (``avg += (w - avg) / n``), so no checkpoint files pile up; the state
+    goes into every checkpoint so a resumed run averages exactly the same snapshots.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.sum: dict[str, torch.Tensor] | None = None
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.count += 1
+        state = model.state_dict()
+        if self.sum is None:
+            self.sum = {k: v.detach().clone().float() for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                self.sum[k] += (v.float() - self.sum[k]) / self.count
+
+    @torch.no_grad()
+    def apply(self, model: torch.nn.Module) -> None:
+        own = model.state_dict()
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in self.sum.items()})
+
+    def state(self) -> dict:
+        return {"average": {"mean": self.sum, "count": self.count}} if self.count else {}
+
+    def load(self, state: dict | None) -> None:
+        if state:
+            self.sum, self.count = state["mean"], state["count"]
 
 
 class TrainStep(torch.nn.Module):

@@ -25,7 +25,7 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
 
 
 def test_resume_gives_identical_weights(hw4, tmp_path):
-    cfg = _cfg("train.steps=12")
+    cfg = _cfg("train.steps=12", "train.average_last=0.5", "train.average_every=2")   # averaging resumes too
     train(hw4["root"], tmp_path / "full", cfg, progress=False)
     r = train(hw4["root"], tmp_path / "half", cfg, progress=False, stop_after=6)
     assert r.steps == 6 and not r.finished
@@ -65,3 +65,22 @@ def test_run_directory_contents_and_learning(hw4, tmp_path):
     assert ck["speakers"] == hw4["speakers"]
     assert r.best_val is not None and r.best_val >= 0.75          # 4 easy speakers, 1 held-out utterance each
     assert not list(out.glob("*.tmp"))
+
+
+def test_weight_averaging_makes_final_model_the_mean_of_snapshots(hw4, tmp_path):
+    from spkid.train import WeightAverage
+    net = torch.nn.Linear(2, 2)
+    avg = WeightAverage(net)
+    ws = []
+    for k in range(3):
+        with torch.no_grad():
+            net.weight.fill_(float(k))
+        ws.append(net.weight.clone())
+        avg.update(net)
+    avg.apply(net)
+    assert torch.allclose(net.weight, torch.stack(ws).mean(0))
+    r = train(hw4["root"], tmp_path / "avg", _cfg("train.steps=10", "train.average_last=0.5", "train.average_every=1"),
+              progress=False)
+    ck = load_checkpoint(r.last)
+    assert ck["average"]["count"] == 5
+    assert all(torch.allclose(ck["model"][k].float(), v) for k, v in ck["average"]["mean"].items())
