@@ -84,3 +84,16 @@ def test_weight_averaging_makes_final_model_the_mean_of_snapshots(hw4, tmp_path)
     ck = load_checkpoint(r.last)
     assert ck["average"]["count"] == 5
     assert all(torch.allclose(ck["model"][k].float(), v) for k, v in ck["average"]["mean"].items())
+
+
+@pytest.mark.parametrize("preset", ["default", "hw4-gpu", "hw4-sample", "tiny", "demo"])
+def test_every_preset_trains_and_predicts(hw4, tmp_path, preset):
+    from spkid.config import PRESETS
+    from spkid.infer import load
+    assert preset in PRESETS
+    cfg = apply_overrides(load_config(preset), ["train.steps=2", "train.max_minutes=0", "data.batch_size=4",
+                                                "train.amp=none", "train.val_every=0"])
+    r = train(hw4["root"], tmp_path / preset, cfg, progress=False)
+    assert r.steps == 2
+    m = load(r.last, "cpu")
+    assert m.cfg.name == preset and len(m.predict([torch.randn(50, 40)])) == 1
