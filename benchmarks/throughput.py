@@ -20,6 +20,7 @@ Targets on a 2-core CPU: loader >= 20x the ``default`` training step rate; batch
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -34,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spkid.config import apply_overrides, load_config  # noqa: E402
 from spkid.data.dataset import CropSampler  # noqa: E402
 from spkid.data.features import load_test_features, load_train_features  # noqa: E402
+from spkid.distributed import cpu_cores  # noqa: E402
 from spkid.infer import class_scores, embed_features, resolve_device  # noqa: E402
 from spkid.models.speaker_net import build_model  # noqa: E402
+from spkid.runtime import flush_denormal  # noqa: E402
 from spkid.train import TrainStep  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -108,22 +111,23 @@ def bench_model(cfg, train, test_feats, device, steps: int, warmup: int, repeats
     fwd = TrainStep(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
-    scaler = torch.amp.GradScaler(enabled=amp is torch.float16)
+    scaler = torch.amp.GradScaler(enabled=amp is torch.float16 and device.type == "cuda")
     sampler = _sampler(cfg, feats, labels)
     net.train()
-    for k in range(warmup + steps):
-        if k == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        x, lengths, y = (v.to(device) for v in sampler.batch(k))
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = F.cross_entropy(fwd(x, lengths, y).float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    _sync(device)
-    steps_per_s = steps / (time.perf_counter() - t0)
+    with flush_denormal():      # as train() does: denormal floats are 20x+ slower on x86 CPUs
+        for k in range(warmup + steps):
+            if k == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            x, lengths, y = (v.to(device) for v in sampler.batch(k))
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = F.cross_entropy(fwd(x, lengths, y).float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        _sync(device)
+        steps_per_s = steps / (time.perf_counter() - t0)
 
     def predict_batched():
         class_scores(net, embed_features(net, test_feats, cfg.infer, device), device).argmax(-1)
@@ -160,6 +164,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     ap.add_argument("--loader-batches", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=2, help="batched inference runs (fastest counts)")
+    ap.add_argument("--batch-frames", type=int, default=0,
+                    help="override infer.batch_frames (frames per batched-inference batch; 0: the preset's)")
     ap.add_argument("--skip-cache", action="store_true", help="skip the feature-cache measurement")
     a = ap.parse_args()
     root = Path(a.data)
@@ -168,9 +174,12 @@ def main() -> int:
         return 1
     if a.threads > 0:
         torch.set_num_threads(a.threads)
-    torch.set_flush_denormal(True)          # as train.py and spkid.load do: denormals are 20x+ slower on x86
     device = resolve_device(a.device)
+    if a.amp == "fp16" and device.type != "cuda":
+        print("throughput.py: --amp fp16 needs --device cuda (as in training); use bf16 on a CPU", file=sys.stderr)
+        return 1
     base = load_config("default")
+    load = os.getloadavg()
     n_mels = base.model.n_mels
 
     cache = None if a.skip_cache else bench_cache(root, n_mels)
@@ -186,21 +195,25 @@ def main() -> int:
             cfg = load_config(name)
             if a.amp:
                 cfg = apply_overrides(cfg, [f"train.amp={a.amp}"])
+            if a.batch_frames:
+                cfg = apply_overrides(cfg, [f"infer.batch_frames={a.batch_frames}"])
             results[name] = bench_model(cfg, train, test_feats, device, a.steps, a.warmup, a.repeats)
         del train_set, train
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    print(f"device {device}{gpu}; CPU {cpu}; {torch.get_num_threads()} torch threads; torch {torch.__version__}; "
+    print(f"device {device}{gpu}; CPU {cpu} ({cpu_cores()} cores); {torch.get_num_threads()} torch threads; "
+          f"torch {torch.__version__}; load average {load[0]:.2f} at start (about 0 on an idle machine); "
           f"{len(labels)} training / {len(test_feats)} test utterances, {len(set(labels))} speakers\n")
-    print("| preset | params | amp | batch | train steps/s | train segments/s | predict utt/s (batched) "
-          "| predict utt/s (one at a time) | batched speedup |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| preset | params | amp | batch | train steps/s | train segments/s | batch_frames "
+          "| predict utt/s (batched) | predict utt/s (one at a time) | batched speedup |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         amp = a.amp or load_config(name).train.amp
+        frames = a.batch_frames or load_config(name).infer.batch_frames
         print(f"| {name} | {r['params'] / 1e6:.2f} M | {amp} | {r['batch']} | {r['steps_per_s']:.2f} | "
-              f"{r['segments_per_s']:.0f} | {r['infer_batched']:.0f} | {r['infer_single']:.0f} | "
+              f"{r['segments_per_s']:.0f} | {frames} | {r['infer_batched']:.0f} | {r['infer_single']:.0f} | "
               f"{r['speedup']:.1f}x |")
     print("\n| data path | time or rate |\n|---|---:|")
     d = base.data

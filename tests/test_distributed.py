@@ -190,7 +190,8 @@ def test_fp16_with_grad_scaler_on_cuda(hw4, tmp_path):
 
 
 @pytest.mark.skipif(not os.environ.get("SPKID_SLOW_TESTS"),
-                    reason="torch.compile on CPU spends ~100 s building inductor C++ kernels; set SPKID_SLOW_TESTS=1")
+                    reason="torch.compile on CPU: ~100 s building inductor C++ kernels on a cold cache; "
+                           "set SPKID_SLOW_TESTS=1")
 def test_compile_trains_like_eager(hw4, tmp_path):
     sets = ["train.steps=3", "train.warmup_steps=0", "train.lr=1e-2"]
     eager = _short_run(hw4, tmp_path, "eager", *sets)
