@@ -35,6 +35,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "head-aam": ("default", ["model.head=aam", "model.margin=0.2", "model.scale=30"], "AAM-softmax m0.2 s30"),
     "specaug": ("default", ["data.spec_time_masks=2", "data.spec_freq_masks=2"], "default plus SpecAugment (2+2 masks)"),
     "crop-fixed": ("default", ["data.crop_min_frames=0", "data.crop_frames=200"], "fixed 200-frame crops"),
+    "norm-cmn": ("default", ["model.norm=cmn"], "per-utterance mean normalisation instead of global mean/std"),
+    "short-crops": ("default", ["data.crop_min_frames=60", "data.crop_frames=200"], "crops of 0.6-2 s"),
     "avg": ("default", ["train.average_last=0.3"], "final weights = mean of snapshots over the last 30%"),
     "wide": ("default", ["model.d_model=144", "model.ffn_dim=576", "model.n_layers=4"], "d144, 4 blocks, FFN 576"),
     "sub2": ("default", ["model.subsample=2"], "2x time subsampling instead of 4x"),
@@ -103,12 +105,13 @@ def render_table(out_root: Path) -> str:
                      f"{r['test_acc']:.4f} | {r['test_1s_acc']:.4f} | {r['steps']} | {r['params'] / 1e6:.2f}M |")
     by = {}
     for r in rows:
-        by.setdefault((r["variant"], r["minutes"]), []).append(r)
+        by.setdefault((r["variant"], r["minutes"], r["threads"]), []).append(r)
     spread = [(k, [x["test_acc"] for x in v], [x["test_1s_acc"] for x in v]) for k, v in by.items() if len(v) > 1]
     if spread:
-        lines += ["", "Seed spread (max - min over seeds of the same variant and budget):", ""]
-        for (name, minutes), acc, acc1 in spread:
-            lines.append(f"- {name} ({minutes:g} min, {len(acc)} seeds): public test {max(acc) - min(acc):.4f}, "
+        lines += ["", "Seed spread (max - min over seeds of the same variant, budget and threads):", ""]
+        for (name, minutes, threads), acc, acc1 in spread:
+            lines.append(f"- {name} ({minutes:g} min, {threads} threads, {len(acc)} seeds): "
+                         f"public test {max(acc) - min(acc):.4f}, "
                          f"1-s crops {max(acc1) - min(acc1):.4f} (mean {statistics.mean(acc):.4f} / "
                          f"{statistics.mean(acc1):.4f})")
     return "\n".join(lines) + "\n"
