@@ -107,6 +107,8 @@ class Model:
         load_weights(self.net, ckpt["model"], self.path)
         self.net.to(self.device).eval()
         self.model_id = model_fingerprint(ckpt["model"])
+        # EER threshold on the run's validation trials (training speakers), when the run validated
+        self.val_eer_threshold: float | None = ckpt.get("val_eer_threshold")
         self._frontend = None
 
     # -- inputs ---------------------------------------------------------------------------------------------

@@ -60,10 +60,8 @@ def embed_files(checkpoint: str | Path, sources, out: str | Path, *, device: str
 
 def default_threshold(model: Model) -> tuple[float, str]:
     """The EER threshold measured on the run's validation utterances, if the checkpoint has one."""
-    from .checkpoint import load_checkpoint
-    ckpt = load_checkpoint(model.path)
-    if ckpt.get("val_eer_threshold") is not None:
-        return float(ckpt["val_eer_threshold"]), "validation EER (training speakers)"
+    if model.val_eer_threshold is not None:
+        return float(model.val_eer_threshold), "validation EER (training speakers)"
     return 0.5, "default 0.5"
 
 
