@@ -84,25 +84,32 @@ def read_mapping(root: str | Path) -> list[str]:
     return speakers
 
 
+def _collect(path: Path, entries, kind: str) -> list[Utterance]:
+    """Utterances from ``(where, item, speaker)`` entries; a repeated feature_path is an error."""
+    utts, seen = [], set()
+    for where, item, speaker in entries:
+        u = _utterance(item, path, where, speaker)
+        if u.feature_path in seen:
+            raise DataError(f"{path}: duplicate {kind} id {u.feature_path!r} ({where})")
+        seen.add(u.feature_path)
+        utts.append(u)
+    if not utts:
+        raise DataError(f"{path}: no {kind} utterances")
+    return utts
+
+
 def read_metadata(root: str | Path) -> tuple[int, list[Utterance]]:
     """``(n_mels, training utterances)`` from ``metadata.json``."""
     path = Path(root) / "metadata.json"
     d = _read_json(path)
     n_mels = _get(d, "n_mels", int, path)
     speakers = _get(d, "speakers", dict, path)
-    utts, seen = [], set()
     for spk, items in speakers.items():
         if not isinstance(items, list):
             raise DataError(f"{path}: speakers[{spk!r}] must be a list, found {type(items).__name__}")
-        for j, item in enumerate(items):
-            u = _utterance(item, path, f"speakers[{spk!r}][{j}]", spk)
-            if u.feature_path in seen:
-                raise DataError(f"{path}: duplicate feature_path {u.feature_path!r}")
-            seen.add(u.feature_path)
-            utts.append(u)
-    if not utts:
-        raise DataError(f"{path}: no training utterances")
-    return n_mels, utts
+    entries = ((f"speakers[{spk!r}][{j}]", item, spk) for spk, items in speakers.items()
+               for j, item in enumerate(items))
+    return n_mels, _collect(path, entries, "training")
 
 
 def read_testdata(root: str | Path) -> tuple[int, list[Utterance]]:
@@ -111,16 +118,7 @@ def read_testdata(root: str | Path) -> tuple[int, list[Utterance]]:
     d = _read_json(path)
     n_mels = _get(d, "n_mels", int, path)
     items = _get(d, "utterances", list, path)
-    utts, seen = [], set()
-    for j, item in enumerate(items):
-        u = _utterance(item, path, f"utterances[{j}]", None)
-        if u.feature_path in seen:
-            raise DataError(f"{path}: duplicate test id {u.feature_path!r} (utterances[{j}])")
-        seen.add(u.feature_path)
-        utts.append(u)
-    if not utts:
-        raise DataError(f"{path}: no test utterances")
-    return n_mels, utts
+    return n_mels, _collect(path, ((f"utterances[{j}]", item, None) for j, item in enumerate(items)), "test")
 
 
 def read_train(root: str | Path) -> tuple[int, list[str], list[Utterance]]:
