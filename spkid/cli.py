@@ -140,7 +140,8 @@ def _cmd_prepare(a) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="offline end-to-end run: synthesise voices, prepare, train, predict")
     p.add_argument("--out", default="demo_out", help="working directory (default demo_out)")
-    p.add_argument("--minutes", type=float, default=2.0, help="training budget (default 2)")
+    p.add_argument("--minutes", type=float, default=3.0, help="training time cap (default 3)")
+    p.add_argument("--steps", type=int, default=1200, help="training steps (default 1200)")
     p.add_argument("--speakers", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -148,7 +149,7 @@ def _add_demo(sub) -> None:
 
 def _cmd_demo(a) -> int:
     from .demo import run_demo
-    r = run_demo(a.out, minutes=a.minutes, n_speakers=a.speakers, seed=a.seed, progress=not a.quiet)
+    r = run_demo(a.out, minutes=a.minutes, steps=a.steps, n_speakers=a.speakers, seed=a.seed, progress=not a.quiet)
     print(f"demo: {r.n_speakers} synthetic speakers, {r.n_train} training / {r.n_test} held-out utterances")
     print(f"validation accuracy {r.val_acc:.4f}, held-out test accuracy {r.test_acc:.4f}")
     print(f"predictions: {r.csv}\ncheckpoint:  {r.checkpoint}")

@@ -26,7 +26,7 @@ class DemoResult:
     plots: list[Path] = field(default_factory=list)
 
 
-def run_demo(out: str | Path, *, minutes: float = 2.0, n_speakers: int = 16, seed: int = 0,
+def run_demo(out: str | Path, *, minutes: float = 3.0, steps: int = 1200, n_speakers: int = 16, seed: int = 0,
              progress: bool = True) -> DemoResult:
     from .data.prepare import prepare
     from .metrics import accuracy
@@ -41,7 +41,8 @@ def run_demo(out: str | Path, *, minutes: float = 2.0, n_speakers: int = 16, see
     run = out / "run"
     if run.exists():                     # the demo's own previous run: start over
         shutil.rmtree(run)
-    cfg = apply_overrides(load_config("demo"), [f"train.max_minutes={minutes}", f"train.seed={seed}"])
+    cfg = apply_overrides(load_config("demo"), [f"train.max_minutes={minutes}", f"train.steps={steps}",
+                                                f"train.seed={seed}"])
     result = train(feats, run, cfg, progress=progress)
     pred_csv = out / "predictions.csv"
     predict([str(result.best or result.last)], feats, pred_csv, device="cpu", progress=progress)

@@ -6,7 +6,7 @@ from spkid.demo import run_demo
 
 
 def test_demo_end_to_end_and_predict_on_audio(tmp_path, capsys):
-    r = run_demo(tmp_path / "demo", minutes=0.15, n_speakers=4, seed=1, progress=False)
+    r = run_demo(tmp_path / "demo", minutes=1.0, steps=120, n_speakers=4, seed=1, progress=False)
     assert r.n_speakers == 4 and r.n_test == 16 and r.csv.is_file() and r.checkpoint.is_file()
     assert 0.0 <= r.test_acc <= 1.0 and 0.0 <= r.val_acc <= 1.0
     assert all(p.is_file() and p.stat().st_size > 0 for p in r.plots)
