@@ -136,7 +136,7 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
         torch.manual_seed(t.seed * 1_000_003 + rank)
     opt = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.98))
     step, elapsed, best_val, val_acc, val_extra = 0, 0.0, None, None, {}
-    avg = WeightAverage(model)
+    avg = WeightAverage()
     if ckpt is not None:
         load_weights(model, ckpt["model"], out_dir / "last.ckpt")
         avg.load(ckpt.get("average"))
@@ -268,7 +268,7 @@ class WeightAverage:
     goes into every checkpoint so a resumed run averages exactly the same snapshots.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self):
         self.sum: dict[str, torch.Tensor] | None = None
         self.count = 0
 
