@@ -1,32 +1,22 @@
-"""``spkid predict``: checkpoints + test data (HW4 directory or audio) -> Kaggle CSV ``Id,Category``."""
+"""``spkid predict``: checkpoints + test data (HW4 directory, ``.pt`` or audio files) -> Kaggle CSV ``Id,Category``."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import DataError
 from .infer import ensemble_scores, load, write_predictions
 
 
 def gather_inputs(models, source: str | Path, progress: bool = True) -> tuple[list[str], list]:
-    """``(ids, features)`` for an HW4 directory (``testdata.json``; Id = feature_path) or audio file(s)
-    (Id = path relative to the given folder, or the file name)."""
+    """``(ids, features)`` for an HW4 directory (``testdata.json``; Id = feature_path), or for ``.pt`` feature and
+    audio files, a file or a folder searched recursively (Id = path relative to the folder, or the path given)."""
     from .data.features import load_test_features
+    from .speakers import gather
     src = Path(source)
-    n_mels = models[0].cfg.model.n_mels
     if src.is_dir() and (src / "testdata.json").is_file():
-        data = load_test_features(src, n_mels, progress=progress)
+        data = load_test_features(src, models[0].cfg.model.n_mels, progress=progress)
         return [u.feature_path for u in data.utts], data.feats
-    if src.is_dir():
-        from .audio import list_audio
-        files = list_audio(src)
-        if not files:
-            raise DataError(f"{src}: no testdata.json and no audio files")
-        ids = [str(f.relative_to(src)) for f in files]
-    elif src.is_file():
-        files, ids = [src], [src.name]
-    else:
-        raise DataError(f"{src}: input not found")
-    return ids, models[0].features(files)
+    ids, items = gather(src)
+    return ids, models[0].features(items)
 
 
 def predict(checkpoints: list[str], source: str | Path, output: str | Path, *, device: str = "auto",

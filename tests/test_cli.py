@@ -32,6 +32,20 @@ def test_train_predict_evaluate_end_to_end(hw4, tmp_path, capsys):
     assert main(["predict", str(run / "best.ckpt"), str(run / "last.ckpt"), str(root), "-o", str(pred), "--quiet"]) == 0
 
 
+def test_predict_folder_of_pt_files_without_testdata_json(trained, tmp_path):
+    import shutil
+    root = trained["seen"]["root"]
+    ref, got = tmp_path / "ref.csv", tmp_path / "got.csv"
+    assert main(["predict", str(trained["ckpt"]), str(root), "-o", str(ref), "--quiet"]) == 0
+    loose = tmp_path / "loose" / "sub"
+    loose.mkdir(parents=True)
+    for row in list(csv.reader(ref.open()))[1:]:
+        shutil.copy(root / row[0], loose / row[0])
+    assert main(["predict", str(trained["ckpt"]), str(loose.parent), "-o", str(got), "--quiet"]) == 0
+    want = {f"sub/{r[0]}": r[1] for r in list(csv.reader(ref.open()))[1:]}
+    assert {r[0]: r[1] for r in list(csv.reader(got.open()))[1:]} == want
+
+
 def test_hw4_sample_preset_through_same_commands(hw4, tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(hw4["root"]), "--out", str(run), "--config", "hw4-sample", "--steps", "5",

@@ -231,10 +231,10 @@ def test_bad_feature_file_fails_embed_and_enroll(model, tmp_path, capsys, case, 
 
 def test_predict_missing_or_empty_input(model, tmp_path, capsys):
     rc, _, err = _cli(capsys, "predict", model["ckpt"], tmp_path / "nope", "-o", tmp_path / "p.csv")
-    _one_line_error(rc, err, f"{tmp_path / 'nope'}: input not found")
+    _one_line_error(rc, err, f"{tmp_path / 'nope'}: file or folder not found")
     (tmp_path / "empty").mkdir()
     rc, _, err = _cli(capsys, "predict", model["ckpt"], tmp_path / "empty", "-o", tmp_path / "p.csv")
-    _one_line_error(rc, err, f"{tmp_path / 'empty'}: no testdata.json and no audio files")
+    _one_line_error(rc, err, f"{tmp_path / 'empty'}: no .pt feature files or audio files in this folder")
     assert not (tmp_path / "p.csv").exists()
 
 
