@@ -32,15 +32,15 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     n_mels: int = 40
-    encoder: str = "conformer"        # transformer | conformer
+    encoder: str = "conformer"        # transformer | conformer | tdnn (ECAPA-style 1-D convolutions)
     norm: str = "global"              # input normalisation: global (train-set mean/std) | cmn (per utterance) | none
     subsample: int = 2                # conv2d time subsampling before the encoder: 1 (prenet Linear), 2 or 4
     d_model: int = 144
     n_heads: int = 4
     n_layers: int = 2
-    ffn_dim: int = 576
+    ffn_dim: int = 576                # transformer/conformer FFN width; tdnn: channels after layer aggregation
     dropout: float = 0.1
-    conv_kernel: int = 15             # conformer depthwise conv kernel (odd)
+    conv_kernel: int = 15             # conformer depthwise conv kernel / tdnn dilated conv kernel (odd)
     norm_first: bool = True           # transformer: pre-norm (True) or post-norm as in the HW4 sample (False)
     pos_enc: str = "rope"             # rope | none (the HW4 sample has no positional encoding)
     attention: str = "full"           # full | linformer | local | sparse | adaptive
@@ -109,7 +109,7 @@ class RunConfig:
 
 
 CHOICES = {
-    "model.encoder": ("transformer", "conformer"),
+    "model.encoder": ("transformer", "conformer", "tdnn"),
     "model.norm": ("global", "cmn", "none"),
     "model.subsample": (1, 2, 4),
     "model.pos_enc": ("rope", "none"),

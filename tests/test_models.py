@@ -9,6 +9,7 @@ from spkid.models.losses import CosineMarginHead
 from spkid.models.masking import valid_mask
 from spkid.models.pooling import POOLING, build_pooling
 from spkid.models.speaker_net import build_model
+from spkid.models.tdnn import TDNNEncoder
 
 SMALL = ["model.d_model=32", "model.n_heads=2", "model.ffn_dim=48", "model.conv_kernel=5", "model.dropout=0.1",
          "model.pooling=mean"]
@@ -50,6 +51,36 @@ def test_hw4_sample_model_is_post_norm_single_layer_and_padding_invariant():
     assert len(net.encoder.blocks) == 1 and net.encoder.blocks[0].norm_first is False
     assert net.head.fc.out_features == 600 and net.subsample.proj.out_features == 80
     _padding_invariance(net)
+
+
+@pytest.mark.parametrize("subsample", [1, 2, 4])
+@pytest.mark.parametrize("pooling", sorted(POOLING))
+def test_padding_invariance_tdnn(subsample, pooling):
+    cfg = apply_overrides(load_config("default"), SMALL + ["model.encoder=tdnn", "model.conv_kernel=3",
+                                                           f"model.subsample={subsample}", f"model.pooling={pooling}"])
+    net = build_model(cfg, 5)
+    # non-trivial BatchNorm statistics, so eval mode is not an identity normalisation
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(8, 50, 40) * 3 + 1, torch.full((8,), 50))
+    assert net.encoder.stem.bn.running_mean.abs().sum() > 0
+    out = _padding_invariance(net)
+    assert out.shape == (4, build_pooling(pooling, 48).out_dim)   # pooled over ffn_dim=48 channels
+
+
+def test_tdnn_shapes_dilations_and_padded_frames_zero():
+    enc = TDNNEncoder(d_model=16, n_layers=3, kernel=3, out_dim=24).eval()
+    x, L = torch.randn(3, 37, 16), torch.tensor([37, 11, 2])
+    valid = valid_mask(L, 37)
+    y = enc(x, valid)
+    assert y.shape == (3, 37, 24) and enc.out_dim == 24
+    assert (y[~valid] == 0).all()
+    assert [b.layers[1].conv.dilation[0] for b in enc.blocks] == [2, 3, 4]
+    x2 = x.clone()
+    x2[1, 11:] = 99.0                                   # what lies past the end must not leak in
+    assert torch.allclose(enc(x2, valid)[1, :11], y[1, :11], atol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        TDNNEncoder(d_model=16, n_layers=1, kernel=4, out_dim=8)
 
 
 def test_conformer_shapes_and_padded_frames_zero():
@@ -111,3 +142,8 @@ def test_every_config_field_changes_the_model():
                    "model.embed_dim=16", "model.pooling=asp", "model.subsample=4", "model.encoder=transformer"]:
         other = build_model(apply_overrides(base, [change]), 4)
         assert sum(p.numel() for p in other.parameters()) != n_ref, change
+    tdnn = apply_overrides(base, ["model.encoder=tdnn", "model.conv_kernel=3"])
+    n_tdnn = sum(p.numel() for p in build_model(tdnn, 4).parameters())
+    for change in ["model.n_layers=2", "model.ffn_dim=96", "model.d_model=48", "model.conv_kernel=5"]:
+        other = build_model(apply_overrides(tdnn, [change]), 4)
+        assert sum(p.numel() for p in other.parameters()) != n_tdnn, change

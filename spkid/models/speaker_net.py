@@ -13,6 +13,7 @@ from .conformer import ConformerEncoder
 from .losses import build_head
 from .masking import masked_mean, valid_mask, zero_pad
 from .pooling import build_pooling
+from .tdnn import TDNNEncoder
 from .transformer import TransformerEncoder
 
 
@@ -118,9 +119,12 @@ class SpeakerNet(nn.Module):
             self.encoder = ConformerEncoder(conv_kernel=m.conv_kernel, **common)
         elif m.encoder == "transformer":
             self.encoder = TransformerEncoder(norm_first=m.norm_first, **common)
+        elif m.encoder == "tdnn":
+            self.encoder = TDNNEncoder(d_model=m.d_model, n_layers=m.n_layers, kernel=m.conv_kernel,
+                                       out_dim=m.ffn_dim)
         else:
-            raise ConfigError(f"unknown encoder {m.encoder!r}; choose one of ['conformer', 'transformer']")
-        self.pool = build_pooling(m.pooling, m.d_model)
+            raise ConfigError(f"unknown encoder {m.encoder!r}; choose one of ['conformer', 'tdnn', 'transformer']")
+        self.pool = build_pooling(m.pooling, getattr(self.encoder, "out_dim", m.d_model))
         self.embed = nn.Linear(self.pool.out_dim, m.embed_dim) if m.embed_dim > 0 else nn.Identity()
         self.embed_dim = m.embed_dim if m.embed_dim > 0 else self.pool.out_dim
         self.head = build_head(m.head, self.embed_dim, n_speakers, margin=m.margin, scale=m.scale)
@@ -132,7 +136,7 @@ class SpeakerNet(nn.Module):
         x = self.augment(self.norm(x, valid), lengths)     # (B, T, F)
         x, lengths = self.subsample(x, lengths)            # (B, T', D); lengths now in subsampled frames
         valid = valid_mask(lengths, x.shape[1])
-        x = self.encoder(x, valid)                         # (B, T', D)
+        x = self.encoder(x, valid)                         # (B, T', D) (tdnn: (B, T', ffn_dim))
         return self.embed(self.pool(x, valid))             # (B, P) -> (B, E)
 
     def logits(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
