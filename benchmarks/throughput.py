@@ -38,7 +38,7 @@ from spkid.data.features import load_test_features, load_train_features  # noqa:
 from spkid.distributed import cpu_cores  # noqa: E402
 from spkid.infer import class_scores, embed_features, resolve_device  # noqa: E402
 from spkid.models.speaker_net import build_model  # noqa: E402
-from spkid.runtime import flush_denormal  # noqa: E402
+from spkid.runtime import flush_denormal, resolve_amp  # noqa: E402
 from spkid.train import TrainStep  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -110,7 +110,7 @@ def bench_model(cfg, train, test_feats, device, steps: int, warmup: int, repeats
     params = sum(p.numel() for p in net.parameters())
     fwd = TrainStep(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_amp(cfg.train.amp, device))
     scaler = torch.amp.GradScaler(enabled=amp is torch.float16 and device.type == "cuda")
     sampler = _sampler(cfg, feats, labels)
     net.train()
@@ -159,7 +159,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--presets", nargs="+", default=["hw4-sample", "default"])
-    ap.add_argument("--amp", choices=["none", "bf16", "fp16"], help="override train.amp of every preset")
+    ap.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"], help="override train.amp of every preset")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per preset")
     ap.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     ap.add_argument("--loader-batches", type=int, default=100)
@@ -210,7 +210,7 @@ def main() -> int:
           "| predict utt/s (batched) | predict utt/s (one at a time) | batched speedup |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
-        amp = a.amp or load_config(name).train.amp
+        amp = resolve_amp(a.amp or load_config(name).train.amp, device)
         frames = a.batch_frames or load_config(name).infer.batch_frames
         print(f"| {name} | {r['params'] / 1e6:.2f} M | {amp} | {r['batch']} | {r['steps_per_s']:.2f} | "
               f"{r['segments_per_s']:.0f} | {frames} | {r['infer_batched']:.0f} | {r['infer_single']:.0f} | "

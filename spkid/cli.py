@@ -92,7 +92,8 @@ def _cmd_train(a) -> int:
     val = "n/a" if r.val_acc is None else f"{r.val_acc:.4f}"
     state = ("interrupted, checkpoint saved (--resume to continue)" if r.interrupted else
              "done" if r.finished else "stopped early, checkpoint saved (--resume to continue)")
-    print(f"{state}: {r.steps} steps in {r.elapsed / 60:.1f} min, validation accuracy {val}")
+    amp = "" if r.amp == "none" else f" ({r.amp} autocast)"
+    print(f"{state}: {r.steps} steps in {r.elapsed / 60:.1f} min{amp}, validation accuracy {val}")
     print(f"checkpoints: {r.last}" + (f", {r.best}" if r.best else ""))
     return 130 if r.interrupted else 0
 

@@ -68,7 +68,7 @@ class TrainConfig:
     val_every: int = 0                # steps between validations (0: only at the end; also every val_minutes)
     val_minutes: float = 2.0          # with a time budget: validate at most this often
     ckpt_every: int = 500             # steps between last.ckpt writes
-    amp: str = "none"                 # none | bf16 | fp16 (CUDA only; bf16 also on CPU)
+    amp: str = "none"                 # none | bf16 | fp16 (CUDA only) | auto (bf16 where the hardware has it)
     compile: bool = False
     seed: int = 0
     device: str = "auto"
@@ -115,7 +115,7 @@ CHOICES = {
     "model.pos_enc": ("rope", "none"),
     "model.pooling": ("mean", "sap", "asp"),
     "model.head": ("softmax", "am", "aam"),
-    "train.amp": ("none", "bf16", "fp16"),
+    "train.amp": ("none", "bf16", "fp16", "auto"),
 }
 
 

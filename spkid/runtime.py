@@ -29,3 +29,24 @@ def flush_denormal():
             _depth -= 1
             if _depth == 0:
                 torch.set_flush_denormal(False)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` does bfloat16 arithmetic in hardware (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX).
+
+    Elsewhere bf16 autocast is emulated and slower than float32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        cpu = torch.cpu
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")   # private probes; absent -> False
+        return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``train.amp`` to what runs: ``auto`` is ``bf16`` where :func:`native_bf16`, else ``none``."""
+    if amp == "auto":
+        return "bf16" if native_bf16(device) else "none"
+    return amp

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import distributed as dist
 from .fileio import atomic_write
-from .runtime import flush_denormal
+from .runtime import flush_denormal, resolve_amp
 from .checkpoint import (checkpoint_config, load_checkpoint, load_weights, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import RunConfig
@@ -41,6 +41,7 @@ class TrainResult:
     best: Path | None
     interrupted: bool = False
     finished: bool = True            # False when stopped early (stop_after / Ctrl-C): resume to finish
+    amp: str = "none"                # the precision that ran (train.amp=auto resolved)
 
 
 def lr_factor(step: int, warmup_steps: int, p: float) -> float:
@@ -99,7 +100,8 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
     out_dir = Path(out_dir)
     t = cfg.train
     device = resolve_device(t.device)
-    if t.amp == "fp16" and device.type != "cuda":
+    amp = resolve_amp(t.amp, device)
+    if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp=fp16 needs a CUDA device (loss scaling); on {device.type} "
                           "use train.amp=bf16 or none")
     rank, world = dist.setup(device)              # NCCL for CUDA, gloo for CPU
@@ -157,8 +159,8 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
     sampler = CropSampler(train_feats, [labels[i] for i in train_idx], batch_size=cfg.data.batch_size,
                           crop_frames=cfg.data.crop_frames, crop_min_frames=cfg.data.crop_min_frames,
                           seed=t.seed, rank=rank)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
-    scaler = torch.amp.GradScaler(enabled=t.amp == "fp16" and device.type == "cuda")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler(enabled=amp == "fp16" and device.type == "cuda")
     log = _Logger(out_dir / "metrics.jsonl", main)
     span_modules = [m for m in model.modules() if hasattr(m, "span_loss")]
     budget = t.max_minutes * 60
@@ -258,7 +260,7 @@ def _train(data_dir, out_dir, cfg: RunConfig, *, resume: bool, progress: bool, c
     best = out_dir / "best.ckpt"
     finished = not interrupted and finished_run(step, elapsed)
     return TrainResult(step, elapsed, val_acc, best_val, out_dir / "last.ckpt", best if best.exists() else None,
-                       interrupted, finished)
+                       interrupted, finished, amp)
 
 
 class WeightAverage:

@@ -174,6 +174,24 @@ def test_bf16_autocast_on_cpu_trains_and_changes_the_arithmetic(hw4, tmp_path):
     assert any(not torch.equal(fp32[k], bf16[k]) for k in fp32)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_bf16_only_where_the_hardware_has_it(hw4, tmp_path, monkeypatch, native):
+    from spkid import runtime
+    from spkid.runtime import resolve_amp
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    cpu = torch.device("cpu")
+    assert runtime.native_bf16(cpu) is native
+    assert resolve_amp("auto", cpu) == ("bf16" if native else "none")
+    assert resolve_amp("none", cpu) == "none" and resolve_amp("bf16", cpu) == "bf16"
+    cfg = apply_overrides(load_config("tiny"), ["train.steps=2", "train.device=cpu", "train.amp=auto"])
+    r = train(hw4["root"], tmp_path / "auto", cfg, progress=False)
+    assert r.amp == ("bf16" if native else "none")
+    ref = _short_run(hw4, tmp_path, "ref", "train.amp=" + ("bf16" if native else "none"))
+    got = load_checkpoint(tmp_path / "auto" / "last.ckpt")["model"]
+    assert all(torch.equal(ref[k], got[k]) for k in ref)                  # auto ran exactly that precision
+
+
 def test_fp16_on_cpu_is_a_config_error(hw4, tmp_path):
     cfg = apply_overrides(load_config("tiny"), ["train.amp=fp16", "train.device=cpu"])
     with pytest.raises(ConfigError, match="train.amp=fp16 needs a CUDA device"):

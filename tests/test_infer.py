@@ -119,3 +119,14 @@ def test_onnx_export_matches_pytorch_for_several_lengths(trained, tmp_path):
             ref_logits = m.net.head(ref)
         assert np.abs(emb - ref.numpy()).max() < 1e-4
         assert np.abs(logits - ref_logits.numpy()).max() < 1e-4
+
+
+def test_onnx_export_of_a_tdnn_model_matches_pytorch(hw4, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from spkid.config import apply_overrides, load_config
+    from spkid.export import export_onnx
+    from spkid.train import train
+    cfg = apply_overrides(load_config("tiny"), ["model.encoder=tdnn", "model.conv_kernel=3", "model.ffn_dim=48",
+                                                "model.pooling=asp", "train.steps=3"])
+    r = train(hw4["root"], tmp_path / "run", cfg, progress=False)
+    assert export_onnx(r.last, tmp_path / "m.onnx") < 1e-4     # BatchNorm (eval), padding masks and SE exported
