@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -147,10 +148,26 @@ def bench_model(cfg, train, test_feats, device, steps: int, warmup: int, repeats
     predict_single()
     _sync(device)
     single = time.perf_counter() - t0
+    with FlopCounterMode(display=False) as counter:   # the useful work: no padding, one utterance at a time
+        predict_single()
+    gflop = counter.get_total_flops() / 1e9
     n = len(test_feats)
     return {"params": params, "batch": cfg.data.batch_size, "steps_per_s": steps_per_s,
             "segments_per_s": steps_per_s * cfg.data.batch_size, "infer_batched": n / min(batched),
-            "infer_single": n / single, "speedup": single / min(batched)}
+            "infer_single": n / single, "speedup": single / min(batched), "gflop": gflop,
+            "gflops_batched": gflop / min(batched), "gflops_single": gflop / single}
+
+
+def bench_gemm(device: torch.device, n: int = 1024, reps: int = 20) -> float:
+    """GFLOP/s of a large float32 matrix product: what this device's threads can do at best."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def main() -> int:
@@ -206,15 +223,21 @@ def main() -> int:
     print(f"device {device}{gpu}; CPU {cpu} ({cpu_cores()} cores); {torch.get_num_threads()} torch threads; "
           f"torch {torch.__version__}; load average {load[0]:.2f} at start (about 0 on an idle machine); "
           f"{len(labels)} training / {len(test_feats)} test utterances, {len(set(labels))} speakers\n")
+    gemm = bench_gemm(device)
     print("| preset | params | amp | batch | train steps/s | train segments/s | batch_frames "
-          "| predict utt/s (batched) | predict utt/s (one at a time) | batched speedup |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| predict utt/s (batched) | predict utt/s (one at a time) | batched speedup "
+          "| GFLOP/s batched, one at a time |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         amp = resolve_amp(a.amp or load_config(name).train.amp, device)
         frames = a.batch_frames or load_config(name).infer.batch_frames
         print(f"| {name} | {r['params'] / 1e6:.2f} M | {amp} | {r['batch']} | {r['steps_per_s']:.2f} | "
               f"{r['segments_per_s']:.0f} | {frames} | {r['infer_batched']:.0f} | {r['infer_single']:.0f} | "
-              f"{r['speedup']:.1f}x |")
+              f"{r['speedup']:.1f}x | {r['gflops_batched']:.1f}, {r['gflops_single']:.1f} |")
+    work = ", ".join(f"{k} {r['gflop']:.0f}" for k, r in results.items())
+    print(f"\nPrediction of the {len(test_feats)} test utterances does {work} GFLOP (forward pass, padding "
+          f"excluded). A 1024x1024 float32 matrix product runs at {gemm:.0f} GFLOP/s here; batched prediction "
+          f"cannot beat that, so its speedup is at most {gemm:.0f} / (one-at-a-time GFLOP/s).")
     print("\n| data path | time or rate |\n|---|---:|")
     d = base.data
     print(f"| crop loader, `CropSampler.batch` (batch {d.batch_size}, crops {d.crop_min_frames}-{d.crop_frames}) "
