@@ -25,25 +25,39 @@ DATA = ROOT.parent / "shared" / "data" / "speechocean762"
 # name -> (preset, overrides, description)
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "hw4-sample": ("hw4-sample", [], "HW4 sample recipe: 1 post-norm Transformer layer d80, mean pool, CE"),
-    "default": ("default", [], "the default recipe (see spkid/config.py)"),
-    "transformer": ("default", ["model.encoder=transformer"], "default with a pre-norm Transformer encoder"),
-    "pool-mean": ("default", ["model.pooling=mean"], "default with masked mean pooling"),
-    "pool-sap": ("default", ["model.pooling=sap"], "default with self-attentive pooling"),
-    "pool-asp": ("default", ["model.pooling=asp"], "default with attentive statistics pooling"),
-    "head-softmax": ("default", ["model.head=softmax", "model.label_smoothing=0.1"], "CE + label smoothing 0.1"),
-    "head-am": ("default", ["model.head=am", "model.margin=0.2", "model.scale=30"], "AM-softmax m0.2 s30"),
-    "head-aam": ("default", ["model.head=aam", "model.margin=0.2", "model.scale=30"], "AAM-softmax m0.2 s30"),
-    "specaug": ("default", ["data.spec_time_masks=2", "data.spec_freq_masks=2"], "default plus SpecAugment (2+2 masks)"),
-    "crop-fixed": ("default", ["data.crop_min_frames=0", "data.crop_frames=200"], "fixed 200-frame crops"),
-    "norm-cmn": ("default", ["model.norm=cmn"], "per-utterance mean normalisation instead of global mean/std"),
-    "short-crops": ("default", ["data.crop_min_frames=60", "data.crop_frames=200"], "crops of 0.6-2 s"),
-    "avg": ("default", ["train.average_last=0.3"], "final weights = mean of snapshots over the last 30%"),
-    "wide": ("default", ["model.d_model=144", "model.ffn_dim=576", "model.n_layers=4"], "d144, 4 blocks, FFN 576"),
-    "sub2": ("default", ["model.subsample=2"], "2x time subsampling instead of 4x"),
-    "attn-linformer": ("default", ["model.attention=linformer"], "Linformer attention"),
-    "attn-local": ("default", ["model.attention=local"], "local-window attention"),
-    "attn-sparse": ("default", ["model.attention=sparse"], "local window + strided global positions"),
-    "attn-adaptive": ("default", ["model.attention=adaptive"], "adaptive attention span"),
+    # the default recipe (ECAPA-style TDNN) and changes to it
+    "default": ("default", [], "the default recipe: TDNN C128 x 3, 2x subsampling, ASP, CE + LS 0.1, amp auto"),
+    "default-fp32": ("default", ["train.amp=none"], "default without bf16 autocast"),
+    "default-aam": ("default", ["model.head=aam", "model.margin=0.2", "model.scale=30", "train.margin_warmup=0.2"],
+                    "default with AAM-softmax m0.2 s30 (margin warm-up 20%)"),
+    "default-c192": ("default", ["model.d_model=192", "model.ffn_dim=576"], "default at C192, aggregation 576"),
+    "default-sub4": ("default", ["model.subsample=4"], "default with 4x time subsampling"),
+    "default-sub1": ("default", ["model.subsample=1"], "default without time subsampling (Linear input projection)"),
+    "default-lr4e-3": ("default", ["train.lr=4e-3"], "default with peak learning rate 4e-3"),
+    # the Conformer preset (the default before the TDNN) and changes to it
+    "conformer": ("conformer", [], "Conformer d128 x 3, FFN 256, 4x subsampling, ASP, AAM m0.2 s30"),
+    "transformer": ("conformer", ["model.encoder=transformer"], "conformer preset with a pre-norm Transformer"),
+    "pool-mean": ("conformer", ["model.pooling=mean"], "conformer with masked mean pooling"),
+    "pool-sap": ("conformer", ["model.pooling=sap"], "conformer with self-attentive pooling"),
+    "head-softmax": ("conformer", ["model.head=softmax", "model.label_smoothing=0.1"], "CE + label smoothing 0.1"),
+    "head-am": ("conformer", ["model.head=am"], "conformer with AM-softmax m0.2 s30"),
+    "specaug": ("conformer", ["data.spec_time_masks=2", "data.spec_freq_masks=2"], "conformer plus SpecAugment (2+2)"),
+    "crop-fixed": ("conformer", ["data.crop_min_frames=0", "data.crop_frames=200"], "fixed 200-frame crops"),
+    "norm-cmn": ("conformer", ["model.norm=cmn"], "per-utterance mean normalisation instead of global mean/std"),
+    "short-crops": ("conformer", ["data.crop_min_frames=60", "data.crop_frames=200"], "crops of 0.6-2 s"),
+    "avg": ("conformer", ["train.average_last=0.3"], "final weights = mean of snapshots over the last 30%"),
+    "wide": ("conformer", ["model.d_model=144", "model.ffn_dim=576", "model.n_layers=4"], "d144, 4 blocks, FFN 576"),
+    "sub2": ("conformer", ["model.subsample=2"], "2x time subsampling instead of 4x"),
+    "small-ce": ("conformer", ["model.d_model=96", "model.n_layers=2", "model.ffn_dim=192", "model.subsample=2",
+                               "model.head=softmax", "model.label_smoothing=0.1"],
+                 "d96 x 2 blocks, FFN 192, 2x subsampling, CE + label smoothing 0.1"),
+    "small-ce-sub4": ("conformer", ["model.d_model=96", "model.n_layers=2", "model.ffn_dim=192",
+                                    "model.head=softmax", "model.label_smoothing=0.1"],
+                      "d96 x 2 blocks, FFN 192, 4x subsampling, CE + label smoothing 0.1"),
+    "attn-linformer": ("conformer", ["model.attention=linformer"], "Linformer attention"),
+    "attn-local": ("conformer", ["model.attention=local"], "local-window attention"),
+    "attn-sparse": ("conformer", ["model.attention=sparse"], "local window + strided global positions"),
+    "attn-adaptive": ("conformer", ["model.attention=adaptive"], "adaptive attention span"),
 }
 
 
@@ -103,6 +117,11 @@ def render_table(out_root: Path) -> str:
         val = "-" if r["val_acc"] is None else f"{r['val_acc']:.4f}"
         lines.append(f"| {r['variant']} | {r['seed']} | {r['minutes']:g}, {r['threads']} | {val} | "
                      f"{r['test_acc']:.4f} | {r['test_1s_acc']:.4f} | {r['steps']} | {r['params'] / 1e6:.2f}M |")
+    shown = sorted({r["variant"] for r in rows}, key=lambda n: order.get(n, 99))
+    lines += ["", "Variants (preset + overrides, as `benchmarks/ablation.py` runs them):", ""]
+    lines += [f"- `{n}`: {VARIANTS[n][2]}" + (f" (`{VARIANTS[n][0]}` + `{' '.join(VARIANTS[n][1])}`)"
+                                               if VARIANTS[n][1] else f" (`--config {VARIANTS[n][0]}`)")
+              for n in shown if n in VARIANTS]
     by = {}
     for r in rows:
         by.setdefault((r["variant"], r["minutes"], r["threads"]), []).append(r)

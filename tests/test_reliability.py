@@ -532,10 +532,11 @@ def test_one_two_three_frame_utterances_predict(model, tmp_path, capsys):
     assert len(list(csv.reader(open(tmp_path / "p.csv")))) == 4
 
 
-@pytest.mark.parametrize("preset", ["tiny", "default", "hw4-sample", "demo"])
+@pytest.mark.parametrize("preset", ["tiny", "default", "conformer", "hw4-sample", "demo", "hw4-gpu"])
 def test_every_preset_and_attention_embeds_one_to_three_frames(preset):
     """Shorter than every convolution kernel and attention window: finite embeddings, no shape errors."""
-    for attention in ("full", "linformer", "local", "sparse", "adaptive"):
+    attentions = ("full", "linformer", "local", "sparse", "adaptive")
+    for attention in attentions if load_config(preset).model.encoder != "tdnn" else ("full",):
         net = build_model(apply_overrides(load_config(preset), [f"model.attention={attention}"]), 5).eval()
         with torch.no_grad():
             for t in (1, 2, 3):

@@ -86,7 +86,7 @@ def test_weight_averaging_makes_final_model_the_mean_of_snapshots(hw4, tmp_path)
     assert all(torch.allclose(ck["model"][k].float(), v) for k, v in ck["average"]["mean"].items())
 
 
-@pytest.mark.parametrize("preset", ["default", "hw4-gpu", "hw4-sample", "tiny", "demo"])
+@pytest.mark.parametrize("preset", ["default", "conformer", "hw4-gpu", "hw4-sample", "tiny", "demo"])
 def test_every_preset_trains_and_predicts(hw4, tmp_path, preset):
     from spkid.config import PRESETS
     from spkid.infer import load
