@@ -6,7 +6,8 @@
 Each run is ``spkid train DATA --max-minutes M`` in its own process (``--threads`` torch threads), then:
 validation accuracy (whole held-out utterances), public-test accuracy (``testdata.json`` vs ``answers.csv``),
 accuracy on 1-second crops (the first 100 frames of each public-test utterance), steps reached, parameters.
-Results are kept in ``runs/ablation/<variant>-s<seed>-<minutes>m<threads>t/result.json``; the table merges all saved results.
+Results are kept in ``runs/ablation/<variant>-s<seed>-<minutes>m<threads>t/result.json``; the table merges all
+saved results.
 """
 from __future__ import annotations
 
@@ -22,18 +23,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "speechocean762"
 
+CROPS_1_3S = ["data.crop_min_frames=100", "data.crop_frames=300"]     # the first TDNN default's crops
+
 # name -> (preset, overrides, description)
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "hw4-sample": ("hw4-sample", [], "HW4 sample recipe: 1 post-norm Transformer layer d80, mean pool, CE"),
-    # the default recipe (ECAPA-style TDNN) and changes to it
-    "default": ("default", [], "the default recipe: TDNN C128 x 3, 2x subsampling, ASP, CE + LS 0.1, amp auto"),
-    "default-fp32": ("default", ["train.amp=none"], "default without bf16 autocast"),
-    "default-aam": ("default", ["model.head=aam", "model.margin=0.2", "model.scale=30", "train.margin_warmup=0.2"],
-                    "default with AAM-softmax m0.2 s30 (margin warm-up 20%)"),
-    "default-c192": ("default", ["model.d_model=192", "model.ffn_dim=576"], "default at C192, aggregation 576"),
-    "default-sub4": ("default", ["model.subsample=4"], "default with 4x time subsampling"),
-    "default-sub1": ("default", ["model.subsample=1"], "default without time subsampling (Linear input projection)"),
-    "default-lr4e-3": ("default", ["train.lr=4e-3"], "default with peak learning rate 4e-3"),
+    # the default recipe (ECAPA-style TDNN) and changes to it; rows with CROPS_1_3S ran with 1-3 s crops
+    "default": ("default", [], "the default recipe: TDNN C128 x 3, 2x subsampling, ASP, CE + LS 0.1, 0.5-1.5 s crops"),
+    "default-crops-1-2s": ("default", ["data.crop_min_frames=100", "data.crop_frames=200"],
+                           "default with crops of 1-2 s (the second TDNN default)"),
+    "default-crops-1-3s": ("default", CROPS_1_3S,
+                           "default with crops of 1-3 s (the first TDNN default)"),
+    "default-fp32": ("default", [*CROPS_1_3S, "train.amp=none"], "1-3 s crops, no bf16 autocast"),
+    "default-aam": ("default", [*CROPS_1_3S, "model.head=aam", "model.margin=0.2", "model.scale=30",
+                                "train.margin_warmup=0.2"], "1-3 s crops, AAM-softmax m0.2 s30 (margin warm-up 20%)"),
+    "default-c192": ("default", [*CROPS_1_3S, "model.d_model=192", "model.ffn_dim=576"],
+                     "1-3 s crops, C192, aggregation 576"),
+    "default-sub4": ("default", [*CROPS_1_3S, "model.subsample=4"], "1-3 s crops, 4x time subsampling"),
+    "default-sub1": ("default", [*CROPS_1_3S, "model.subsample=1"], "1-3 s crops, no time subsampling"),
+    "default-lr4e-3": ("default", [*CROPS_1_3S, "train.lr=4e-3"], "1-3 s crops, peak learning rate 4e-3"),
     # the Conformer preset (the default before the TDNN) and changes to it
     "conformer": ("conformer", [], "Conformer d128 x 3, FFN 256, 4x subsampling, ASP, AAM m0.2 s30"),
     "transformer": ("conformer", ["model.encoder=transformer"], "conformer preset with a pre-norm Transformer"),

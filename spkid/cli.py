@@ -19,7 +19,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a speaker classifier on an HW4-format directory")
     p.add_argument("data_dir", help="directory with metadata.json, mapping.json and uttr-*.pt")
     p.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, last/best.ckpt)")
-    p.add_argument("--config", help="preset name (default, hw4-sample, tiny) or a .toml/.json file")
+    p.add_argument("--config", help="preset name (default, conformer, hw4-sample, hw4-gpu, tiny, demo) "
+                                    "or a .toml/.json file")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; the LR schedule follows it")
     p.add_argument("--steps", type=int, help="number of training steps")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.ckpt")
@@ -27,7 +28,8 @@ def _add_train(sub) -> None:
                    help="end this invocation after STEP (checkpoint saved); --resume finishes the schedule")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int)
-    p.add_argument("--attention", help="attention variant: full, linformer, local, sparse, adaptive")
+    p.add_argument("--attention", help="attention variant of a conformer/transformer encoder: full, linformer, "
+                                       "local, sparse, adaptive")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.n_layers=4 --set train.lr=3e-4")
     p.add_argument("--cache", help="directory for a memory-mapped float16 feature cache (reused across runs)")

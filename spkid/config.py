@@ -219,11 +219,12 @@ def _preset_default() -> RunConfig:
     An ECAPA-style TDNN (1-D convolutions: a CPU runs them near its peak, and BatchNorm keeps them stable at a
     high learning rate) after 2x time subsampling; attentive statistics pooling; cross-entropy with label
     smoothing (it beat AAM-softmax at this budget); bf16 autocast where the hardware does bf16 natively
-    (1.5x the steps on an AVX512-BF16 CPU); crops of 1-3 s so short test utterances are in-domain.
+    (1.5x the steps on an AVX512-BF16 CPU); crops of 0.5-1.5 s: cheaper steps than longer crops, short test
+    utterances in-domain, and no worse on whole utterances.
     """
     return RunConfig(
         name="default",
-        data=DataConfig(val_per_speaker=2, crop_frames=300, crop_min_frames=100, batch_size=64),
+        data=DataConfig(val_per_speaker=2, crop_frames=150, crop_min_frames=50, batch_size=64),
         model=ModelConfig(encoder="tdnn", subsample=2, d_model=128, n_layers=3, ffn_dim=384, conv_kernel=3,
                           dropout=0.0, pooling="asp", head="softmax", label_smoothing=0.1),
         train=TrainConfig(max_minutes=10.0, lr=2e-3, warmup_steps=100, weight_decay=0.05, amp="auto"),

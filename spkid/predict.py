@@ -8,7 +8,7 @@ from .infer import ensemble_scores, load, write_predictions
 
 def gather_inputs(models, source: str | Path, progress: bool = True) -> tuple[list[str], list]:
     """``(ids, features)`` for an HW4 directory (``testdata.json``; Id = feature_path), or for ``.pt`` feature and
-    audio files, a file or a folder searched recursively (Id = path relative to the folder, or the path given)."""
+    audio files, a file or a folder searched recursively (Id = path relative to the folder, or the file name)."""
     from .data.features import load_test_features
     from .speakers import gather
     src = Path(source)
@@ -16,6 +16,8 @@ def gather_inputs(models, source: str | Path, progress: bool = True) -> tuple[li
         data = load_test_features(src, models[0].cfg.model.n_mels, progress=progress)
         return [u.feature_path for u in data.utts], data.feats
     ids, items = gather(src)
+    if src.is_file():
+        ids = [src.name]                   # a CSV Id is the file name, not the path typed
     return ids, models[0].features(items)
 
 

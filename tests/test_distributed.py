@@ -151,6 +151,23 @@ def test_ddp_two_ranks_resume_equals_uninterrupted(hw4, tmp_path):
     assert all(torch.equal(full["model"][k], half["model"][k]) for k in full["model"])
 
 
+def test_ddp_tdnn_with_batchnorm_resumes_exactly(hw4, tmp_path):
+    """The default encoder has BatchNorm buffers (rank 0's are broadcast each step): a 2-rank run stopped and
+    resumed ends with the same weights and running statistics as an uninterrupted one."""
+    root, steps = hw4["root"], 8
+    tdnn = ["--set", "model.encoder=tdnn", "--set", "model.conv_kernel=3", "--set", "model.dropout=0"]
+    _run([sys.executable, "-m", "spkid", *_train_args(root, tmp_path / "full", steps, "--nproc", "2", *tdnn)], _env())
+    _run([sys.executable, "-m", "spkid", *_train_args(root, tmp_path / "half", steps, "--nproc", "2", *tdnn,
+                                                      "--stop-after", "4")], _env())
+    _run([sys.executable, "-m", "spkid", *_train_args(root, tmp_path / "half", steps, "--nproc", "2", *tdnn,
+                                                      "--resume")], _env())
+    full, half = load_checkpoint(tmp_path / "full" / "last.ckpt"), load_checkpoint(tmp_path / "half" / "last.ckpt")
+    assert full["config"]["model"]["encoder"] == "tdnn" and full["step"] == half["step"] == steps
+    stats = [k for k in full["model"] if k.endswith("running_mean")]
+    assert stats and all(full["model"][k].abs().sum() > 0 for k in stats)
+    assert all(torch.equal(full["model"][k], half["model"][k]) for k in full["model"])
+
+
 def test_ddp_time_budget_validations_stay_in_lockstep(hw4, tmp_path):
     """Time-based validation decides from rank 0's clock on every rank; a mismatch would hang the barrier."""
     r = _run([sys.executable, "-m", "spkid", *_train_args(hw4["root"], tmp_path / "t", 100000, "--nproc", "2"),
