@@ -111,7 +111,8 @@ def bench_model(cfg, train, test_feats, device, steps: int, warmup: int, repeats
     params = sum(p.numel() for p in net.parameters())
     fwd = TrainStep(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_amp(cfg.train.amp, device))
+    amp_name = resolve_amp(cfg.train.amp, device)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp_name)
     scaler = torch.amp.GradScaler(enabled=amp is torch.float16 and device.type == "cuda")
     sampler = _sampler(cfg, feats, labels)
     net.train()
@@ -152,7 +153,8 @@ def bench_model(cfg, train, test_feats, device, steps: int, warmup: int, repeats
         predict_single()
     gflop = counter.get_total_flops() / 1e9
     n = len(test_feats)
-    return {"params": params, "batch": cfg.data.batch_size, "steps_per_s": steps_per_s,
+    return {"params": params, "batch": cfg.data.batch_size, "amp": amp_name,
+            "batch_frames": cfg.infer.batch_frames, "steps_per_s": steps_per_s,
             "segments_per_s": steps_per_s * cfg.data.batch_size, "infer_batched": n / min(batched),
             "infer_single": n / single, "speedup": single / min(batched), "gflop": gflop,
             "gflops_batched": gflop / min(batched), "gflops_single": gflop / single}
@@ -229,10 +231,8 @@ def main() -> int:
           "| GFLOP/s batched, one at a time |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
-        amp = resolve_amp(a.amp or load_config(name).train.amp, device)
-        frames = a.batch_frames or load_config(name).infer.batch_frames
-        print(f"| {name} | {r['params'] / 1e6:.2f} M | {amp} | {r['batch']} | {r['steps_per_s']:.2f} | "
-              f"{r['segments_per_s']:.0f} | {frames} | {r['infer_batched']:.0f} | {r['infer_single']:.0f} | "
+        print(f"| {name} | {r['params'] / 1e6:.2f} M | {r['amp']} | {r['batch']} | {r['steps_per_s']:.2f} | "
+              f"{r['segments_per_s']:.0f} | {r['batch_frames']} | {r['infer_batched']:.0f} | {r['infer_single']:.0f} | "
               f"{r['speedup']:.1f}x | {r['gflops_batched']:.1f}, {r['gflops_single']:.1f} |")
     work = ", ".join(f"{k} {r['gflop']:.0f}" for k, r in results.items())
     print(f"\nPrediction of the {len(test_feats)} test utterances does {work} GFLOP (forward pass, padding "

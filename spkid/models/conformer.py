@@ -80,6 +80,7 @@ class ConformerEncoder(nn.Module):
                  dropout: float = 0.1, attention: str = "full", attention_params: dict | None = None,
                  rope: bool = True):
         super().__init__()
+        self.out_dim = d_model
         self.blocks = nn.ModuleList(
             ConformerBlock(d_model=d_model, n_heads=n_heads, ffn_dim=ffn_dim, conv_kernel=conv_kernel,
                            dropout=dropout, attention=attention, attention_params=attention_params, rope=rope)

@@ -124,7 +124,7 @@ class SpeakerNet(nn.Module):
                                        out_dim=m.ffn_dim)
         else:
             raise ConfigError(f"unknown encoder {m.encoder!r}; choose one of ['conformer', 'tdnn', 'transformer']")
-        self.pool = build_pooling(m.pooling, getattr(self.encoder, "out_dim", m.d_model))
+        self.pool = build_pooling(m.pooling, self.encoder.out_dim)    # every encoder says its output width
         self.embed = nn.Linear(self.pool.out_dim, m.embed_dim) if m.embed_dim > 0 else nn.Identity()
         self.embed_dim = m.embed_dim if m.embed_dim > 0 else self.pool.out_dim
         self.head = build_head(m.head, self.embed_dim, n_speakers, margin=m.margin, scale=m.scale)

@@ -22,8 +22,8 @@ class ConvBNReLU(nn.Module):
         self.bn = nn.BatchNorm1d(c_out)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, C_in, T)``, ``mask`` ``(B, 1, T)`` float -> ``(B, C_out, T)`` with padding zeroed."""
-        return self.bn(torch.relu(self.conv(x * mask))) * mask
+        """``x`` ``(B, C_in, T)`` with padding zero, ``mask`` ``(B, 1, T)`` float -> ``(B, C_out, T)``, padding zero."""
+        return self.bn(torch.relu(self.conv(x))) * mask
 
 
 class SEResBlock(nn.Module):
@@ -74,7 +74,7 @@ class TDNNEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         mask = valid[:, None, :].to(x.dtype)                     # (B, 1, T)
-        x = self.stem(x.transpose(1, 2), mask)                   # (B, C, T)
+        x = self.stem(x.transpose(1, 2) * mask, mask)            # (B, C, T); every layer keeps padding zero
         outs = []
         for block in self.blocks:
             x = block(x, mask)

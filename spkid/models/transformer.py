@@ -58,6 +58,7 @@ class TransformerEncoder(nn.Module):
                  norm_first: bool = True, attention: str = "full", attention_params: dict | None = None,
                  rope: bool = True):
         super().__init__()
+        self.out_dim = d_model
         self.blocks = nn.ModuleList(
             TransformerBlock(d_model=d_model, n_heads=n_heads, ffn_dim=ffn_dim, dropout=dropout,
                              norm_first=norm_first, attention=attention, attention_params=attention_params,
