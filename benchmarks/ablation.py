@@ -77,8 +77,8 @@ def evaluate_run(ckpt: Path) -> dict:
     """Public-test and 1-second-crop accuracy of one checkpoint (same code path as ``spkid predict``)."""
     import torch
     from spkid.data.features import load_test_features
-    from spkid.infer import load
-    from spkid.metrics import read_answers_csv
+    from spkid.scoring.model import load
+    from spkid.scoring.metrics import read_answers_csv
     model = load(ckpt, "cpu")
     test = load_test_features(DATA, 40, progress=False)
     answers = read_answers_csv(DATA / "answers.csv")

@@ -20,8 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spkid.audio import load_audio  # noqa: E402
-from spkid.frontend import LogMel  # noqa: E402
+from spkid.audio.io import load_audio  # noqa: E402
+from spkid.audio.frontend import LogMel  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AUDIO_DIR = SHARED / "data" / "speechocean762-audio"

@@ -81,7 +81,7 @@ def write_view(data: Path, out: Path, utts, test_utts=(), answers: dict | None =
 def make_views(data: Path, work: Path, split: Split) -> tuple[Path, Path]:
     """``(WORK/train200, WORK/heldout50)``: training speakers with their public-test utterances; held-out ones."""
     from spkid.data.hw4 import read_testdata, read_train
-    from spkid.metrics import read_answers_csv
+    from spkid.scoring.metrics import read_answers_csv
     _, _, utts = read_train(data)
     _, test = read_testdata(data)
     answers = read_answers_csv(data / "answers.csv")
@@ -115,7 +115,7 @@ def identification(model, registry: Path, enroll: dict, queries: dict, threshold
     ``queries``: ``{"enrolled": (emb, true names), "<group>": (emb, None), ...}``, emb ``(M, E)``. One result
     per ``(threshold, source)``; the registry is left holding the first one.
     """
-    from spkid.registry import UNKNOWN, Registry
+    from spkid.scoring.speaker_db import UNKNOWN, Registry
     registry.unlink(missing_ok=True)
     rows = []
     with Registry.create(registry, model_id=model.model_id, checkpoint=str(model.path.resolve()),
@@ -148,7 +148,7 @@ def enrollment_thresholds(enroll: dict) -> tuple[float, float]:
       and an impostor for the best of the other speakers' centroids, as ``Registry.decide`` scores a query.
     """
     import numpy as np
-    from spkid.metrics import eer, make_trials, score_trials
+    from spkid.scoring.metrics import eer, make_trials, score_trials
     embs = [np.asarray(e, dtype=np.float64) for e, _ in enroll.values()]
     labels = [k for k, e in enumerate(embs) for _ in range(len(e))]
     i, j, target = make_trials([str(k) for k in labels])
@@ -186,11 +186,11 @@ def evaluate(ckpt: Path, view_train: Path, view_held: Path, split: Split, work: 
              seed: int = 0, device: str = "cpu", speed_seconds: float = 3.0) -> dict:
     """Steps 3-5 for a trained checkpoint; returns every number of the report."""
     import torch.nn.functional as F
-    from spkid.checkpoint import load_checkpoint
+    from spkid.training.checkpoint import load_checkpoint
     from spkid.data.features import load_test_features, load_train_features
-    from spkid.infer import class_scores, embed_features, load
-    from spkid.metrics import read_answers_csv
-    from spkid.speakers import eval_verification
+    from spkid.scoring.model import class_scores, embed_features, load
+    from spkid.scoring.metrics import read_answers_csv
+    from spkid.scoring.openset import eval_verification
 
     ver = eval_verification(ckpt, view_held, device=device, progress=False)
     model = load(ckpt, device)
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "split.json").write_text(json.dumps(asdict(split), indent=1))
     if a.checkpoint:
         ckpt = Path(a.checkpoint)
-        from spkid.checkpoint import load_checkpoint
+        from spkid.training.checkpoint import load_checkpoint
         trained_on = set(load_checkpoint(ckpt)["speakers"])
         if trained_on != set(split.train):
             print(f"error: {ckpt} was not trained on the --seed {a.seed} split of {data}", file=sys.stderr)

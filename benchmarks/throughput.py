@@ -34,13 +34,13 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spkid.config import apply_overrides, load_config  # noqa: E402
-from spkid.data.dataset import CropSampler  # noqa: E402
+from spkid.data.sampler import CropSampler  # noqa: E402
 from spkid.data.features import load_test_features, load_train_features  # noqa: E402
-from spkid.distributed import cpu_cores  # noqa: E402
-from spkid.infer import class_scores, embed_features, resolve_device  # noqa: E402
+from spkid.training.distributed import cpu_cores  # noqa: E402
+from spkid.scoring.model import class_scores, embed_features, resolve_device  # noqa: E402
 from spkid.models.speaker_net import build_model  # noqa: E402
 from spkid.runtime import flush_denormal, resolve_amp  # noqa: E402
-from spkid.train import TrainStep  # noqa: E402
+from spkid.training.loop import TrainStep  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA = SHARED / "data" / "speechocean762"

@@ -6,7 +6,7 @@
     model.embed(["a.wav"])                         # -> (1, E) L2-normalised
     model.verify("a.wav", "b.wav")                 # -> cosine score
 """
-from .infer import Model, load
+from spkid.scoring.model import Model, load
 
 __all__ = ["Model", "load"]
 __version__ = "0.1.0"

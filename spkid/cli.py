@@ -12,7 +12,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .errors import SpkidError
+from spkid.errors import SpkidError
 
 
 def _add_train(sub) -> None:
@@ -57,10 +57,10 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_train(a) -> int:
-    from .config import apply_overrides, load_config
-    from .checkpoint import checkpoint_config, load_checkpoint
-    from . import distributed
-    from .train import train
+    from spkid.config import apply_overrides, load_config
+    from spkid.training.checkpoint import checkpoint_config, load_checkpoint
+    from spkid.training import distributed
+    from spkid.training.loop import train
     out = Path(a.out)
     last = out / "last.ckpt"
     if a.resume:
@@ -101,7 +101,7 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .predict import predict
+    from spkid.scoring.predict import predict
     if len(a.inputs) < 2:
         raise SpkidError("predict: give at least one CHECKPOINT and an INPUT")
     n = predict(a.inputs[:-1], a.inputs[-1], a.output, device=a.device, window=a.window, progress=not a.quiet)
@@ -110,7 +110,7 @@ def _cmd_predict(a) -> int:
 
 
 def _cmd_evaluate(a) -> int:
-    from .metrics import accuracy, read_answers_csv
+    from spkid.scoring.metrics import accuracy, read_answers_csv
     acc = accuracy(read_answers_csv(a.answers), read_answers_csv(a.predictions))
     print(f"accuracy {acc:.4f}")
     return 0
@@ -129,7 +129,7 @@ def _add_prepare(sub) -> None:
 
 def _cmd_prepare(a) -> int:
     import torch
-    from .data.prepare import prepare
+    from spkid.data.prepare import prepare
     r = prepare(a.input, a.out_dir, test_input=a.test_input, workers=a.workers, min_seconds=a.min_seconds,
                 dtype=torch.float16 if a.float16 else torch.float32, progress=not a.quiet)
     print(f"prepared {r.n_train} training utterances of {r.n_speakers} speakers and {r.n_test} test utterances "
@@ -151,7 +151,7 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(a) -> int:
-    from .demo import run_demo
+    from spkid.demo import run_demo
     r = run_demo(a.out, minutes=a.minutes, steps=a.steps, n_speakers=a.speakers, seed=a.seed, progress=not a.quiet)
     print(f"demo: {r.n_speakers} synthetic speakers, {r.n_train} training / {r.n_test} held-out utterances")
     print(f"validation accuracy {r.val_acc:.4f}, held-out test accuracy {r.test_acc:.4f}")
@@ -170,7 +170,7 @@ def _add_embed(sub) -> None:
 
 
 def _cmd_embed(a) -> int:
-    from .speakers import embed_files
+    from spkid.scoring.openset import embed_files
     n = embed_files(a.checkpoint, a.inputs, a.output, device=a.device)
     print(f"wrote {n} embeddings to {a.output}")
     return 0
@@ -186,7 +186,7 @@ def _add_enroll(sub) -> None:
 
 
 def _cmd_enroll(a) -> int:
-    from .speakers import enroll
+    from spkid.scoring.openset import enroll
     n, ckpt = enroll(a.registry, a.name, a.files, checkpoint=a.checkpoint, device=a.device)
     print(f"enrolled {a.name}: {n} utterance(s) in {a.registry} (model {ckpt})")
     return 0
@@ -202,8 +202,8 @@ def _add_identify(sub) -> None:
 
 
 def _cmd_identify(a) -> int:
-    from .fileio import write_csv
-    from .speakers import identify
+    from spkid.fileio import write_csv
+    from spkid.scoring.openset import identify
     rows = identify(a.registry, a.files, top_k=a.top_k, device=a.device)
     if a.output:
         write_csv(a.output, ["file", "speaker", "score"], rows)
@@ -225,7 +225,7 @@ def _add_verify(sub) -> None:
 
 
 def _cmd_verify(a) -> int:
-    from .speakers import verify
+    from spkid.scoring.openset import verify
     score, same, thr = verify(a.checkpoint, a.a, a.b, threshold=a.threshold, device=a.device)
     print(f"score {score:.4f} threshold {thr:.4f}: {'same speaker' if same else 'different speakers'}")
     return 0
@@ -243,7 +243,7 @@ def _add_eval_verification(sub) -> None:
 
 
 def _cmd_eval_verification(a) -> int:
-    from .speakers import eval_verification
+    from spkid.scoring.openset import eval_verification
     r = eval_verification(a.checkpoint, a.data_dir, far=a.far, max_nontarget=a.max_nontarget, device=a.device,
                           progress=not a.quiet)
     print(f"{r['n_speakers']} unseen speakers, {r['n_utterances']} utterances, {r['n_target']} target / "
@@ -251,7 +251,7 @@ def _cmd_eval_verification(a) -> int:
     print(f"EER {100 * r['eer']:.2f}%  minDCF(p=0.01) {r['min_dcf']:.4f}  threshold {r['threshold']:.4f} "
           f"({r['threshold_source']})")
     if a.registry:
-        from .registry import Registry
+        from spkid.scoring.speaker_db import Registry
         with Registry.open(a.registry) as reg:
             reg.set_threshold(r["threshold"], r["threshold_source"])
         print(f"stored threshold in {a.registry}")
@@ -265,7 +265,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(a) -> int:
-    from .export import export_onnx
+    from spkid.scoring.export import export_onnx
     worst = export_onnx(a.checkpoint, a.onnx)
     print(f"wrote {a.onnx} (max abs difference to PyTorch {worst:.2e})")
     return 0

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from spkid.errors import ConfigError
 
 
 @dataclass
@@ -127,7 +127,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         if value not in allowed:
             raise ConfigError(f"{source}: {key}={value!r}; choose one of {list(allowed)}")
     m, d, t = cfg.model, cfg.data, cfg.train
-    from .models.attention import ATTENTION  # the registry is the list of valid names
+    from spkid.models.attention import ATTENTION  # the registry is the list of valid names
     if m.attention not in ATTENTION:
         raise ConfigError(f"{source}: model.attention={m.attention!r}; choose one of {sorted(ATTENTION)}")
     if m.encoder == "tdnn":       # settings the convolutional encoder has no use for are errors, not no-ops

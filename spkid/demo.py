@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import apply_overrides, load_config
+from spkid.config import apply_overrides, load_config
 
 
 @dataclass
@@ -28,11 +28,11 @@ class DemoResult:
 
 def run_demo(out: str | Path, *, minutes: float = 3.0, steps: int = 1200, n_speakers: int = 16, seed: int = 0,
              progress: bool = True) -> DemoResult:
-    from .data.prepare import prepare
-    from .metrics import accuracy
-    from .predict import predict
-    from .synth import synth_corpus
-    from .train import train
+    from spkid.data.prepare import prepare
+    from spkid.scoring.metrics import accuracy
+    from spkid.scoring.predict import predict
+    from spkid.audio.synth import synth_corpus
+    from spkid.training.loop import train
 
     out = Path(out)
     corpus = synth_corpus(out / "corpus", n_speakers=n_speakers, n_train=12, n_test=4, seed=seed)

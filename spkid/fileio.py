@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import SpkidError
+from spkid.errors import SpkidError
 
 
 def atomic_write(path: str | Path, write, *, fsync: bool = True) -> None:

@@ -58,7 +58,7 @@ def hw4(tmp_path) -> dict:
 def trained(tmp_path_factory) -> dict:
     """A tiny model trained once per session on a 6-speaker generated dataset; plus 5 unseen speakers."""
     from spkid.config import apply_overrides, load_config
-    from spkid.train import train
+    from spkid.training.loop import train
     base = tmp_path_factory.mktemp("trained")
     seen = make_hw4(base / "seen", n_speakers=6, per_speaker=6, seed=3)
     unseen = make_hw4(base / "unseen", n_speakers=5, per_speaker=4, seed=4, prefix="new")

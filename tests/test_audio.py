@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.audio import AUDIO_EXTENSIONS, list_audio, load_audio, resample
+from spkid.audio.io import AUDIO_EXTENSIONS, list_audio, load_audio, resample
 from spkid.errors import DataError
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from spkid.checkpoint import load_checkpoint
+from spkid.training.checkpoint import load_checkpoint
 from spkid.config import apply_overrides, load_config
-from spkid.data.dataset import CropSampler
-from spkid.distributed import launch_command, launch_env, without_nproc
+from spkid.data.sampler import CropSampler
+from spkid.training.distributed import launch_command, launch_env, without_nproc
 from spkid.errors import ConfigError
-from spkid.train import train
+from spkid.training.loop import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ SETS = ["model.dropout=0.1", "data.spec_time_masks=1", "data.spec_freq_masks=1",
 # final weights, all tagged with the rank.
 HARNESS = """
 import hashlib, json, os, sys
-import spkid.train as T
+import spkid.training.loop as T
 RANK, LOG, NET = int(os.environ["RANK"]), os.environ["SPY_LOG"], []
 def spy(**row):
     with open(LOG, "a") as f:

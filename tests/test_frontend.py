@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.audio import load_audio
-from spkid.frontend import LogMel, hz_to_mel, logmel, mel_filterbank, mel_to_hz
+from spkid.audio.io import load_audio
+from spkid.audio.frontend import LogMel, hz_to_mel, logmel, mel_filterbank, mel_to_hz
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AUDIO_DIR = SHARED / "data" / "speechocean762-audio"

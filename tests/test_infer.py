@@ -7,7 +7,7 @@ import spkid
 from spkid.cli import main
 from spkid.config import InferConfig
 from spkid.errors import DataError, SpkidError
-from spkid.infer import _windows, embed_features
+from spkid.scoring.model import _windows, embed_features
 
 
 def test_python_api_predict_embed_verify(trained):
@@ -61,7 +61,7 @@ def test_embed_enroll_identify_verify_cli(trained, tmp_path, capsys):
     assert main(["identify", str(reg), *queries, "-o", str(outcsv)]) == 0
     rows = [line.split(",") for line in outcsv.read_text().splitlines()[1:]]
     assert [r[1] for r in rows] == ["spk00", "spk01", "spk02"]
-    from spkid.registry import Registry
+    from spkid.scoring.speaker_db import Registry
     with Registry.open(reg) as g:
         g.set_threshold(1.01, "test")                          # nothing can reach it: all unknown
     assert main(["identify", str(reg), *queries, "-o", str(outcsv)]) == 0
@@ -74,7 +74,7 @@ def test_embed_enroll_identify_verify_cli(trained, tmp_path, capsys):
 
 def test_registry_refuses_other_model(trained, tmp_path, hw4, capsys):
     from spkid.config import load_config
-    from spkid.train import train
+    from spkid.training.loop import train
     other = train(hw4["root"], tmp_path / "other", load_config("tiny"), progress=False).last
     reg = tmp_path / "reg.db"
     f = str(next(trained["seen"]["root"].glob("uttr-t*.pt")))
@@ -94,7 +94,7 @@ def test_eval_verification_on_unseen_speakers(trained, tmp_path, capsys):
     assert "5 unseen speakers" in out and "EER" in out
     eer = float(out.split("EER ")[1].split("%")[0])
     assert 0 <= eer < 50                                           # better than chance on unseen speakers
-    from spkid.registry import Registry
+    from spkid.scoring.speaker_db import Registry
     with Registry.open(reg) as g:
         assert g.threshold_source == "eer"
     assert main(["eval-verification", str(trained["ckpt"]), str(trained["seen"]["root"]), "--quiet"]) == 1
@@ -103,7 +103,7 @@ def test_eval_verification_on_unseen_speakers(trained, tmp_path, capsys):
 
 def test_onnx_export_matches_pytorch_for_several_lengths(trained, tmp_path):
     pytest.importorskip("onnxruntime")
-    from spkid.export import export_onnx
+    from spkid.scoring.export import export_onnx
     import onnxruntime as ort
     out = tmp_path / "m.onnx"
     worst = export_onnx(trained["ckpt"], out)
@@ -124,8 +124,8 @@ def test_onnx_export_matches_pytorch_for_several_lengths(trained, tmp_path):
 def test_onnx_export_of_a_tdnn_model_matches_pytorch(hw4, tmp_path):
     pytest.importorskip("onnxruntime")
     from spkid.config import apply_overrides, load_config
-    from spkid.export import export_onnx
-    from spkid.train import train
+    from spkid.scoring.export import export_onnx
+    from spkid.training.loop import train
     cfg = apply_overrides(load_config("tiny"), ["model.encoder=tdnn", "model.conv_kernel=3", "model.ffn_dim=48",
                                                 "model.pooling=asp", "train.steps=3"])
     r = train(hw4["root"], tmp_path / "run", cfg, progress=False)

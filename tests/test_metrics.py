@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spkid.errors import DataError
-from spkid.metrics import (accuracy, eer, make_trials, min_dcf, read_answers_csv, score_trials,
+from spkid.scoring.metrics import (accuracy, eer, make_trials, min_dcf, read_answers_csv, score_trials,
                            threshold_at_far)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -5,7 +5,7 @@ import torch
 from spkid.config import apply_overrides, load_config
 from spkid.models.attention import ATTENTION
 from spkid.models.conformer import ConformerBlock, ConformerEncoder, ConvModule
-from spkid.models.losses import CosineMarginHead
+from spkid.models.heads import CosineMarginHead
 from spkid.models.masking import valid_mask
 from spkid.models.pooling import POOLING, build_pooling
 from spkid.models.speaker_net import build_model

@@ -71,7 +71,7 @@ def test_write_section_replaces_between_markers(tmp_path):
 
 def test_end_to_end_on_generated_data(tmp_path, capsys):
     from spkid.data.hw4 import read_testdata, read_train
-    from spkid.registry import Registry
+    from spkid.scoring.speaker_db import Registry
     data = make_hw4(tmp_path / "data", n_speakers=12, per_speaker=8, n_test=24, seed=1)["root"]
     work, md = tmp_path / "work", tmp_path / "results.md"
     args = ["--data", str(data), "--work", str(work), "--threads", "1", "--heldout", "5", "--impostors", "2",

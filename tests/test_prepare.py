@@ -13,12 +13,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.audio import load_audio
+from spkid.audio.io import load_audio
 from spkid.data import prepare as prepare_mod
 from spkid.data.prepare import PrepareReport, prepare
 from spkid.errors import DataError
-from spkid.frontend import logmel
-from spkid.synth import synth_corpus
+from spkid.audio.frontend import logmel
+from spkid.audio.synth import synth_corpus
 
 
 @pytest.fixture(scope="module")

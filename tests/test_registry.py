@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import spkid.registry as registry_mod
+import spkid.scoring.speaker_db as registry_mod
 from spkid.errors import DataError
-from spkid.registry import Registry
+from spkid.scoring.speaker_db import Registry
 
 
 E = 6

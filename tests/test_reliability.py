@@ -24,14 +24,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spkid.checkpoint import load_checkpoint
+from spkid.training.checkpoint import load_checkpoint
 from spkid.cli import main
 from spkid.config import apply_overrides, load_config
 from spkid.data.prepare import prepare
 from spkid.errors import CheckpointError, DataError
-from spkid.metrics import read_answers_csv
+from spkid.scoring.metrics import read_answers_csv
 from spkid.models.speaker_net import build_model
-from spkid.train import train
+from spkid.training.loop import train
 
 from conftest import make_hw4
 

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.audio import list_audio, load_audio
-from spkid.frontend import hz_to_mel, logmel, mel_to_hz
-from spkid.synth import SynthCorpus, make_voice, synth_corpus
+from spkid.audio.io import list_audio, load_audio
+from spkid.audio.frontend import hz_to_mel, logmel, mel_to_hz
+from spkid.audio.synth import SynthCorpus, make_voice, synth_corpus
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from spkid.checkpoint import load_checkpoint
+from spkid.training.checkpoint import load_checkpoint
 from spkid.config import apply_overrides, load_config
 from spkid.errors import CheckpointError
-from spkid.train import lr_factor, train
+from spkid.training.loop import lr_factor, train
 
 
 def _cfg(*sets):
@@ -68,7 +68,7 @@ def test_run_directory_contents_and_learning(hw4, tmp_path):
 
 
 def test_weight_averaging_makes_final_model_the_mean_of_snapshots(hw4, tmp_path):
-    from spkid.train import WeightAverage
+    from spkid.training.loop import WeightAverage
     net = torch.nn.Linear(2, 2)
     avg = WeightAverage()
     ws = []
@@ -89,7 +89,7 @@ def test_weight_averaging_makes_final_model_the_mean_of_snapshots(hw4, tmp_path)
 @pytest.mark.parametrize("preset", ["default", "conformer", "hw4-gpu", "hw4-sample", "tiny", "demo"])
 def test_every_preset_trains_and_predicts(hw4, tmp_path, preset):
     from spkid.config import PRESETS
-    from spkid.infer import load
+    from spkid.scoring.model import load
     assert preset in PRESETS
     cfg = apply_overrides(load_config(preset), ["train.steps=2", "train.max_minutes=0", "data.batch_size=4",
                                                 "train.amp=none", "train.val_every=0"])

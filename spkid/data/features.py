@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import atomic_write
-from ..errors import DataError
-from .hw4 import Utterance, load_features, read_testdata, read_train
+from spkid.fileio import atomic_write
+from spkid.errors import DataError
+from spkid.data.hw4 import Utterance, load_features, read_testdata, read_train
 
 
 @dataclass

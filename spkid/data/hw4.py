@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from spkid.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from spkid.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, list_audio, load_audio
+from spkid.audio.io import AUDIO_EXTENSIONS, SAMPLE_RATE, list_audio, load_audio
 from spkid.errors import DataError, where
 from spkid.fileio import atomic_write
-from spkid.frontend import LogMel
+from spkid.audio.frontend import LogMel
 
 N_MELS = 40
 REPORT_NAME = "prepare_report.txt"

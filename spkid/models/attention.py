@@ -320,7 +320,7 @@ ATTENTION: dict[str, type[SelfAttention]] = {
 def build_attention(name: str, *, d_model: int, n_heads: int, dropout: float, rope: bool,
                     params: dict | None = None) -> SelfAttention:
     """Build attention variant ``name`` with variant-specific ``params`` (e.g. ``{"window": 64}``)."""
-    from ..errors import ConfigError
+    from spkid.errors import ConfigError
     if name not in ATTENTION:
         raise ConfigError(f"unknown attention {name!r}; choose one of {sorted(ATTENTION)}")
     try:

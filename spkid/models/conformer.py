@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import build_attention
-from .masking import zero_pad
-from .transformer import FeedForward
+from spkid.models.attention import build_attention
+from spkid.models.masking import zero_pad
+from spkid.models.transformer import FeedForward
 
 
 class ConvModule(nn.Module):

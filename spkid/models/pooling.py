@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .masking import masked_mean
+from spkid.errors import ConfigError
+from spkid.models.masking import masked_mean
 
 
 class MeanPool(nn.Module):

@@ -7,14 +7,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import RunConfig
-from ..errors import ConfigError
-from .conformer import ConformerEncoder
-from .losses import build_head
-from .masking import masked_mean, valid_mask, zero_pad
-from .pooling import build_pooling
-from .tdnn import TDNNEncoder
-from .transformer import TransformerEncoder
+from spkid.config import RunConfig
+from spkid.errors import ConfigError
+from spkid.models.conformer import ConformerEncoder
+from spkid.models.heads import build_head
+from spkid.models.masking import masked_mean, valid_mask, zero_pad
+from spkid.models.pooling import build_pooling
+from spkid.models.tdnn import TDNNEncoder
+from spkid.models.transformer import TransformerEncoder
 
 
 class InputNorm(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import build_attention
-from .masking import zero_pad
+from spkid.models.attention import build_attention
+from spkid.models.masking import zero_pad
 
 
 class FeedForward(nn.Module):

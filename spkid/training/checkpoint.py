@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig
-from .errors import CheckpointError, ConfigError
-from .fileio import atomic_write
+from spkid.config import RunConfig
+from spkid.errors import CheckpointError, ConfigError
+from spkid.fileio import atomic_write
 
 FORMAT = 1
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from spkid.errors import ConfigError
 
 
 class SoftmaxHead(nn.Module):

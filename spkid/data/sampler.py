@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .hw4 import Utterance
+from spkid.data.hw4 import Utterance
 
 
 def split_per_speaker(utts: Sequence[Utterance], per_speaker: int, seed: int) -> tuple[list[int], list[int]]:

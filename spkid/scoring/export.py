@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .fileio import atomic_write
-from .errors import SpkidError
-from .infer import load
+from spkid.fileio import atomic_write
+from spkid.errors import SpkidError
+from spkid.scoring.model import load
 
 
 class _Exported(torch.nn.Module):

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fileio import atomic_write
-from .errors import DataError, SpkidError
-from .infer import Model, load
+from spkid.fileio import atomic_write
+from spkid.errors import DataError, SpkidError
+from spkid.scoring.model import Model, load
 
 FEATURE_SUFFIX = ".pt"
 
 
 def gather(sources) -> tuple[list[str], list[Path] | list[torch.Tensor]]:
     """``(ids, items)`` for files and folders (``.pt`` and audio, recursive; id = path relative to the folder)."""
-    from .audio import AUDIO_EXTENSIONS
+    from spkid.audio.io import AUDIO_EXTENSIONS
     ids, items = [], []
     for src in [sources] if isinstance(sources, (str, Path)) else sources:
         src = Path(src)
@@ -68,7 +68,7 @@ def default_threshold(model: Model) -> tuple[float, str]:
 def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | None = None,
            device: str = "auto") -> tuple[int, str]:
     """Add ``files`` of speaker ``name``; returns ``(utterances now enrolled for name, registry checkpoint)``."""
-    from .registry import Registry
+    from spkid.scoring.speaker_db import Registry
     registry = Path(registry)
     reg_ctx = None
     if registry.exists():
@@ -92,7 +92,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
 
 def identify(registry: str | Path, files, *, top_k: int = 1, device: str = "auto") -> list[tuple]:
     """Rows ``(file, speaker | "unknown", score)``; with ``top_k > 1`` also the runners-up ``(file, spk, score)``."""
-    from .registry import Registry
+    from spkid.scoring.speaker_db import Registry
     with Registry.open(registry) as reg:
         model = load(reg.checkpoint, device)
         if model.model_id != reg.model_id:
@@ -128,8 +128,8 @@ def eval_verification(checkpoint: str | Path, data_dir: str | Path, *, far: floa
     ``data_dir`` is an HW4 directory (``metadata.json`` + ``mapping.json``); its speakers that are in the
     checkpoint's training list are left out. The threshold is the EER point, or the one at false-accept rate ``far``.
     """
-    from .data.features import load_train_features
-    from .metrics import eer, make_trials, min_dcf, score_trials, threshold_at_far
+    from spkid.data.features import load_train_features
+    from spkid.scoring.metrics import eer, make_trials, min_dcf, score_trials, threshold_at_far
     model = load(checkpoint, device)
     data = load_train_features(data_dir, model.cfg.model.n_mels, progress=progress)
     seen = set(model.speakers)

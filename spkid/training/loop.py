@@ -18,17 +18,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import distributed as dist
-from .fileio import atomic_write
-from .runtime import flush_denormal, resolve_amp
-from .checkpoint import (checkpoint_config, load_checkpoint, load_weights, rng_state,
+from spkid.training import distributed as dist
+from spkid.fileio import atomic_write
+from spkid.runtime import flush_denormal, resolve_amp
+from spkid.training.checkpoint import (checkpoint_config, load_checkpoint, load_weights, rng_state,
                          save_checkpoint, set_rng_state)
-from .config import RunConfig
-from .data.dataset import CropSampler, split_per_speaker
-from .data.features import load_train_features
-from .errors import CheckpointError, ConfigError
-from .infer import class_scores, embed_features, resolve_device
-from .models.speaker_net import build_model
+from spkid.config import RunConfig
+from spkid.data.sampler import CropSampler, split_per_speaker
+from spkid.data.features import load_train_features
+from spkid.errors import CheckpointError, ConfigError
+from spkid.scoring.model import class_scores, embed_features, resolve_device
+from spkid.models.speaker_net import build_model
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def evaluate(net, feats, labels, cfg: RunConfig, device) -> dict:
     """Whole-utterance accuracy, computed exactly as ``predict`` computes test predictions, plus the
     verification EER (and its threshold) over all pairs of these utterances."""
-    from .metrics import eer, make_trials, score_trials
+    from spkid.scoring.metrics import eer, make_trials, score_trials
     emb = embed_features(net, feats, cfg.infer, device)
     pred = class_scores(net, emb, device).argmax(-1)
     out = {"val_acc": float((pred == torch.as_tensor(labels)).float().mean())}

@@ -14,7 +14,7 @@ import sys
 import torch
 import torch.distributed as tdist
 
-from .errors import SpkidError
+from spkid.errors import SpkidError
 
 
 def setup(device: torch.device | None = None) -> tuple[int, int]:

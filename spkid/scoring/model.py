@@ -14,14 +14,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import checkpoint_config, load_checkpoint, load_weights, model_fingerprint
-from .config import InferConfig, RunConfig
-from .data.dataset import length_buckets, pad_batch
-from .data.hw4 import load_tensor
-from .errors import DataError, SpkidError
-from .fileio import write_csv
-from .runtime import flush_denormal
-from .models.speaker_net import SpeakerNet, build_model
+from spkid.training.checkpoint import checkpoint_config, load_checkpoint, load_weights, model_fingerprint
+from spkid.config import InferConfig, RunConfig
+from spkid.data.sampler import length_buckets, pad_batch
+from spkid.data.hw4 import load_tensor
+from spkid.errors import DataError, SpkidError
+from spkid.fileio import write_csv
+from spkid.runtime import flush_denormal
+from spkid.models.speaker_net import SpeakerNet, build_model
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -124,7 +124,7 @@ class Model:
             path = Path(item)
             if path.suffix == ".pt":
                 return load_tensor(path, n_mels)
-            from .audio import load_audio
+            from spkid.audio.io import load_audio
             return self._logmel(load_audio(path), str(path))
         x = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item).float()
         if x.dim() == 2 and x.shape[1] == n_mels and x.shape[0] >= 1:
@@ -137,7 +137,7 @@ class Model:
 
     def _logmel(self, wav: torch.Tensor, name: str) -> torch.Tensor:
         if self._frontend is None:
-            from .frontend import LogMel
+            from spkid.audio.frontend import LogMel
             self._frontend = LogMel()
         if not torch.isfinite(wav).all():
             raise DataError(f"{name}: waveform contains NaN or Inf")
