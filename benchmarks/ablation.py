@@ -37,7 +37,7 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "default-fp32": ("default", [*CROPS_1_3S, "train.amp=none"], "1-3 s crops, no bf16 autocast"),
     "default-aam": ("default", [*CROPS_1_3S, "model.head=aam", "model.margin=0.2", "model.scale=30",
                                 "train.margin_warmup=0.2"], "1-3 s crops, AAM-softmax m0.2 s30 (margin warm-up 20%)"),
-    "default-c192": ("default", [*CROPS_1_3S, "model.d_model=192", "model.ffn_dim=576"],
+    "default-c192": ("default", [*CROPS_1_3S, "model.d_model=192", "model.agg_dim=576"],
                      "1-3 s crops, C192, aggregation 576"),
     "default-sub4": ("default", [*CROPS_1_3S, "model.subsample=4"], "1-3 s crops, 4x time subsampling"),
     "default-sub1": ("default", [*CROPS_1_3S, "model.subsample=1"], "1-3 s crops, no time subsampling"),
@@ -47,9 +47,10 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "transformer": ("conformer", ["model.encoder=transformer"], "conformer preset with a pre-norm Transformer"),
     "pool-mean": ("conformer", ["model.pooling=mean"], "conformer with masked mean pooling"),
     "pool-sap": ("conformer", ["model.pooling=sap"], "conformer with self-attentive pooling"),
-    "head-softmax": ("conformer", ["model.head=softmax", "model.label_smoothing=0.1"], "CE + label smoothing 0.1"),
+    "head-softmax": ("conformer", ["model.head=softmax", "model.label_smoothing=0.1", "train.margin_warmup=0"],
+                     "CE + label smoothing 0.1"),
     "head-am": ("conformer", ["model.head=am"], "conformer with AM-softmax m0.2 s30"),
-    "specaug": ("conformer", ["data.spec_time_masks=2", "data.spec_freq_masks=2"], "conformer plus SpecAugment (2+2)"),
+    "specaug": ("conformer", ["augment.spec_time_masks=2", "augment.spec_freq_masks=2"], "conformer plus SpecAugment (2+2)"),
     "crop-fixed": ("conformer", ["data.crop_min_frames=0", "data.crop_frames=200"], "fixed 200-frame crops"),
     "norm-cmn": ("conformer", ["model.norm=cmn"], "per-utterance mean normalisation instead of global mean/std"),
     "short-crops": ("conformer", ["data.crop_min_frames=60", "data.crop_frames=200"], "crops of 0.6-2 s"),
@@ -57,10 +58,10 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "wide": ("conformer", ["model.d_model=144", "model.ffn_dim=576", "model.n_layers=4"], "d144, 4 blocks, FFN 576"),
     "sub2": ("conformer", ["model.subsample=2"], "2x time subsampling instead of 4x"),
     "small-ce": ("conformer", ["model.d_model=96", "model.n_layers=2", "model.ffn_dim=192", "model.subsample=2",
-                               "model.head=softmax", "model.label_smoothing=0.1"],
+                               "model.head=softmax", "model.label_smoothing=0.1", "train.margin_warmup=0"],
                  "d96 x 2 blocks, FFN 192, 2x subsampling, CE + label smoothing 0.1"),
     "small-ce-sub4": ("conformer", ["model.d_model=96", "model.n_layers=2", "model.ffn_dim=192",
-                                    "model.head=softmax", "model.label_smoothing=0.1"],
+                                    "model.head=softmax", "model.label_smoothing=0.1", "train.margin_warmup=0"],
                       "d96 x 2 blocks, FFN 192, 4x subsampling, CE + label smoothing 0.1"),
     "attn-linformer": ("conformer", ["model.attention=linformer"], "Linformer attention"),
     "attn-local": ("conformer", ["model.attention=local"], "local-window attention"),
@@ -78,7 +79,7 @@ def evaluate_run(ckpt: Path) -> dict:
     import torch
     from spkid.data.features import load_test_features
     from spkid.scoring.model import load
-    from spkid.scoring.metrics import read_answers_csv
+    from spkid.data.hw4 import read_answers_csv
     model = load(ckpt, "cpu")
     test = load_test_features(DATA, 40, progress=False)
     answers = read_answers_csv(DATA / "answers.csv")

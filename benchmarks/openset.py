@@ -61,18 +61,15 @@ def write_view(data: Path, out: Path, utts, test_utts=(), answers: dict | None =
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    speakers: dict[str, list[dict]] = {}
+    from spkid.data.hw4 import write_predictions, write_test_index, write_train_index
+    speakers: dict[str, list[tuple[str, int]]] = {}
     for u in utts:
-        speakers.setdefault(u.speaker, []).append({"feature_path": u.feature_path, "mel_len": u.mel_len})
-    names = sorted(speakers)
-    (out / "metadata.json").write_text(json.dumps({"n_mels": 40, "speakers": {s: speakers[s] for s in names}}))
-    (out / "mapping.json").write_text(json.dumps({"speaker2id": {s: i for i, s in enumerate(names)},
-                                                  "id2speaker": {str(i): s for i, s in enumerate(names)}}))
+        speakers.setdefault(u.speaker, []).append((u.feature_path, u.mel_len))
+    write_train_index(out, 40, speakers)
     if test_utts:
-        (out / "testdata.json").write_text(json.dumps({"n_mels": 40, "utterances": [
-            {"feature_path": u.feature_path, "mel_len": u.mel_len} for u in test_utts]}))
-        (out / "answers.csv").write_text("Id,Category\n" + "".join(
-            f"{u.feature_path},{answers[u.feature_path]}\n" for u in test_utts))
+        write_test_index(out, 40, [(u.feature_path, u.mel_len) for u in test_utts])
+        write_predictions(out / "answers.csv", [u.feature_path for u in test_utts],
+                          [answers[u.feature_path] for u in test_utts])
     for u in list(utts) + list(test_utts):
         (out / u.feature_path).symlink_to((data / u.feature_path).resolve())
     return out
@@ -81,7 +78,7 @@ def write_view(data: Path, out: Path, utts, test_utts=(), answers: dict | None =
 def make_views(data: Path, work: Path, split: Split) -> tuple[Path, Path]:
     """``(WORK/train200, WORK/heldout50)``: training speakers with their public-test utterances; held-out ones."""
     from spkid.data.hw4 import read_testdata, read_train
-    from spkid.scoring.metrics import read_answers_csv
+    from spkid.data.hw4 import read_answers_csv
     _, _, utts = read_train(data)
     _, test = read_testdata(data)
     answers = read_answers_csv(data / "answers.csv")
@@ -115,10 +112,10 @@ def identification(model, registry: Path, enroll: dict, queries: dict, threshold
     ``queries``: ``{"enrolled": (emb, true names), "<group>": (emb, None), ...}``, emb ``(M, E)``. One result
     per ``(threshold, source)``; the registry is left holding the first one.
     """
-    from spkid.scoring.speaker_db import UNKNOWN, Registry
+    from spkid.scoring.speaker_db import UNKNOWN, SpeakerDB
     registry.unlink(missing_ok=True)
     rows = []
-    with Registry.create(registry, model_id=model.model_id, checkpoint=str(model.path.resolve()),
+    with SpeakerDB.create(registry, model_id=model.model_id, checkpoint=str(model.path.resolve()),
                          embed_dim=model.net.embed_dim, threshold=thresholds[0][0],
                          threshold_source=thresholds[0][1]) as reg:
         for spk, (emb, sources) in enroll.items():
@@ -145,7 +142,7 @@ def enrollment_thresholds(enroll: dict) -> tuple[float, float]:
 
     - pairs: EER of utterance-vs-utterance trials among the enrollment utterances (what verification measures);
     - open set: each enrollment utterance is a target for its own speaker's centroid without it (leave one out)
-      and an impostor for the best of the other speakers' centroids, as ``Registry.decide`` scores a query.
+      and an impostor for the best of the other speakers' centroids, as ``SpeakerDB.decide`` scores a query.
     """
     import numpy as np
     from spkid.scoring.metrics import eer, make_trials, score_trials
@@ -189,13 +186,13 @@ def evaluate(ckpt: Path, view_train: Path, view_held: Path, split: Split, work: 
     from spkid.training.checkpoint import load_checkpoint
     from spkid.data.features import load_test_features, load_train_features
     from spkid.scoring.model import class_scores, embed_features, load
-    from spkid.scoring.metrics import read_answers_csv
+    from spkid.data.hw4 import read_answers_csv
     from spkid.scoring.openset import eval_verification
 
     ver = eval_verification(ckpt, view_held, device=device, progress=False)
     model = load(ckpt, device)
     ck = load_checkpoint(ckpt)
-    n_mels = model.cfg.model.n_mels
+    n_mels = model.cfg.features.n_mels
     held = load_train_features(view_held, n_mels, progress=False)
     test = load_test_features(view_train, n_mels, progress=False)
     answers = read_answers_csv(view_train / "answers.csv")

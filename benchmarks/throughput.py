@@ -37,10 +37,11 @@ from spkid.config import apply_overrides, load_config  # noqa: E402
 from spkid.data.sampler import CropSampler  # noqa: E402
 from spkid.data.features import load_test_features, load_train_features  # noqa: E402
 from spkid.training.distributed import cpu_cores  # noqa: E402
-from spkid.scoring.model import class_scores, embed_features, resolve_device  # noqa: E402
+from spkid.runtime import resolve_device  # noqa: E402
+from spkid.scoring.model import class_scores, embed_features  # noqa: E402
 from spkid.models.speaker_net import build_model  # noqa: E402
 from spkid.runtime import flush_denormal, resolve_amp  # noqa: E402
-from spkid.training.loop import TrainStep  # noqa: E402
+from spkid.training.loop import feature_stats  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA = SHARED / "data" / "speechocean762"
@@ -93,23 +94,12 @@ def bench_loader(cfg, feats, labels, batches: int) -> float:
     return batches * cfg.data.batch_size / (time.perf_counter() - t0)
 
 
-def _feature_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
-    n, s, ss = 0, 0.0, 0.0
-    for f in feats:
-        f = f.double()
-        n, s, ss = n + f.shape[0], s + f.sum(0), ss + (f * f).sum(0)
-    mean = s / n
-    return mean.float(), (ss / n - mean * mean).clamp(min=0).sqrt().float()
-
-
 def bench_model(cfg, train, test_feats, device, steps: int, warmup: int, repeats: int) -> dict:
     feats, labels, stats = train
     net = build_model(cfg, max(labels) + 1)
-    if cfg.model.norm == "global":
-        net.norm.set_stats(*stats)
+    net.set_input_stats(*stats)
     net.to(device)
     params = sum(p.numel() for p in net.parameters())
-    fwd = TrainStep(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
     amp_name = resolve_amp(cfg.train.amp, device)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp_name)
@@ -123,7 +113,7 @@ def bench_model(cfg, train, test_feats, device, steps: int, warmup: int, repeats
                 t0 = time.perf_counter()
             x, lengths, y = (v.to(device) for v in sampler.batch(k))
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = F.cross_entropy(fwd(x, lengths, y).float(), y)
+                loss = F.cross_entropy(net(x, lengths, y)[1].float(), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -199,7 +189,7 @@ def main() -> int:
         return 1
     base = load_config("default")
     load = os.getloadavg()
-    n_mels = base.model.n_mels
+    n_mels = base.features.n_mels
 
     cache = None if a.skip_cache else bench_cache(root, n_mels)
     with tempfile.TemporaryDirectory() as tmp:   # the training path reads through the cache, as `--cache` does
@@ -207,7 +197,7 @@ def main() -> int:
         test_feats = [f.float() for f in load_test_features(root, n_mels, progress=False).feats]
         spk = {s: i for i, s in enumerate(train_set.speakers)}
         labels = [spk[u.speaker] for u in train_set.utts]
-        train = (train_set.feats, labels, _feature_stats(train_set.feats))
+        train = (train_set.feats, labels, feature_stats(train_set.feats))
         loader = bench_loader(base, train_set.feats, labels, a.loader_batches)
         results = {}
         for name in a.presets:

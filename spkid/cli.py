@@ -19,8 +19,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a speaker classifier on an HW4-format directory")
     p.add_argument("data_dir", help="directory with metadata.json, mapping.json and uttr-*.pt")
     p.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, last/best.ckpt)")
-    p.add_argument("--config", help="preset name (default, conformer, hw4-sample, hw4-gpu, tiny, demo) "
-                                    "or a .toml/.json file")
+    p.add_argument("--config", help="preset name (default, conformer, hw4-sample, hw4-gpu, tiny, demo: "
+                                    "spkid/configs/*.toml) or a .toml/.json file")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; the LR schedule follows it")
     p.add_argument("--steps", type=int, help="number of training steps")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.ckpt")
@@ -110,7 +110,8 @@ def _cmd_predict(a) -> int:
 
 
 def _cmd_evaluate(a) -> int:
-    from spkid.scoring.metrics import accuracy, read_answers_csv
+    from spkid.data.hw4 import read_answers_csv
+    from spkid.scoring.metrics import accuracy
     acc = accuracy(read_answers_csv(a.answers), read_answers_csv(a.predictions))
     print(f"accuracy {acc:.4f}")
     return 0
@@ -124,16 +125,27 @@ def _add_prepare(sub) -> None:
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     p.add_argument("--float16", action="store_true", help="store features as float16 (default float32)")
     p.add_argument("--min-seconds", type=float, default=0.1, help="skip files shorter than this")
+    p.add_argument("--config", help="take the feature definition (features section) of this preset or file")
+    p.add_argument("--set", action="append", default=[], metavar="features.KEY=VALUE",
+                   help="override the feature definition, e.g. --set features.n_mels=80")
     p.add_argument("--quiet", action="store_true")
 
 
 def _cmd_prepare(a) -> int:
     import torch
+    from spkid.config import apply_overrides, load_config
     from spkid.data.prepare import prepare
+    bad = [s for s in a.set if not s.startswith("features.")]
+    if bad:
+        raise SpkidError(f"prepare --set {bad[0]}: only features.* settings apply to prepare")
+    if a.workers < 0:
+        raise SpkidError(f"prepare --workers {a.workers}: must be >= 0 (0 = one per core)")
+    if not a.min_seconds >= 0:
+        raise SpkidError(f"prepare --min-seconds {a.min_seconds}: must be >= 0")
+    features = apply_overrides(load_config(a.config or "default"), a.set).features
     r = prepare(a.input, a.out_dir, test_input=a.test_input, workers=a.workers, min_seconds=a.min_seconds,
-                dtype=torch.float16 if a.float16 else torch.float32, progress=not a.quiet)
-    print(f"prepared {r.n_train} training utterances of {r.n_speakers} speakers and {r.n_test} test utterances "
-          f"in {r.out_dir} ({r.n_processed} computed, {r.n_reused} reused, {len(r.skipped)} skipped)")
+                dtype=torch.float16 if a.float16 else torch.float32, features=features, progress=not a.quiet)
+    print(f"prepared {r.summary()} in {r.out_dir}")
     if r.skipped:
         print(f"spkid: warning: skipped {len(r.skipped)} file(s), reasons in {r.report_path}", file=sys.stderr)
         return 2
@@ -202,16 +214,19 @@ def _add_identify(sub) -> None:
 
 
 def _cmd_identify(a) -> int:
+    import csv
     from spkid.fileio import write_csv
     from spkid.scoring.openset import identify
+    if a.top_k < 1:
+        raise SpkidError(f"identify --top-k {a.top_k}: must be >= 1")
     rows = identify(a.registry, a.files, top_k=a.top_k, device=a.device)
     if a.output:
         write_csv(a.output, ["file", "speaker", "score"], rows)
         print(f"wrote {len(rows)} rows to {a.output}")
     else:
-        print("file,speaker,score")
-        for r in rows:
-            print(",".join(map(str, r)))
+        w = csv.writer(sys.stdout, lineterminator="\n")    # quoted: names with commas or newlines stay one field
+        w.writerow(["file", "speaker", "score"])
+        w.writerows(rows)
     return 0
 
 
@@ -244,6 +259,10 @@ def _add_eval_verification(sub) -> None:
 
 def _cmd_eval_verification(a) -> int:
     from spkid.scoring.openset import eval_verification
+    if a.far is not None and not 0 <= a.far < 1:
+        raise SpkidError(f"eval-verification --far {a.far}: must be in [0, 1)")
+    if a.max_nontarget < 1:
+        raise SpkidError(f"eval-verification --max-nontarget {a.max_nontarget}: must be >= 1")
     r = eval_verification(a.checkpoint, a.data_dir, far=a.far, max_nontarget=a.max_nontarget, device=a.device,
                           progress=not a.quiet)
     print(f"{r['n_speakers']} unseen speakers, {r['n_utterances']} utterances, {r['n_target']} target / "
@@ -251,8 +270,8 @@ def _cmd_eval_verification(a) -> int:
     print(f"EER {100 * r['eer']:.2f}%  minDCF(p=0.01) {r['min_dcf']:.4f}  threshold {r['threshold']:.4f} "
           f"({r['threshold_source']})")
     if a.registry:
-        from spkid.scoring.speaker_db import Registry
-        with Registry.open(a.registry) as reg:
+        from spkid.scoring.speaker_db import SpeakerDB
+        with SpeakerDB.open(a.registry) as reg:
             reg.set_threshold(r["threshold"], r["threshold_source"])
         print(f"stored threshold in {a.registry}")
     return 0

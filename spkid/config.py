@@ -1,8 +1,12 @@
-"""Run configuration: one dataclass per concern, named presets, file loading and dotted overrides.
+"""Run configuration: one dataclass per concern, presets as data files, file loading and dotted overrides.
 
-``RunConfig`` nests ``DataConfig``, ``ModelConfig`` and ``TrainConfig``. Presets live in ``PRESETS``;
-``load_config("default")`` or ``load_config("my.json")`` returns a resolved, validated ``RunConfig``;
-``apply_overrides(cfg, ["model.n_layers=4", "train.lr=3e-4"])`` changes fields with type checks.
+``RunConfig`` nests ``FeatureConfig`` (the log-mel definition every front end uses), ``DataConfig``,
+``AugmentConfig``, ``ModelConfig``, ``TrainConfig`` and ``InferConfig``. Presets are TOML files shipped in
+``spkid/configs/`` (``default``, ``conformer``, ``hw4-sample``, ``hw4-gpu``, ``tiny``, ``demo``), each listing only
+what differs from the dataclass defaults. ``load_config("default")`` or ``load_config("my.toml")`` returns a
+validated ``RunConfig``; ``apply_overrides(cfg, ["model.n_layers=4", "train.lr=3e-4"])`` changes fields with type
+checks. Every setting is used or rejected: a setting that the chosen encoder, head or attention would ignore must
+stay at its default, or validation raises ``ConfigError`` naming it.
 """
 from __future__ import annotations
 
@@ -12,9 +16,22 @@ import difflib
 import json
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from spkid.errors import ConfigError
+
+
+@dataclass
+class FeatureConfig:
+    """The log-mel definition (the HW4 one by default); stored in every checkpoint, used by every front end."""
+    sample_rate: int = 16000          # Hz; audio at other rates is resampled to this
+    n_fft: int = 400                  # FFT size = Hann window length (25 ms)
+    hop: int = 160                    # frame shift in samples (10 ms)
+    n_mels: int = 40                  # mel bands F (HTK scale)
+    f_min: float = 0.0                # Hz
+    f_max: float = 0.0                # Hz; 0 = sample_rate / 2
+    floor: float = 1e-9               # power floor before the natural log
 
 
 @dataclass
@@ -23,6 +40,10 @@ class DataConfig:
     crop_frames: int = 200            # training crop length (frames); shorter utterances are used whole
     crop_min_frames: int = 0          # >0: crop length drawn uniformly from [crop_min_frames, crop_frames] per batch
     batch_size: int = 64
+
+
+@dataclass
+class AugmentConfig:
     spec_time_masks: int = 0          # SpecAugment: number of time masks per training crop
     spec_time_width: int = 20         # ... each up to this many frames
     spec_freq_masks: int = 0          # number of frequency masks per crop
@@ -31,42 +52,47 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    n_mels: int = 40
-    encoder: str = "conformer"        # transformer | conformer | tdnn (ECAPA-style 1-D convolutions)
+    # shared by every architecture
+    encoder: str = "conformer"        # a name in spkid.models.ENCODERS: transformer | conformer | tdnn
     norm: str = "global"              # input normalisation: global (train-set mean/std) | cmn (per utterance) | none
-    subsample: int = 2                # conv2d time subsampling before the encoder: 1 (prenet Linear), 2 or 4
-    d_model: int = 144
-    n_heads: int = 4
-    n_layers: int = 2
-    ffn_dim: int = 576                # transformer/conformer FFN width; tdnn: channels after layer aggregation
-    dropout: float = 0.1
-    conv_kernel: int = 15             # conformer depthwise conv kernel / tdnn dilated conv kernel (odd)
-    norm_first: bool = True           # transformer: pre-norm (True) or post-norm as in the HW4 sample (False)
-    pos_enc: str = "rope"             # rope | none (the HW4 sample has no positional encoding)
-    attention: str = "full"           # full | linformer | local | sparse | adaptive
-    attention_params: dict = field(default_factory=dict)
-    pooling: str = "mean"             # mean | sap | asp
+    subsample: int = 2                # time subsampling before the encoder: 1 (Linear), 2 or 4 (stride-2 Conv1d)
+    d_model: int = 144                # encoder width (tdnn: channels)
+    n_layers: int = 2                 # encoder blocks
+    pooling: str = "mean"             # a name in spkid.models.POOLING: mean | sap | asp
     embed_dim: int = 0                # >0: linear bottleneck after pooling (the speaker embedding); 0: pooled vector
-    head: str = "softmax"             # softmax | am | aam
-    margin: float = 0.2               # am/aam margin
-    scale: float = 30.0               # am/aam scale
-    label_smoothing: float = 0.0
+    head: str = "softmax"             # a name in spkid.models.HEADS: softmax | am | aam
+    label_smoothing: float = 0.0      # cross-entropy label smoothing
+    # attention encoders (transformer, conformer)
+    n_heads: int = 4
+    ffn_dim: int = 576                # feed-forward width
+    dropout: float = 0.0
+    pos_enc: str = "rope"             # rope | none (the HW4 sample has no positional encoding)
+    attention: str = "full"           # a name in spkid.models.ATTENTION: full | linformer | local | sparse | adaptive
+    attention_params: dict = field(default_factory=dict)   # the variant's own settings, e.g. {"window": 64}
+    norm_first: bool = True           # transformer: pre-norm (True) or post-norm as in the HW4 sample (False)
+    conv_kernel: int = 15             # conformer: depthwise convolution kernel (odd)
+    # tdnn
+    tdnn_kernel: int = 3              # kernel of the dilated convolutions (odd)
+    agg_dim: int = 384                # channels after multi-layer aggregation (the pooling input)
+    # margin heads (am, aam)
+    margin: float = 0.2
+    scale: float = 30.0
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 70000                # total steps when no time budget is given
-    max_minutes: float = 0.0          # >0: wall-clock budget; the LR schedule follows elapsed time fraction
+    steps: int = 70000                # total steps (with max_minutes: whichever ends first)
+    max_minutes: float = 0.0          # >0: wall-clock budget; schedules follow the larger of the step and time fractions
     lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 1000          # with a time budget: warmup over this many steps or 5% of the budget
-    grad_clip: float = 5.0
-    margin_warmup: float = 0.0        # fraction of training over which am/aam margin ramps from 0 to full
+    warmup_steps: int = 1000          # linear LR warmup over this many steps
+    grad_clip: float = 5.0            # 0: no clipping
+    margin_warmup: float = 0.0        # am/aam: fraction of training over which the margin ramps from 0 to full
     average_last: float = 0.0         # >0: final weights = mean of snapshots taken over this last fraction of training
     average_every: int = 10           # steps between averaged snapshots
     span_penalty: float = 1e-3        # adaptive attention: L1 weight on the learned spans (mean span, frames)
-    val_every: int = 0                # steps between validations (0: only at the end; also every val_minutes)
-    val_minutes: float = 2.0          # with a time budget: validate at most this often
+    val_every: int = 0                # steps between validations (0: only at the end, or every val_minutes)
+    val_minutes: float = 2.0          # also validate every this many minutes of training (0: never by time)
     ckpt_every: int = 500             # steps between last.ckpt writes
     amp: str = "none"                 # none | bf16 | fp16 (CUDA only) | auto (bf16 where the hardware has it)
     compile: bool = False
@@ -78,15 +104,20 @@ class TrainConfig:
 @dataclass
 class InferConfig:
     window: int = 0                   # >0: embed as the mean over windows of this many frames (0: whole utterance)
-    hop: int = 0                      # window hop in frames (0: window // 2)
+    hop: int = 0                      # window hop in frames (0: window // 2); also for utterances over max_frames
     max_frames: int = 6000            # longer utterances are windowed anyway (bounded memory), window = max_frames
     batch_frames: int = 8000          # frames per length-bucketed batch (CPU sweet spot: 3k-10k, measured)
+
+
+SECTIONS = ("features", "data", "augment", "model", "train", "infer")
 
 
 @dataclass
 class RunConfig:
     name: str = "default"
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
@@ -108,51 +139,103 @@ class RunConfig:
         return cfg
 
 
-CHOICES = {
-    "model.encoder": ("transformer", "conformer", "tdnn"),
-    "model.norm": ("global", "cmn", "none"),
-    "model.subsample": (1, 2, 4),
-    "model.pos_enc": ("rope", "none"),
-    "model.pooling": ("mean", "sap", "asp"),
-    "model.head": ("softmax", "am", "aam"),
-    "train.amp": ("none", "bf16", "fp16", "auto"),
-}
+_CHOICES = {"model.norm": ("global", "cmn", "none"), "model.subsample": (1, 2, 4), "model.pos_enc": ("rope", "none"),
+            "train.amp": ("none", "bf16", "fp16", "auto")}
+
+
+_SECTION_DEFAULTS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.name in SECTIONS}
+
+
+def _default(section: str, name: str):
+    return getattr(_SECTION_DEFAULTS[section](), name)
+
+
+def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
+    """``(key, why)`` for every setting that this configuration would not read (it must keep its default)."""
+    from spkid.models import ENCODERS, HEADS
+    m, a, t = cfg.model, cfg.augment, cfg.train
+    out = []
+    for name in sorted(ENCODERS.all_uses() - ENCODERS.uses(m.encoder)):
+        out.append((f"model.{name}", f"model.encoder={m.encoder!r} does not use it"))
+    for name in sorted(HEADS.all_uses() - HEADS.uses(m.head)):
+        out.append((f"model.{name}", f"model.head={m.head!r} has no margin"))
+    if m.head not in ("am", "aam"):
+        out.append(("train.margin_warmup", f"model.head={m.head!r} has no margin"))
+    if "attention" not in ENCODERS.uses(m.encoder) or m.attention != "adaptive":
+        out.append(("train.span_penalty", "only adaptive attention has spans"))
+    if t.average_last == 0:
+        out.append(("train.average_every", "train.average_last is 0 (no weight averaging)"))
+    if a.spec_time_masks == 0:
+        out.append(("augment.spec_time_width", "augment.spec_time_masks is 0"))
+    if a.spec_freq_masks == 0:
+        out.append(("augment.spec_freq_width", "augment.spec_freq_masks is 0"))
+    return out
 
 
 def validate(cfg: RunConfig, source: str = "config") -> None:
     """Cross-field checks; raise ConfigError naming the source and key."""
-    for key, allowed in CHOICES.items():
+    from spkid.models import ATTENTION, ENCODERS, HEADS, POOLING
+    for key, reg in (("model.encoder", ENCODERS), ("model.pooling", POOLING), ("model.head", HEADS),
+                     ("model.attention", ATTENTION)):
+        value = getattr(cfg.model, key.split(".")[1])
+        if value not in reg:
+            raise ConfigError(f"{source}: {key}={value!r}; choose one of {reg.names()}")
+    for key, allowed in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{source}: {key}={value!r}; choose one of {list(allowed)}")
-    m, d, t = cfg.model, cfg.data, cfg.train
-    from spkid.models.attention import ATTENTION  # the registry is the list of valid names
-    if m.attention not in ATTENTION:
-        raise ConfigError(f"{source}: model.attention={m.attention!r}; choose one of {sorted(ATTENTION)}")
-    if m.encoder == "tdnn":       # settings the convolutional encoder has no use for are errors, not no-ops
-        if m.attention != "full":
-            raise ConfigError(f"{source}: model.attention={m.attention!r} needs an attention encoder (transformer "
-                              "or conformer), not model.encoder='tdnn'; try --config conformer")
-        if m.dropout > 0:
-            raise ConfigError(f"{source}: model.dropout={m.dropout} is not used by model.encoder='tdnn'; set it to 0")
-    elif m.d_model % m.n_heads:
+    for key, why in unused_settings(cfg):
+        section, name = key.split(".")
+        value, default = getattr(getattr(cfg, section), name), _default(section, name)
+        if value != default:
+            raise ConfigError(f"{source}: {key}={value!r} would be ignored: {why} (leave it at {default!r})")
+    m, d, t, fe, i = cfg.model, cfg.data, cfg.train, cfg.features, cfg.infer
+    if m.attention == "full" and m.attention_params:
+        raise ConfigError(f"{source}: model.attention_params={m.attention_params} would be ignored: full attention "
+                          "has no parameters")
+    if "n_heads" in ENCODERS.uses(m.encoder) and m.d_model % m.n_heads:
         raise ConfigError(f"{source}: model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
-    if m.conv_kernel % 2 == 0:
-        raise ConfigError(f"{source}: model.conv_kernel must be odd, got {m.conv_kernel}")
+    for key, value in (("model.conv_kernel", m.conv_kernel), ("model.tdnn_kernel", m.tdnn_kernel)):
+        if value % 2 == 0 or value < 1:
+            raise ConfigError(f"{source}: {key} must be odd and >= 1, got {value}")
     for key, value in [("model.n_layers", m.n_layers), ("data.crop_frames", d.crop_frames),
-                       ("data.batch_size", d.batch_size), ("model.d_model", m.d_model)]:
+                       ("data.batch_size", d.batch_size), ("model.d_model", m.d_model), ("model.n_heads", m.n_heads),
+                       ("model.ffn_dim", m.ffn_dim), ("model.agg_dim", m.agg_dim), ("features.n_mels", fe.n_mels),
+                       ("train.ckpt_every", t.ckpt_every), ("train.average_every", t.average_every)]:
         if value < 1:
             raise ConfigError(f"{source}: {key} must be >= 1, got {value}")
-    if d.crop_min_frames > d.crop_frames:
-        raise ConfigError(f"{source}: data.crop_min_frames ({d.crop_min_frames}) > data.crop_frames ({d.crop_frames})")
-    if not 0 <= m.dropout < 1:
-        raise ConfigError(f"{source}: model.dropout must be in [0, 1), got {m.dropout}")
-    i = cfg.infer
+    if d.crop_min_frames > d.crop_frames or d.crop_min_frames < 0:
+        raise ConfigError(f"{source}: data.crop_min_frames ({d.crop_min_frames}) must be in 0..data.crop_frames "
+                          f"({d.crop_frames})")
+    if d.val_per_speaker < 0 or m.embed_dim < 0:
+        raise ConfigError(f"{source}: data.val_per_speaker and model.embed_dim must be >= 0")
+    if not 0 <= m.dropout < 1 or not 0 <= m.label_smoothing < 1:
+        raise ConfigError(f"{source}: model.dropout and model.label_smoothing must be in [0, 1)")
+    if not 0 <= t.margin_warmup <= 1 or not 0 <= t.average_last < 1:
+        raise ConfigError(f"{source}: train.margin_warmup must be in [0, 1] and train.average_last in [0, 1)")
+    for key, value in (("train.lr", t.lr), ("model.scale", m.scale)):
+        if not 0 < value < float("inf"):
+            raise ConfigError(f"{source}: {key} must be a positive finite number, got {value}")
+    for key, value in (("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip),
+                       ("train.warmup_steps", t.warmup_steps), ("train.max_minutes", t.max_minutes),
+                       ("train.val_every", t.val_every), ("train.val_minutes", t.val_minutes),
+                       ("train.threads", t.threads), ("model.margin", m.margin), ("train.span_penalty", t.span_penalty)):
+        if not 0 <= value < float("inf"):
+            raise ConfigError(f"{source}: {key} must be >= 0 and finite, got {value}")
     if i.window < 0 or i.hop < 0 or i.max_frames < 16 or i.batch_frames < 1:
         raise ConfigError(f"{source}: infer.window/hop must be >= 0, infer.max_frames >= 16, infer.batch_frames >= 1")
-    if t.steps < 1 and t.max_minutes <= 0:
-        raise ConfigError(f"{source}: need train.steps >= 1 or train.max_minutes > 0")
+    if t.steps < 1:
+        raise ConfigError(f"{source}: train.steps must be >= 1, got {t.steps}")
+    f_max = fe.f_max or fe.sample_rate / 2
+    if fe.sample_rate < 1000 or fe.n_fft < 16 or not 1 <= fe.hop <= fe.n_fft or fe.floor <= 0:
+        raise ConfigError(f"{source}: features: need sample_rate >= 1000, n_fft >= 16, 1 <= hop <= n_fft, floor > 0")
+    if not 0 <= fe.f_min < f_max <= fe.sample_rate / 2:
+        raise ConfigError(f"{source}: features: need 0 <= f_min < f_max <= sample_rate / 2, got {fe.f_min}..{f_max}")
+    if fe.n_mels > fe.n_fft // 2:
+        raise ConfigError(f"{source}: features.n_mels ({fe.n_mels}) must be <= n_fft / 2 ({fe.n_fft // 2})")
+    if t.device != "auto" and t.device != "cpu" and not t.device.startswith("cuda"):
+        raise ConfigError(f"{source}: train.device={t.device!r}; choose auto, cpu or cuda[:N]")
 
 
 def _merge(obj, d: dict, source: str, prefix: str) -> None:
@@ -207,127 +290,62 @@ def apply_overrides(cfg: RunConfig, overrides: list[str], source: str = "--set")
             raise ConfigError(f"{source}: expected key=value, got {item!r}")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        if len(parts) != 2 or parts[0] not in ("data", "model", "train", "infer"):
-            raise ConfigError(f"{source}: key {key!r} must look like data.x, model.x, train.x or infer.x")
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise ConfigError(f"{source}: key {key!r} must look like SECTION.name with SECTION one of {list(SECTIONS)}")
         d[parts[0]][parts[1]] = _parse_value(text)
     return RunConfig.from_dict(d, source)
 
 
-def _preset_default() -> RunConfig:
-    """Best recipe found for learning per second on a 2-core CPU (see docs/results.md).
-
-    An ECAPA-style TDNN (1-D convolutions: a CPU runs them near its peak, and BatchNorm keeps them stable at a
-    high learning rate) after 2x time subsampling; attentive statistics pooling; cross-entropy with label
-    smoothing (it beat AAM-softmax at this budget); bf16 autocast where the hardware does bf16 natively
-    (1.5x the steps on an AVX512-BF16 CPU); crops of 0.5-1.5 s: cheaper steps than longer crops, short test
-    utterances in-domain, and no worse on whole utterances.
-    """
-    return RunConfig(
-        name="default",
-        data=DataConfig(val_per_speaker=2, crop_frames=150, crop_min_frames=50, batch_size=64),
-        model=ModelConfig(encoder="tdnn", subsample=2, d_model=128, n_layers=3, ffn_dim=384, conv_kernel=3,
-                          dropout=0.0, pooling="asp", head="softmax", label_smoothing=0.1),
-        train=TrainConfig(max_minutes=10.0, lr=2e-3, warmup_steps=100, weight_decay=0.05, amp="auto"),
-    )
+PRESET_DIR = "configs"          # inside the spkid package: spkid/configs/<name>.toml
 
 
-def _preset_conformer() -> RunConfig:
-    """The best Conformer found for a 2-core CPU (the default before the TDNN; see docs/results.md).
-
-    4x time subsampling and a narrow FFN keep a step cheap; no dropout (Bernoulli sampling costs a quarter of
-    a CPU step and ten minutes of crops do not overfit); AAM-softmax with its margin ramped in over the first
-    20% (a full margin from step 0 learns slowly); crops of 1-3 s so that short test utterances are in-domain.
-    """
-    return RunConfig(
-        name="conformer",
-        data=DataConfig(val_per_speaker=2, crop_frames=300, crop_min_frames=100, batch_size=64),
-        model=ModelConfig(encoder="conformer", subsample=4, d_model=128, n_heads=4, n_layers=3, ffn_dim=256,
-                          dropout=0.0, conv_kernel=15, pooling="asp", head="aam", margin=0.2, scale=30.0),
-        train=TrainConfig(max_minutes=10.0, lr=2e-3, warmup_steps=100, weight_decay=0.05, margin_warmup=0.2),
-    )
+def presets() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.name[:-5] for p in resources.files("spkid").joinpath(PRESET_DIR).iterdir()
+                  if p.name.endswith(".toml"))
 
 
-def _preset_hw4_sample() -> RunConfig:
-    """The original HW4 sample: prenet 40->80, one post-norm Transformer layer (ff 256, 2 heads), mean pooling."""
-    return RunConfig(
-        name="hw4-sample",
-        data=DataConfig(crop_frames=128, batch_size=32),
-        model=ModelConfig(encoder="transformer", norm="none", subsample=1, d_model=80, n_heads=2, n_layers=1,
-                          ffn_dim=256, dropout=0.1, norm_first=False, pos_enc="none", pooling="mean",
-                          head="softmax"),
-        train=TrainConfig(steps=70000, lr=1e-3, weight_decay=0.01, warmup_steps=1000, grad_clip=0.0),
-    )
+def _read_table(text: str, suffix: str, source: str) -> dict:
+    try:
+        d = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ConfigError(f"{source}: cannot parse: {str(e)[:200]}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: top level must be a table/object")
+    return d
 
 
-def _preset_tiny() -> RunConfig:
-    """Very small and fast: tests and the offline demo."""
-    return RunConfig(
-        name="tiny",
-        data=DataConfig(val_per_speaker=1, crop_frames=100, batch_size=16),
-        model=ModelConfig(d_model=32, n_heads=2, n_layers=1, ffn_dim=64, conv_kernel=7, dropout=0.0),
-        train=TrainConfig(steps=30, warmup_steps=5, ckpt_every=10),
-    )
-
-
-def _preset_demo() -> RunConfig:
-    """The offline demo: a small Conformer that learns a 16-speaker synthetic corpus in a minute or two."""
-    return RunConfig(
-        name="demo",
-        data=DataConfig(val_per_speaker=2, crop_frames=150, crop_min_frames=80, batch_size=32),
-        model=ModelConfig(d_model=64, n_heads=4, n_layers=2, ffn_dim=128, conv_kernel=15, dropout=0.0,
-                          subsample=2, pooling="asp"),
-        # a fixed number of steps (same accuracy on any machine), with a time cap for slow ones
-        train=TrainConfig(steps=1200, max_minutes=3.0, lr=2e-3, warmup_steps=50, val_every=150, val_minutes=0,
-                          ckpt_every=300),
-    )
-
-
-def _preset_hw4_gpu() -> RunConfig:
-    """The default recipe scaled for the real HW4 data (600 speakers, 56,666 utterances) on one GPU.
-
-    Ten times the data per speaker and a GPU's step cost make a wider, deeper model with 2x subsampling and a long
-    schedule pay off; bf16 autocast; SpecAugment and dropout because 70k steps do overfit.
-    """
-    return RunConfig(
-        name="hw4-gpu",
-        data=DataConfig(val_per_speaker=2, crop_frames=400, crop_min_frames=150, batch_size=128,
-                        spec_time_masks=2, spec_freq_masks=2),
-        model=ModelConfig(encoder="conformer", subsample=2, d_model=256, n_heads=4, n_layers=6, ffn_dim=1024,
-                          dropout=0.1, conv_kernel=15, pooling="asp", embed_dim=256, head="aam", margin=0.2,
-                          scale=30.0),
-        train=TrainConfig(steps=70000, lr=1e-3, warmup_steps=2000, weight_decay=0.05, margin_warmup=0.1,
-                          average_last=0.1, average_every=100, amp="bf16", val_every=5000, ckpt_every=1000),
-    )
-
-
-PRESETS = {"default": _preset_default, "conformer": _preset_conformer, "hw4-gpu": _preset_hw4_gpu,
-           "hw4-sample": _preset_hw4_sample, "tiny": _preset_tiny, "demo": _preset_demo}
+def _preset_dict(name: str) -> dict:
+    res = resources.files("spkid").joinpath(PRESET_DIR, f"{name}.toml")
+    d = _read_table(res.read_text(), ".toml", f"preset {name}")
+    d.setdefault("name", name)
+    return d
 
 
 def load_config(name_or_file: str = "default") -> RunConfig:
-    """A preset name or a ``.json``/``.toml`` file (keys override the ``default`` preset, or ``base = "<preset>"``)."""
-    if name_or_file in PRESETS:
-        return PRESETS[name_or_file]()
+    """A preset name or a ``.json``/``.toml`` file. A file's keys override a preset: ``base = "<preset>"``
+    (default ``"default"``); nested tables merge key by key, ``model.attention_params`` is replaced whole."""
+    names = presets()
+    if name_or_file in names:
+        return RunConfig.from_dict(_preset_dict(name_or_file), f"preset {name_or_file}")
     path = Path(name_or_file)
     if not path.suffix:
-        raise ConfigError(f"unknown config {name_or_file!r}; choose a preset {sorted(PRESETS)} or a .toml/.json file")
+        raise ConfigError(f"unknown config {name_or_file!r}; choose a preset {names} or a .toml/.json file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
         text = path.read_text()
-        d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot parse: {e}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: top level must be a table/object")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    d = _read_table(text, path.suffix, str(path))
     base_name = d.pop("base", "default")
-    if base_name not in PRESETS:
-        raise ConfigError(f"{path}: base {base_name!r} is not a preset; choose one of {sorted(PRESETS)}")
+    if base_name not in names:
+        raise ConfigError(f"{path}: base {base_name!r} is not a preset; choose one of {names}")
     d.setdefault("name", path.stem)
-    merged = PRESETS[base_name]().to_dict()
+    merged = _preset_dict(base_name)
     for key, value in d.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "attention_params":
-            merged[key].update(value)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
     return RunConfig.from_dict(merged, str(path))

@@ -28,6 +28,7 @@ class DemoResult:
 
 def run_demo(out: str | Path, *, minutes: float = 3.0, steps: int = 1200, n_speakers: int = 16, seed: int = 0,
              progress: bool = True) -> DemoResult:
+    from spkid.data.hw4 import read_answers_csv
     from spkid.data.prepare import prepare
     from spkid.scoring.metrics import accuracy
     from spkid.scoring.predict import predict
@@ -51,9 +52,7 @@ def run_demo(out: str | Path, *, minutes: float = 3.0, steps: int = 1200, n_spea
     key_to_feat = {row["audio"]: row["feature_path"] for row in csv.DictReader(open(feats / "features.csv"))}
     answers = {key_to_feat[f"test/{name}"]: spk for name, spk in corpus.answers.items()
                if f"test/{name}" in key_to_feat}
-    with open(pred_csv) as f:
-        preds = {r["Id"]: r["Category"] for r in csv.DictReader(f)}
-    test_acc = accuracy(answers, preds)
+    test_acc = accuracy(answers, read_answers_csv(pred_csv))
     plots = _plots(run, out)
     return DemoResult(rep.n_speakers, rep.n_train, rep.n_test, result.best_val or 0.0, test_acc, pred_csv,
                       result.best or result.last, plots)

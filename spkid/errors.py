@@ -1,4 +1,7 @@
-"""Errors the CLI turns into one-line messages (``spkid: error: <file>: <problem>``)."""
+"""Errors the CLI turns into one-line messages (``spkid: error: <file>: <problem>``).
+
+Convention: the message starts with the file or setting it is about, then a colon: ``f"{path}: problem"``.
+"""
 
 
 class SpkidError(Exception):
@@ -15,8 +18,3 @@ class ConfigError(SpkidError):
 
 class CheckpointError(SpkidError):
     """Missing, corrupt or incompatible checkpoint."""
-
-
-def where(path, problem: str) -> str:
-    """Format the one-line message: ``<path>: <problem>``."""
-    return f"{path}: {problem}"

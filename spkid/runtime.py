@@ -1,10 +1,12 @@
-"""Process-level settings for fast CPU numerics."""
+"""Where and how computation runs: the device, mixed precision, denormal flushing."""
 from __future__ import annotations
 
 import contextlib
 import threading
 
 import torch
+
+from spkid.errors import SpkidError
 
 _lock = threading.Lock()
 _depth = 0
@@ -50,3 +52,17 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if amp == "auto":
         return "bf16" if native_bf16(device) else "none"
     return amp
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a one-line error otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpkidError(f"--device {name}: CUDA is not available on this machine")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise SpkidError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise SpkidError(f"unknown device {name!r}; choose auto, cpu or cuda[:N]") from None

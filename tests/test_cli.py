@@ -67,8 +67,8 @@ def test_refuses_to_overwrite_a_run_and_resume_needs_checkpoint(hw4, tmp_path):
     (["train", "DATA", "--out", "OUT", "--set", "train.lr=fast"], "train.lr: expected float, got 'fast'"),
     (["train", "DATA", "--out", "OUT", "--config", "nosuch"], "unknown config 'nosuch'"),
     (["train", "DATA", "--out", "OUT", "--attention", "magic"], "model.attention"),
-    (["train", "DATA", "--out", "OUT", "--attention", "local"], "needs an attention encoder"),
-    (["train", "DATA", "--out", "OUT", "--set", "model.dropout=0.1"], "not used by model.encoder='tdnn'"),
+    (["train", "DATA", "--out", "OUT", "--attention", "local"], "model.attention='local' would be ignored"),
+    (["train", "DATA", "--out", "OUT", "--set", "model.dropout=0.1"], "model.dropout=0.1 would be ignored: model.encoder='tdnn' does not use it"),
     (["predict", "CKPT", "DATA", "-o", "OUT/p.csv"], "checkpoint not found"),
 ])
 def test_one_line_errors(hw4, tmp_path, args, expect):

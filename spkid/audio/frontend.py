@@ -130,24 +130,30 @@ def _reflect_pad(wav: torch.Tensor, lengths: torch.Tensor, half: int) -> torch.T
     return out.scatter(1, lengths + half + j, right)
 
 
-def logmel(wav: torch.Tensor, frontend: LogMel | None = None) -> torch.Tensor:
-    """Features ``(T, F)`` of one utterance ``(S,)`` (builds a default ``LogMel`` when none is given)."""
+def frontend_for(features=None, device: torch.device | str = "cpu") -> LogMel:
+    """The one cached ``LogMel`` per (feature definition, device); ``features`` is a ``FeatureConfig`` (duck-typed)
+    or None for the HW4 definition. Every front end in spkid (prepare, inference, audio training) comes from here."""
+    key = (None if features is None else (features.sample_rate, features.n_fft, features.hop, features.n_mels,
+                                          features.f_min, features.f_max, features.floor), str(device))
+    if key not in _CACHE:
+        kw = {} if features is None else dict(sample_rate=features.sample_rate, n_fft=features.n_fft,
+                                              hop=features.hop, n_mels=features.n_mels, f_min=features.f_min,
+                                              f_max=features.f_max or None, floor=features.floor)
+        _CACHE[key] = LogMel(**kw).to(device)
+    return _CACHE[key]
+
+
+_CACHE: dict[tuple, LogMel] = {}
+
+
+def logmel(wav: torch.Tensor, features=None) -> torch.Tensor:
+    """Features ``(T, F)`` of one utterance ``(S,)`` under the feature definition ``features`` (HW4 when None)."""
     if wav.dim() != 1:
         raise ValueError(f"expected one waveform (S,), got shape {tuple(wav.shape)}")
-    frontend = frontend if frontend is not None else _default_frontend(wav.device)
+    frontend = frontend_for(features, wav.device)
     with torch.no_grad():
         feats, _ = frontend(wav[None, :], torch.tensor([wav.shape[0]], device=wav.device))
     return feats[0]
 
 
-_DEFAULTS: dict[str, LogMel] = {}
-
-
-def _default_frontend(device: torch.device) -> LogMel:
-    key = str(device)
-    if key not in _DEFAULTS:
-        _DEFAULTS[key] = LogMel().to(device)
-    return _DEFAULTS[key]
-
-
-__all__ = ["LogMel", "logmel", "mel_filterbank", "hz_to_mel", "mel_to_hz"]
+__all__ = ["LogMel", "frontend_for", "logmel", "mel_filterbank", "hz_to_mel", "mel_to_hz"]

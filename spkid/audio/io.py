@@ -16,11 +16,11 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from spkid.errors import DataError, where
+from spkid.errors import DataError
 
 SAMPLE_RATE = 16000
 
-# Suffixes (lower case) that ``list_audio`` picks up when scanning a folder; all are formats libsndfile reads.
+# Suffixes (lower case) of formats libsndfile reads; ``spkid.data.scan`` picks these up when scanning a folder.
 AUDIO_EXTENSIONS: frozenset[str] = frozenset({
     ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3",
     ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64",
@@ -35,17 +35,17 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> torch.T
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(where(path, "file not found" if not path.exists() else "not a regular file"))
+        raise DataError(f"{path}: file not found" if not path.exists() else "not a regular file")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(where(path, f"not readable as audio ({detail})")) from None
+        raise DataError(f"{path}: not readable as audio ({detail})") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise DataError(where(path, "empty audio (0 samples)"))
+        raise DataError(f"{path}: empty audio (0 samples)")
     wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (S, C) -> (S,)
     if not np.isfinite(wav).all():
-        raise DataError(where(path, "audio contains NaN or Inf samples"))
+        raise DataError(f"{path}: audio contains NaN or Inf samples")
     if sr != target_sr:
         wav = resample(wav, sr, target_sr)
     return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
@@ -62,20 +62,3 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     # float64 inside the filter: the Kaiser FIR for ratios like 160/441 is long, and this keeps its
     # stop-band attenuation; the result goes back to float32.
     return resample_poly(wav.astype(np.float64), up, down).astype(np.float32)
-
-
-def list_audio(folder: str | os.PathLike) -> list[Path]:
-    """All files under ``folder`` (recursive) whose suffix is in ``AUDIO_EXTENSIONS``, sorted.
-
-    Hidden files and folders (names starting with ``.``) are ignored.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(where(folder, "folder not found" if not folder.exists() else "not a folder"))
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS:
-                found.append(Path(dirpath) / name)
-    return sorted(found)

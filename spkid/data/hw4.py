@@ -6,9 +6,13 @@ Layout of a data directory::
     mapping.json   {"speaker2id": {"<spk>": 0, ...}, "id2speaker": {"0": "<spk>", ...}}
     testdata.json  {"n_mels": 40, "utterances": [{"feature_path": ..., "mel_len": ...}]}
     uttr-*.pt      tensor (frames, n_mels), natural-log mel power, float32 or float16
+
+and the Kaggle CSVs: predictions and answers are ``Id,Category`` with Id = a ``feature_path`` (or a file name).
+Readers check everything and raise ``DataError("<file>: <problem>")``; writers are atomic.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -19,6 +23,9 @@ from pathlib import Path
 import torch
 
 from spkid.errors import DataError
+from spkid.fileio import atomic_write, write_csv
+
+ANSWERS_HEADER = ("Id", "Category")
 
 
 @dataclass(frozen=True)
@@ -172,3 +179,70 @@ def load_features(root: str | Path, utts: list[Utterance], n_mels: int, *, worke
         jobs = pool.map(lambda u: load_tensor(root / u.feature_path, n_mels, u.mel_len), utts)
         return list(tqdm(jobs, total=len(utts), desc=desc, disable=not progress, unit="utt",
                          mininterval=math.inf if not progress else 0.5))
+
+
+# -- writing ------------------------------------------------------------------------------------------------------
+
+def write_train_index(root: str | Path, n_mels: int, speakers: dict[str, list[tuple[str, int]]]) -> None:
+    """``metadata.json`` and ``mapping.json`` for ``{speaker: [(feature_path, mel_len)]}`` (ids by sorted name)."""
+    root, names = Path(root), sorted(speakers)
+    _write_json(root / "metadata.json", {"n_mels": n_mels, "speakers": {
+        s: [{"feature_path": fp, "mel_len": int(n)} for fp, n in speakers[s]] for s in names}})
+    _write_json(root / "mapping.json", {"speaker2id": {s: i for i, s in enumerate(names)},
+                                        "id2speaker": {str(i): s for i, s in enumerate(names)}})
+
+
+def write_test_index(root: str | Path, n_mels: int, utterances: list[tuple[str, int]]) -> None:
+    """``testdata.json`` for ``[(feature_path, mel_len)]``."""
+    _write_json(Path(root) / "testdata.json", {"n_mels": n_mels, "utterances": [
+        {"feature_path": fp, "mel_len": int(n)} for fp, n in utterances]})
+
+
+def _write_json(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(text.encode("utf-8")), fsync=False)
+
+
+def write_predictions(path: str | Path, ids, labels) -> None:
+    """Kaggle CSV ``Id,Category``, written atomically."""
+    write_csv(path, list(ANSWERS_HEADER), zip(ids, labels))
+
+
+def read_answers_csv(path) -> dict[str, str]:
+    """Read a Kaggle ``Id,Category`` CSV into ``{id: category}``; blank lines are skipped."""
+    path = Path(path)
+    try:
+        # utf-8-sig: spreadsheets often prepend a byte-order mark to the header.
+        f = open(path, newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read answers CSV ({e.strerror})") from None
+    out: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    with f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+            if header is None or not any(h.strip() for h in header):
+                raise DataError(f"{path}: line 1: missing header, expected 'Id,Category'")
+            if tuple(h.strip() for h in header) != ANSWERS_HEADER:
+                raise DataError(f"{path}: line 1: expected header 'Id,Category', found {','.join(header)!r}")
+            for row in reader:
+                line = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) != 2:
+                    raise DataError(f"{path}: line {line}: expected 2 fields (Id,Category), found {len(row)}")
+                key, cat = row[0].strip(), row[1].strip()
+                if not key:
+                    raise DataError(f"{path}: line {line}: empty Id")
+                if not cat:
+                    raise DataError(f"{path}: line {line}: empty Category for id {key!r}")
+                if key in out:
+                    raise DataError(f"{path}: line {line}: duplicate id {key!r} (first on line {first_line[key]})")
+                out[key] = cat
+                first_line[key] = line
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: line {reader.line_num}: unreadable CSV ({e})") from None
+    return out
+
+

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -30,12 +31,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from spkid.audio.io import AUDIO_EXTENSIONS, SAMPLE_RATE, list_audio, load_audio
-from spkid.errors import DataError, where
-from spkid.fileio import atomic_write
-from spkid.audio.frontend import LogMel
+from spkid.audio.io import AUDIO_EXTENSIONS, load_audio
+from spkid.data.scan import scan
+from spkid.errors import DataError
+from spkid.fileio import atomic_write, write_csv
+from spkid.audio.frontend import logmel
+from spkid.data.hw4 import write_test_index, write_train_index
 
-N_MELS = 40
 REPORT_NAME = "prepare_report.txt"
 _PATH_HEADERS = {"path", "audio", "file", "filename", "wav"}
 
@@ -74,7 +76,7 @@ class _Item:
 
 
 def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input: str | os.PathLike | None = None,
-            workers: int = 0, dtype: torch.dtype = torch.float32, min_seconds: float = 0.1,
+            workers: int = 0, dtype: torch.dtype = torch.float32, min_seconds: float = 0.1, features=None,
             progress: bool = True) -> PrepareReport:
     """Compute log-mel features for every usable file of ``input`` (and ``test_input``) into ``out_dir``.
 
@@ -85,6 +87,8 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input:
         workers: processes computing features; 0 means one per CPU core, 1 runs in this process.
         dtype: dtype of the saved tensors (``torch.float32`` or ``torch.float16``).
         min_seconds: files shorter than this are skipped.
+        features: the log-mel definition (a ``FeatureConfig``; the HW4 one when None). ``features.json`` in
+            ``out_dir`` records it; a re-run with another definition recomputes every file.
         progress: show a tqdm bar on stderr.
     Raises ``DataError`` naming the file for a missing input, an input without speaker folders or audio,
     a malformed CSV line, or when no training file at all is usable.
@@ -99,11 +103,18 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input:
     test_items = _collect(Path(test_input), "test/", skipped) if test_input is not None else []
     _check_disjoint(items, test_items)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if features is None:
+        from spkid.config import FeatureConfig
+        features = FeatureConfig()
+    definition = json.dumps(dataclasses.asdict(features), sort_keys=True)
+    def_path = out_dir / "features.json"
+    reuse = def_path.is_file() and def_path.read_text().strip() == definition
+    _write_text(def_path, definition + "\n")
 
-    results = _run(items + test_items, out_dir, dtype, min_seconds, workers, progress)
+    results = _run(items + test_items, out_dir, dtype, min_seconds, workers, progress, features, reuse)
     report = PrepareReport(out_dir=out_dir, report_path=out_dir / REPORT_NAME, skipped=skipped)
-    speakers: dict[str, list[dict]] = {}
-    test_utts: list[dict] = []
+    speakers: dict[str, list[tuple[str, int]]] = {}
+    test_utts: list[tuple[str, int]] = []
     rows: list[tuple[str, str]] = []
     for item, (status, value) in zip(items + test_items, results):
         if status == "skipped":
@@ -111,7 +122,7 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input:
             continue
         report.n_processed += status == "computed"
         report.n_reused += status == "reused"
-        entry = {"feature_path": item.feature_path, "mel_len": value}
+        entry = (item.feature_path, value)
         (speakers.setdefault(item.speaker, []) if item.speaker is not None else test_utts).append(entry)
         rows.append((item.key, item.feature_path))
     report.skipped.sort()
@@ -119,17 +130,13 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input:
     report.n_train = sum(len(v) for v in speakers.values())
     _write_text(report.report_path, _report_text(report))
     if not speakers:
-        raise DataError(where(input, f"no usable training audio (all {len(items)} files skipped; "
-                                     f"see {report.report_path})"))
+        raise DataError(f"{input}: no usable training audio (all {len(items)} files skipped; "
+                                     f"see {report.report_path})")
 
-    names = sorted(speakers)
-    _write_json(out_dir / "metadata.json", {"n_mels": N_MELS, "speakers": {s: speakers[s] for s in names}})
-    _write_json(out_dir / "mapping.json", {"speaker2id": {s: i for i, s in enumerate(names)},
-                                           "id2speaker": {str(i): s for i, s in enumerate(names)}})
+    write_train_index(out_dir, features.n_mels, speakers)
     if test_input is not None:
-        _write_json(out_dir / "testdata.json", {"n_mels": N_MELS, "utterances": test_utts})
-    _write_text(out_dir / "features.csv", "audio,feature_path\n" + "".join(
-        f"{_csv_field(a)},{f}\n" for a, f in sorted(rows)))
+        write_test_index(out_dir, features.n_mels, test_utts)
+    write_csv(out_dir / "features.csv", ["audio", "feature_path"], sorted(rows))
     return report
 
 
@@ -138,16 +145,16 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input:
 def _collect(root: Path, prefix: str | None, skipped: list[tuple[str, str]]) -> list[_Item]:
     """Items of a training (``prefix`` None) or test input; duplicates go to ``skipped``."""
     if not root.exists():
-        raise DataError(where(root, "input not found"))
+        raise DataError(f"{root}: input not found")
     if root.is_file():
         rows = _read_table(root, labelled=prefix is None)
         items = [_Item(_csv_key(p, prefix), _resolve(root.parent, p), spk) for p, spk in rows]
     elif prefix is None:
         items = _collect_speaker_folders(root, skipped)
     else:
-        items = [_Item(prefix + f.relative_to(root).as_posix(), f, None) for f in list_audio(root)]
+        items = [_Item(prefix + f.relative_to(root).as_posix(), f, None) for f in scan(root)]
         if not items:
-            raise DataError(where(root, "no audio files found"))
+            raise DataError(f"{root}: no audio files found")
     unique: dict[str, _Item] = {}
     for it in items:
         if it.key in unique:
@@ -163,23 +170,23 @@ def _check_disjoint(items: list[_Item], test_items: list[_Item]) -> None:
     train_keys = {it.key for it in items}
     for it in test_items:
         if it.path.resolve() in train_paths:
-            raise DataError(where(it.path, "listed as both training and test audio "
-                                           "(is the test folder inside the training folder?)"))
+            raise DataError(f"{it.path}: listed as both training and test audio "
+                                           "(is the test folder inside the training folder?)")
         if it.key in train_keys:
-            raise DataError(where(it.path, f"test key {it.key!r} equals a training file's key; "
-                                           "rename the training speaker folder 'test'"))
+            raise DataError(f"{it.path}: test key {it.key!r} equals a training file's key; "
+                                           "rename the training speaker folder 'test'")
 
 
 def _collect_speaker_folders(root: Path, skipped: list[tuple[str, str]]) -> list[_Item]:
     speaker_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not speaker_dirs:
-        raise DataError(where(root, "no speaker folders (expected SPEAKER/<audio files>)"))
+        raise DataError(f"{root}: no speaker folders (expected SPEAKER/<audio files>)")
     for f in root.iterdir():  # audio lying next to the speaker folders has no speaker: report it
         if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS:
             skipped.append((f.name, "not inside a speaker folder"))
-    items = [_Item(f.relative_to(root).as_posix(), f, d.name) for d in speaker_dirs for f in list_audio(d)]
+    items = [_Item(f.relative_to(root).as_posix(), f, d.name) for d in speaker_dirs for f in scan(d)]
     if not items:
-        raise DataError(where(root, f"no audio files in its {len(speaker_dirs)} speaker folders"))
+        raise DataError(f"{root}: no audio files in its {len(speaker_dirs)} speaker folders")
     return items
 
 
@@ -194,32 +201,32 @@ def _read_table(path: Path, labelled: bool) -> list[tuple[str, str | None]]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             lines = list(enumerate(csv.reader(f, delimiter=delim), start=1))
     except UnicodeDecodeError as e:
-        raise DataError(where(path, f"not a text CSV/TSV file ({e.reason})")) from None
+        raise DataError(f"{path}: not a text CSV/TSV file ({e.reason})") from None
     except csv.Error as e:
-        raise DataError(where(path, f"malformed CSV ({e})")) from None
+        raise DataError(f"{path}: malformed CSV ({e})") from None
     lines = [(n, [c.strip() for c in row]) for n, row in lines if any(c.strip() for c in row)]
     if not lines:
-        raise DataError(where(path, "empty list (expected path,speaker rows)" if labelled else "empty list of paths"))
+        raise DataError(f"{path}: empty list (expected path,speaker rows)" if labelled else "empty list of paths")
     path_col, spk_col, n_cols = 0, 1, 2
     first = [c.lower() for c in lines[0][1]]
     if first[0] in _PATH_HEADERS:
         n_hdr, lines = lines[0][0], lines[1:]
         if labelled:
             if "speaker" not in first:
-                raise DataError(where(path, f"line {n_hdr}: header has no 'speaker' column (found {','.join(first)})"))
+                raise DataError(f"{path}: line {n_hdr}: header has no 'speaker' column (found {','.join(first)})")
             spk_col, n_cols = first.index("speaker"), len(first)
     rows = []
     for n, row in lines:
         if labelled and (len(row) != n_cols or not row[path_col] or not row[spk_col]):
-            raise DataError(where(path, f"line {n}: expected {n_cols} non-empty fields "
-                                        f"(path,speaker), found {len(row)}: {delim.join(row)!r}"))
+            raise DataError(f"{path}: line {n}: expected {n_cols} non-empty fields "
+                                        f"(path,speaker), found {len(row)}: {delim.join(row)!r}")
         if not row[path_col]:
-            raise DataError(where(path, f"line {n}: empty path"))
+            raise DataError(f"{path}: line {n}: empty path")
         if "\x00" in row[path_col]:        # the OS cannot open such a name (Path.resolve raises ValueError)
-            raise DataError(where(path, f"line {n}: path contains a NUL byte"))
+            raise DataError(f"{path}: line {n}: path contains a NUL byte")
         rows.append((row[path_col], row[spk_col] if labelled else None))
     if not rows:
-        raise DataError(where(path, "no rows after the header"))
+        raise DataError(f"{path}: no rows after the header")
     return rows
 
 
@@ -235,36 +242,30 @@ def _resolve(base: Path, p: str) -> Path:
 
 # ---------------------------------------------------------------- work
 
-_FRONTEND: LogMel | None = None
-
-
 def _init_worker() -> None:
     # Each worker is one process working on one file at a time: more torch threads would only fight.
     torch.set_num_threads(1)
 
 
-def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float) -> tuple[str, int | str]:
+def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float, features,
+             reuse: bool) -> tuple[str, int | str]:
     """One file -> ``("computed"|"reused", mel_len)`` or ``("skipped", reason)``."""
-    global _FRONTEND
-    existing = _load_existing(out, path, dtype)
+    existing = _load_existing(out, path, dtype, features.n_mels) if reuse else None
     if existing is not None:
         return "reused", existing
+    sr = features.sample_rate
     try:
-        wav = load_audio(path, SAMPLE_RATE)
+        wav = load_audio(path, sr)
     except DataError as e:
         return "skipped", str(e).removeprefix(f"{path}: ")
-    if wav.shape[0] < min_seconds * SAMPLE_RATE:
-        return "skipped", f"too short ({wav.shape[0] / SAMPLE_RATE:.3f} s < {min_seconds:g} s)"
-    if _FRONTEND is None:
-        _FRONTEND = LogMel()
-    with torch.no_grad():
-        feats, _ = _FRONTEND(wav[None, :], torch.tensor([wav.shape[0]]))  # (1, S) -> (1, T, F)
-    feats = feats[0].to(dtype).clone()                                       # (T, F), own storage
+    if wav.shape[0] < min_seconds * sr:
+        return "skipped", f"too short ({wav.shape[0] / sr:.3f} s < {min_seconds:g} s)"
+    feats = logmel(wav, features).to(dtype).clone()                          # (S,) -> (T, F), own storage
     atomic_write(out, lambda tmp: torch.save(feats, tmp), fsync=False)
     return "computed", int(feats.shape[0])
 
 
-def _load_existing(out: Path, src: Path, dtype: torch.dtype) -> int | None:
+def _load_existing(out: Path, src: Path, dtype: torch.dtype, n_mels: int) -> int | None:
     """Frames of a usable earlier result at ``out`` (loads, right shape and dtype, not older than
     its source file), else None."""
     try:
@@ -276,17 +277,17 @@ def _load_existing(out: Path, src: Path, dtype: torch.dtype) -> int | None:
         t = torch.load(out, weights_only=True, map_location="cpu")
     except Exception:  # any unreadable leftover is simply recomputed  # noqa: BLE001
         return None
-    ok = isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[1] == N_MELS and t.shape[0] > 0 and t.dtype == dtype
+    ok = isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[1] == n_mels and t.shape[0] > 0 and t.dtype == dtype
     return int(t.shape[0]) if ok else None
 
 
 def _run(items: list[_Item], out_dir: Path, dtype: torch.dtype, min_seconds: float, workers: int,
-         progress: bool) -> list[tuple[str, int | str]]:
+         progress: bool, features, reuse: bool) -> list[tuple[str, int | str]]:
     n_workers = min(workers or os.cpu_count() or 1, max(len(items), 1))
     results: list[tuple[str, int | str]] = [("skipped", "not processed")] * len(items)
     if n_workers <= 1:
         for i, it in enumerate(tqdm(items, desc="prepare", unit="file", disable=not progress)):
-            results[i] = _process(it.path, out_dir / it.feature_path, dtype, min_seconds)
+            results[i] = _process(it.path, out_dir / it.feature_path, dtype, min_seconds, features, reuse)
         return results
     # fork (where it exists) starts workers without re-importing torch, which costs seconds per worker;
     # as in torch's DataLoader, the forked workers run torch single-threaded, so the parent's thread
@@ -294,7 +295,7 @@ def _run(items: list[_Item], out_dir: Path, dtype: torch.dtype, min_seconds: flo
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
     with cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker) as pool:
-        futures = {pool.submit(_process, it.path, out_dir / it.feature_path, dtype, min_seconds): i
+        futures = {pool.submit(_process, it.path, out_dir / it.feature_path, dtype, min_seconds, features, reuse): i
                    for i, it in enumerate(items)}
         with tqdm(total=len(items), desc="prepare", unit="file", disable=not progress) as bar:
             for fut in cf.as_completed(futures):
@@ -307,14 +308,6 @@ def _run(items: list[_Item], out_dir: Path, dtype: torch.dtype, min_seconds: flo
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(text.encode("utf-8")), fsync=False)
-
-
-def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def _csv_field(s: str) -> str:
-    return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\n\r') else s
 
 
 def _report_text(r: PrepareReport) -> str:

@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spkid.errors import ConfigError
+from spkid.models.registry import ATTENTION
+
 
 def rotary_tables(t: int, dim: int, device, dtype=torch.float32, base: float = 10000.0):
     """cos/sin tables ``(T, dim)`` for rotary position embedding (any length T)."""
@@ -307,23 +310,16 @@ class LinformerAttention(SelfAttention):
         return F.scaled_dot_product_attention(q, kp, vp, dropout_p=p)              # (B, H, T, Dh)
 
 
-# name -> class; every class takes the keyword arguments of SelfAttention plus its own extras.
-ATTENTION: dict[str, type[SelfAttention]] = {
-    "full": SelfAttention,
-    "local": LocalAttention,
-    "sparse": SparseAttention,
-    "adaptive": AdaptiveSpanAttention,
-    "linformer": LinformerAttention,
-}
+# every class takes the keyword arguments of SelfAttention plus its own extras (model.attention_params)
+for _name, _cls in {"full": SelfAttention, "local": LocalAttention, "sparse": SparseAttention,
+                    "adaptive": AdaptiveSpanAttention, "linformer": LinformerAttention}.items():
+    ATTENTION.register(_name)(_cls)
 
 
 def build_attention(name: str, *, d_model: int, n_heads: int, dropout: float, rope: bool,
                     params: dict | None = None) -> SelfAttention:
     """Build attention variant ``name`` with variant-specific ``params`` (e.g. ``{"window": 64}``)."""
-    from spkid.errors import ConfigError
-    if name not in ATTENTION:
-        raise ConfigError(f"unknown attention {name!r}; choose one of {sorted(ATTENTION)}")
     try:
-        return ATTENTION[name](d_model=d_model, n_heads=n_heads, dropout=dropout, rope=rope, **(params or {}))
+        return ATTENTION.build(name, d_model=d_model, n_heads=n_heads, dropout=dropout, rope=rope, **(params or {}))
     except TypeError as e:
         raise ConfigError(f"attention {name!r}: bad parameters {params}: {e}") from None

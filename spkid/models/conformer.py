@@ -12,6 +12,7 @@ from torch import nn
 
 from spkid.models.attention import build_attention
 from spkid.models.masking import zero_pad
+from spkid.models.registry import ENCODERS
 from spkid.models.transformer import FeedForward
 
 
@@ -91,3 +92,11 @@ class ConformerEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, valid)
         return x
+
+
+@ENCODERS.register("conformer", uses=("n_heads", "ffn_dim", "dropout", "pos_enc", "attention", "attention_params",
+                                      "conv_kernel"))
+def _build(m) -> ConformerEncoder:
+    return ConformerEncoder(d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers, ffn_dim=m.ffn_dim,
+                            conv_kernel=m.conv_kernel, dropout=m.dropout, attention=m.attention,
+                            attention_params=m.attention_params, rope=m.pos_enc == "rope")

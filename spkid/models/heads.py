@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spkid.errors import ConfigError
+from spkid.models.registry import HEADS
 
 
 class SoftmaxHead(nn.Module):
@@ -58,16 +58,24 @@ class CosineMarginHead(nn.Module):
             sin = (1 - target * target).clamp(min=1e-7).sqrt()
             m = self.margin
             shifted = target * math.cos(m) - sin * math.sin(m)
-            # beyond θ + m > π keep the logit monotonic (ArcFace's "easy margin" fallback)
+            # past θ + m > π, cos(θ + m) would rise again: fall back to the linear penalty cos θ - m sin m
+            # (ArcFace's reference code, the branch used when easy_margin is off)
             shifted = torch.where(target > math.cos(math.pi - m), shifted, target - math.sin(math.pi - m) * m)
         else:
             shifted = target - self.margin
         return self.scale * cos.scatter(1, labels[:, None], shifted)
 
 
-def build_head(name: str, embed_dim: int, n_speakers: int, *, margin: float, scale: float) -> nn.Module:
-    if name == "softmax":
-        return SoftmaxHead(embed_dim, n_speakers)
-    if name in ("am", "aam"):
-        return CosineMarginHead(embed_dim, n_speakers, margin=margin, scale=scale, angular=name == "aam")
-    raise ConfigError(f"unknown head {name!r}; choose one of ['aam', 'am', 'softmax']")
+@HEADS.register("softmax")
+def _softmax(m, embed_dim: int, n_speakers: int) -> nn.Module:
+    return SoftmaxHead(embed_dim, n_speakers)
+
+
+@HEADS.register("am", uses=("margin", "scale"))
+def _am(m, embed_dim: int, n_speakers: int) -> nn.Module:
+    return CosineMarginHead(embed_dim, n_speakers, margin=m.margin, scale=m.scale, angular=False)
+
+
+@HEADS.register("aam", uses=("margin", "scale"))
+def _aam(m, embed_dim: int, n_speakers: int) -> nn.Module:
+    return CosineMarginHead(embed_dim, n_speakers, margin=m.margin, scale=m.scale, angular=True)

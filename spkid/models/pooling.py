@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spkid.errors import ConfigError
 from spkid.models.masking import masked_mean
+from spkid.models.registry import POOLING
 
 
 class MeanPool(nn.Module):
@@ -74,10 +74,6 @@ class AttentiveStatsPool(nn.Module):
         return torch.cat([mean, std], dim=-1)
 
 
-POOLING = {"mean": MeanPool, "sap": SelfAttentivePool, "asp": AttentiveStatsPool}
-
-
-def build_pooling(name: str, in_dim: int) -> nn.Module:
-    if name not in POOLING:
-        raise ConfigError(f"unknown pooling {name!r}; choose one of {sorted(POOLING)}")
-    return POOLING[name](in_dim)
+POOLING.register("mean")(MeanPool)
+POOLING.register("sap")(SelfAttentivePool)
+POOLING.register("asp")(AttentiveStatsPool)

@@ -1,20 +1,20 @@
 """The speaker network: normalise -> (augment) -> subsample -> encoder -> pooling -> embedding -> head.
 
-``SpeakerNet.forward(x (B, T, F), lengths (B,)) -> emb (B, E)``; ``net.head(emb, labels) -> logits (B, N)``.
+``SpeakerNet`` is the only public entry point below the training loop and the scorers; the layers under it take
+``(B, T, D)`` frames plus a ``valid`` ``(B, T)`` mask (made once here from ``lengths``):
+
+- ``net(x (B, T, F), lengths (B,), labels (B,) | None) -> (emb (B, E), logits (B, N))``: training (margin on the
+  target class when labels are given), export;
+- ``net.embed(x, lengths) -> (B, E)`` and ``net.classify(emb) -> (B, N)``: inference, where windowed embeddings are
+  averaged before classification.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from spkid.config import RunConfig
-from spkid.errors import ConfigError
-from spkid.models.conformer import ConformerEncoder
-from spkid.models.heads import build_head
 from spkid.models.masking import masked_mean, valid_mask, zero_pad
-from spkid.models.pooling import build_pooling
-from spkid.models.tdnn import TDNNEncoder
-from spkid.models.transformer import TransformerEncoder
+from spkid.models.registry import ENCODERS, HEADS, POOLING
 
 
 class InputNorm(nn.Module):
@@ -102,48 +102,61 @@ class SpeakerNet(nn.Module):
     """Log-mel frames to a speaker embedding and class logits.
 
     Args:
-        cfg (RunConfig): the run's configuration (``model`` section and SpecAugment settings of ``data``).
+        cfg: the run's configuration, read duck-typed: ``cfg.model`` (architecture), ``cfg.features.n_mels`` (F),
+            ``cfg.augment`` (SpecAugment settings).
         n_speakers (int): number of training classes N.
     """
 
-    def __init__(self, cfg: RunConfig, n_speakers: int):
+    def __init__(self, cfg, n_speakers: int):
         super().__init__()
-        m, d = cfg.model, cfg.data
-        self.norm = InputNorm(m.norm, m.n_mels)
-        self.augment = SpecAugment(d.spec_time_masks, d.spec_time_width, d.spec_freq_masks, d.spec_freq_width)
-        self.subsample = Subsample(m.n_mels, m.d_model, m.subsample)
-        common = dict(d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers, ffn_dim=m.ffn_dim,
-                      dropout=m.dropout, attention=m.attention, attention_params=m.attention_params,
-                      rope=m.pos_enc == "rope")
-        if m.encoder == "conformer":
-            self.encoder = ConformerEncoder(conv_kernel=m.conv_kernel, **common)
-        elif m.encoder == "transformer":
-            self.encoder = TransformerEncoder(norm_first=m.norm_first, **common)
-        elif m.encoder == "tdnn":
-            self.encoder = TDNNEncoder(d_model=m.d_model, n_layers=m.n_layers, kernel=m.conv_kernel,
-                                       out_dim=m.ffn_dim)
-        else:
-            raise ConfigError(f"unknown encoder {m.encoder!r}; choose one of ['conformer', 'tdnn', 'transformer']")
-        self.pool = build_pooling(m.pooling, self.encoder.out_dim)    # every encoder says its output width
-        self.embed = nn.Linear(self.pool.out_dim, m.embed_dim) if m.embed_dim > 0 else nn.Identity()
+        m, a, n_mels = cfg.model, cfg.augment, cfg.features.n_mels
+        self.norm = InputNorm(m.norm, n_mels)
+        self.augment = SpecAugment(a.spec_time_masks, a.spec_time_width, a.spec_freq_masks, a.spec_freq_width)
+        self.subsample = Subsample(n_mels, m.d_model, m.subsample)
+        self.encoder = ENCODERS.build(m.encoder, m)
+        self.pool = POOLING.build(m.pooling, self.encoder.out_dim)    # every encoder says its output width
+        self.embed_proj = nn.Linear(self.pool.out_dim, m.embed_dim) if m.embed_dim > 0 else nn.Identity()
         self.embed_dim = m.embed_dim if m.embed_dim > 0 else self.pool.out_dim
-        self.head = build_head(m.head, self.embed_dim, n_speakers, margin=m.margin, scale=m.scale)
-        self.n_mels = m.n_mels
+        self.head = HEADS.build(m.head, m, self.embed_dim, n_speakers)
+        self.n_mels = n_mels
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, T, F)`` log-mel, ``lengths`` ``(B,)`` frames -> embedding ``(B, E)`` (not normalised)."""
         valid = valid_mask(lengths, x.shape[1])
         x = self.augment(self.norm(x, valid), lengths)     # (B, T, F)
         x, lengths = self.subsample(x, lengths)            # (B, T', D); lengths now in subsampled frames
         valid = valid_mask(lengths, x.shape[1])
-        x = self.encoder(x, valid)                         # (B, T', D) (tdnn: (B, T', ffn_dim))
-        return self.embed(self.pool(x, valid))             # (B, P) -> (B, E)
+        x = self.encoder(x, valid)                         # (B, T', D) (tdnn: (B, T', agg_dim))
+        return self.embed_proj(self.pool(x, valid))        # (B, P) -> (B, E)
 
-    def logits(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Inference scores ``(B, T, F)`` -> ``(B, N)`` (no margin)."""
-        return self.head(self(x, lengths))
+    def classify(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, E)`` -> logits ``(B, N)``; with ``labels`` ``(B,)`` a margin head penalises the target class."""
+        return self.head(emb, labels)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T, F)``, ``(B,)``, ``(B,) | None`` -> ``(emb (B, E), logits (B, N))``: every parameter is used,
+        so DDP can wrap the network itself."""
+        emb = self.embed(x, lengths)
+        return emb, self.classify(emb, labels)
+
+    # -- what training may set or ask ------------------------------------------------------------------------
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-band training-set statistics ``(F,)`` for ``model.norm = "global"`` (a no-op for other modes)."""
+        if self.norm.mode == "global":
+            self.norm.set_stats(mean, std)
+
+    def set_margin(self, margin: float) -> None:
+        """Current margin of an AM/AAM head (margin warm-up); softmax heads have none."""
+        if hasattr(self.head, "scale"):
+            self.head.margin = margin
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Regularisers the parts ask for (adaptive attention spans: mean span, frames), or None."""
+        spans = [m.span_loss() for m in self.modules() if hasattr(m, "span_loss")]
+        return sum(spans) / len(spans) if spans else None
 
 
-def build_model(cfg: RunConfig, n_speakers: int) -> SpeakerNet:
+def build_model(cfg, n_speakers: int) -> SpeakerNet:
     """The one way to make a model from a config (training, checkpoints, export)."""
     return SpeakerNet(cfg, n_speakers)

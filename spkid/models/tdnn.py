@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spkid.models.registry import ENCODERS
 
-class ConvBNReLU(nn.Module):
+
+class ConvReLUBN(nn.Module):
     """``Conv1d`` -> ReLU -> BatchNorm (the ECAPA/x-vector TDNN layer order). ``(B, C_in, T)`` -> ``(B, C_out, T)``."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, dilation: int = 1):
@@ -38,8 +40,8 @@ class SEResBlock(nn.Module):
 
     def __init__(self, channels: int, kernel: int, dilation: int, se_dim: int = 64):
         super().__init__()
-        self.layers = nn.ModuleList([ConvBNReLU(channels, channels), ConvBNReLU(channels, channels, kernel, dilation),
-                                     ConvBNReLU(channels, channels)])
+        self.layers = nn.ModuleList([ConvReLUBN(channels, channels), ConvReLUBN(channels, channels, kernel, dilation),
+                                     ConvReLUBN(channels, channels)])
         self.se = nn.Sequential(nn.Linear(channels, se_dim), nn.ReLU(), nn.Linear(se_dim, channels), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,9 +69,9 @@ class TDNNEncoder(nn.Module):
         super().__init__()
         if kernel % 2 == 0:
             raise ValueError(f"tdnn kernel must be odd for same padding, got {kernel}")
-        self.stem = ConvBNReLU(d_model, d_model, 5)
+        self.stem = ConvReLUBN(d_model, d_model, 5)
         self.blocks = nn.ModuleList(SEResBlock(d_model, kernel, dilation=i + 2) for i in range(n_layers))
-        self.aggregate = ConvBNReLU(d_model * n_layers, out_dim)
+        self.aggregate = ConvReLUBN(d_model * n_layers, out_dim)
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -80,3 +82,9 @@ class TDNNEncoder(nn.Module):
             x = block(x, mask)
             outs.append(x)
         return self.aggregate(torch.cat(outs, dim=1), mask).transpose(1, 2)   # (B, T, out_dim)
+
+
+@ENCODERS.register("tdnn", uses=("tdnn_kernel", "agg_dim"))
+def _build(m) -> TDNNEncoder:
+    """``model.d_model`` channels, ``model.n_layers`` blocks, ``model.tdnn_kernel``, ``model.agg_dim``."""
+    return TDNNEncoder(d_model=m.d_model, n_layers=m.n_layers, kernel=m.tdnn_kernel, out_dim=m.agg_dim)

@@ -6,6 +6,7 @@ from torch import nn
 
 from spkid.models.attention import build_attention
 from spkid.models.masking import zero_pad
+from spkid.models.registry import ENCODERS
 
 
 class FeedForward(nn.Module):
@@ -71,3 +72,11 @@ class TransformerEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, valid)
         return zero_pad(self.final_norm(x), valid)
+
+
+@ENCODERS.register("transformer", uses=("n_heads", "ffn_dim", "dropout", "pos_enc", "attention", "attention_params",
+                                        "norm_first"))
+def _build(m) -> TransformerEncoder:
+    return TransformerEncoder(d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers, ffn_dim=m.ffn_dim,
+                              dropout=m.dropout, norm_first=m.norm_first, attention=m.attention,
+                              attention_params=m.attention_params, rope=m.pos_enc == "rope")

@@ -16,17 +16,6 @@ from spkid.errors import SpkidError
 from spkid.scoring.model import load
 
 
-class _Exported(torch.nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
-        """``(B, T, F)``, ``(B,)`` -> ``(B, E)``, ``(B, N)``."""
-        emb = self.net(feats, lengths)
-        return emb, self.net.head(emb)
-
-
 def export_onnx(checkpoint: str | Path, out: str | Path, *, check_lengths=(17, 160, 1000), tol: float = 1e-4) -> float:
     """Write ``out`` (atomically) and return the max abs difference to PyTorch over ``check_lengths``."""
     try:
@@ -34,8 +23,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, check_lengths=(17, 1
     except ImportError:
         raise SpkidError("export needs onnx and onnxruntime: pip install 'spkid[export]'") from None
     model = load(checkpoint, "cpu")
-    wrapped = _Exported(model.net).eval()
-    n_mels = model.cfg.model.n_mels
+    wrapped = model.net.eval()          # forward(feats, lengths) -> (embedding, logits)
+    n_mels = model.cfg.features.n_mels
     example = (torch.randn(2, 64, n_mels), torch.tensor([64, 40]))
 
     def write(tmp):

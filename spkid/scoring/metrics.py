@@ -1,4 +1,4 @@
-"""Identification accuracy and verification metrics (EER, minDCF) for ``spkid evaluate``.
+"""Identification accuracy and verification metrics (EER, minDCF) for ``spkid evaluate`` and the scorers.
 
 Verification convention throughout: a trial is *accepted* when ``score >= threshold``;
 ``labels`` are 1 for target trials (same speaker) and 0 for non-target trials.
@@ -10,17 +10,12 @@ Every threshold returned here reproduces, under that rule, the error rates it wa
 """
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from spkid.errors import DataError, where
-
-ANSWERS_HEADER = ("Id", "Category")
-
+from spkid.errors import DataError
 
 # identification ------------------------------------------------------------------------------
 
@@ -39,44 +34,6 @@ def accuracy(answers: dict[str, str], predictions: dict[str, str]) -> float:
         raise DataError("predictions and answers differ: " + "; ".join(parts))
     correct = sum(predictions[k] == v for k, v in answers.items())
     return correct / len(answers)
-
-
-def read_answers_csv(path) -> dict[str, str]:
-    """Read a Kaggle ``Id,Category`` CSV into ``{id: category}``; blank lines are skipped."""
-    path = Path(path)
-    try:
-        # utf-8-sig: spreadsheets often prepend a byte-order mark to the header.
-        f = open(path, newline="", encoding="utf-8-sig")
-    except OSError as e:
-        raise DataError(where(path, f"cannot read answers CSV ({e.strerror})")) from None
-    out: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    with f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader, None)
-            if header is None or not any(h.strip() for h in header):
-                raise DataError(where(path, "line 1: missing header, expected 'Id,Category'"))
-            if tuple(h.strip() for h in header) != ANSWERS_HEADER:
-                raise DataError(where(path, f"line 1: expected header 'Id,Category', found {','.join(header)!r}"))
-            for row in reader:
-                line = reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != 2:
-                    raise DataError(where(path, f"line {line}: expected 2 fields (Id,Category), found {len(row)}"))
-                key, cat = row[0].strip(), row[1].strip()
-                if not key:
-                    raise DataError(where(path, f"line {line}: empty Id"))
-                if not cat:
-                    raise DataError(where(path, f"line {line}: empty Category for id {key!r}"))
-                if key in out:
-                    raise DataError(where(path, f"line {line}: duplicate id {key!r} (first on line {first_line[key]})"))
-                out[key] = cat
-                first_line[key] = line
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise DataError(where(path, f"line {reader.line_num}: unreadable CSV ({e})")) from None
-    return out
 
 
 def _examples(items: list[str], n: int = 3) -> str:

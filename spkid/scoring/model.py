@@ -19,19 +19,8 @@ from spkid.config import InferConfig, RunConfig
 from spkid.data.sampler import length_buckets, pad_batch
 from spkid.data.hw4 import load_tensor
 from spkid.errors import DataError, SpkidError
-from spkid.fileio import write_csv
-from spkid.runtime import flush_denormal
+from spkid.runtime import flush_denormal, resolve_device
 from spkid.models.speaker_net import SpeakerNet, build_model
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SpkidError("--device cuda: CUDA is not available on this machine")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise SpkidError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 def _windows(t: int, window: int, hop: int) -> list[tuple[int, int]]:
@@ -72,7 +61,7 @@ def _embed(net, feats, cfg: InferConfig, device) -> torch.Tensor:
     out = torch.zeros(len(segs), net.embed_dim)
     for idx in length_buckets([s.shape[0] for s in segs], cfg.batch_frames):
         x, lengths = pad_batch([segs[i] for i in idx])
-        out[idx] = net(x.to(device), lengths.to(device)).float().cpu()
+        out[idx] = net.embed(x.to(device), lengths.to(device)).float().cpu()
     owner_t = torch.tensor(owner)
     emb = torch.zeros(len(feats), net.embed_dim).index_add_(0, owner_t, out)
     emb /= torch.bincount(owner_t, minlength=len(feats)).clamp(min=1)[:, None]
@@ -85,7 +74,7 @@ def class_scores(net: SpeakerNet, emb: torch.Tensor, device: torch.device | str 
     """Embeddings ``(N, E)`` -> class probabilities ``(N, n_speakers)``."""
     was_training = net.training
     net.eval()
-    probs = torch.softmax(net.head(emb.to(device)).float(), dim=-1).cpu()
+    probs = torch.softmax(net.classify(emb.to(device)).float(), dim=-1).cpu()
     net.train(was_training)
     return probs
 
@@ -94,7 +83,7 @@ class Model:
     """A trained spkid model loaded from a checkpoint: ``spkid.load(path)``.
 
     Inputs (``inputs`` below) are a sequence of items, each a path (``.pt`` features or an audio file), a
-    ``(T, n_mels)`` feature array/tensor, or a 1-D waveform array/tensor at 16 kHz.
+    ``(T, n_mels)`` feature array/tensor, or a 1-D waveform array/tensor at the model's ``features.sample_rate`` (16 kHz by default).
     """
 
     def __init__(self, path: str | Path, device: str = "auto"):
@@ -109,7 +98,6 @@ class Model:
         self.model_id = model_fingerprint(ckpt["model"])
         # EER threshold on the run's validation trials (training speakers), when the run validated
         self.val_eer_threshold: float | None = ckpt.get("val_eer_threshold")
-        self._frontend = None
 
     # -- inputs ---------------------------------------------------------------------------------------------
     def features(self, inputs) -> list[torch.Tensor]:
@@ -119,13 +107,13 @@ class Model:
         return [self._one(item) for item in inputs]
 
     def _one(self, item) -> torch.Tensor:
-        n_mels = self.cfg.model.n_mels
+        n_mels = self.cfg.features.n_mels
         if isinstance(item, (str, Path)):
             path = Path(item)
             if path.suffix == ".pt":
                 return load_tensor(path, n_mels)
             from spkid.audio.io import load_audio
-            return self._logmel(load_audio(path), str(path))
+            return self._logmel(load_audio(path, self.cfg.features.sample_rate), str(path))
         x = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item).float()
         if x.dim() == 2 and x.shape[1] == n_mels and x.shape[0] >= 1:
             if not torch.isfinite(x).all():
@@ -136,13 +124,10 @@ class Model:
         raise DataError(f"input array: expected a 1-D waveform or (frames, {n_mels}) features, got {tuple(x.shape)}")
 
     def _logmel(self, wav: torch.Tensor, name: str) -> torch.Tensor:
-        if self._frontend is None:
-            from spkid.audio.frontend import LogMel
-            self._frontend = LogMel()
+        from spkid.audio.frontend import logmel
         if not torch.isfinite(wav).all():
             raise DataError(f"{name}: waveform contains NaN or Inf")
-        feats, _ = self._frontend(wav[None].float(), torch.tensor([wav.numel()]))
-        return feats[0]
+        return logmel(wav.float(), self.cfg.features)
 
     # -- outputs --------------------------------------------------------------------------------------------
     def embed(self, inputs) -> torch.Tensor:
@@ -181,8 +166,3 @@ def ensemble_scores(models: Sequence[Model], feats: Sequence[torch.Tensor]) -> t
         p = class_scores(m.net, embed_features(m.net, feats, m.cfg.infer, m.device), m.device)
         total = p if total is None else total + p
     return total / len(models)
-
-
-def write_predictions(path: str | Path, ids: Sequence[str], labels: Sequence[str]) -> None:
-    """Kaggle CSV ``Id,Category``, written atomically."""
-    write_csv(path, ["Id", "Category"], zip(ids, labels))

@@ -13,31 +13,8 @@ import torch
 
 from spkid.fileio import atomic_write
 from spkid.errors import DataError, SpkidError
+from spkid.data.scan import gather
 from spkid.scoring.model import Model, load
-
-FEATURE_SUFFIX = ".pt"
-
-
-def gather(sources) -> tuple[list[str], list[Path] | list[torch.Tensor]]:
-    """``(ids, items)`` for files and folders (``.pt`` and audio, recursive; id = path relative to the folder)."""
-    from spkid.audio.io import AUDIO_EXTENSIONS
-    ids, items = [], []
-    for src in [sources] if isinstance(sources, (str, Path)) else sources:
-        src = Path(src)
-        if src.is_dir():
-            found = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")
-                           and (p.suffix == FEATURE_SUFFIX or p.suffix.lower() in AUDIO_EXTENSIONS))
-            if not found:
-                raise DataError(f"{src}: no .pt feature files or audio files in this folder")
-            ids += [str(p.relative_to(src)) for p in found]
-            items += found
-        elif src.is_file():
-            ids.append(str(src))
-            items.append(src)
-        else:
-            raise DataError(f"{src}: file or folder not found")
-    return ids, items
-
 
 def embed_files(checkpoint: str | Path, sources, out: str | Path, *, device: str = "auto") -> int:
     """Write L2-normalised embeddings of ``sources`` to ``out`` (``.npz``: ids, embeddings; ``.pt``: same dict)."""
@@ -68,11 +45,11 @@ def default_threshold(model: Model) -> tuple[float, str]:
 def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | None = None,
            device: str = "auto") -> tuple[int, str]:
     """Add ``files`` of speaker ``name``; returns ``(utterances now enrolled for name, registry checkpoint)``."""
-    from spkid.scoring.speaker_db import Registry
+    from spkid.scoring.speaker_db import SpeakerDB
     registry = Path(registry)
     reg_ctx = None
     if registry.exists():
-        reg_ctx = Registry.open(registry)
+        reg_ctx = SpeakerDB.open(registry)
         model = load(checkpoint or reg_ctx.checkpoint, device)
     else:
         if checkpoint is None:
@@ -82,7 +59,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
     emb = model.embed(items)        # before creating a new registry: a bad file must leave no registry behind
     if reg_ctx is None:
         threshold, source = default_threshold(model)
-        reg_ctx = Registry.create(registry, model_id=model.model_id, checkpoint=str(Path(checkpoint).resolve()),
+        reg_ctx = SpeakerDB.create(registry, model_id=model.model_id, checkpoint=str(Path(checkpoint).resolve()),
                                   embed_dim=model.net.embed_dim, threshold=threshold, threshold_source=source)
     with reg_ctx as reg:
         n = reg.enroll(name, emb, [str(Path(i).resolve()) if isinstance(i, Path) else i for i in items],
@@ -92,8 +69,8 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
 
 def identify(registry: str | Path, files, *, top_k: int = 1, device: str = "auto") -> list[tuple]:
     """Rows ``(file, speaker | "unknown", score)``; with ``top_k > 1`` also the runners-up ``(file, spk, score)``."""
-    from spkid.scoring.speaker_db import Registry
-    with Registry.open(registry) as reg:
+    from spkid.scoring.speaker_db import SpeakerDB
+    with SpeakerDB.open(registry) as reg:
         model = load(reg.checkpoint, device)
         if model.model_id != reg.model_id:
             raise SpkidError(f"{registry}: checkpoint {reg.checkpoint} has changed since enrollment "
@@ -131,7 +108,7 @@ def eval_verification(checkpoint: str | Path, data_dir: str | Path, *, far: floa
     from spkid.data.features import load_train_features
     from spkid.scoring.metrics import eer, make_trials, min_dcf, score_trials, threshold_at_far
     model = load(checkpoint, device)
-    data = load_train_features(data_dir, model.cfg.model.n_mels, progress=progress)
+    data = load_train_features(data_dir, model.cfg.features.n_mels, progress=progress)
     seen = set(model.speakers)
     keep = [i for i, u in enumerate(data.utts) if u.speaker not in seen]
     if not keep:

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spkid.scoring.model import ensemble_scores, load, write_predictions
+from spkid.data.hw4 import write_predictions
+from spkid.scoring.model import ensemble_scores, load
 
 
 def gather_inputs(models, source: str | Path, progress: bool = True) -> tuple[list[str], list]:
     """``(ids, features)`` for an HW4 directory (``testdata.json``; Id = feature_path), or for ``.pt`` feature and
     audio files, a file or a folder searched recursively (Id = path relative to the folder, or the file name)."""
     from spkid.data.features import load_test_features
-    from spkid.scoring.openset import gather
+    from spkid.data.scan import gather
     src = Path(source)
     if src.is_dir() and (src / "testdata.json").is_file():
-        data = load_test_features(src, models[0].cfg.model.n_mels, progress=progress)
+        data = load_test_features(src, models[0].cfg.features.n_mels, progress=progress)
         return [u.feature_path for u in data.utts], data.feats
     ids, items = gather(src)
     if src.is_file():

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spkid.errors import DataError, where
+from spkid.errors import DataError
 
 FORMAT = "spkid-registry"
 SCHEMA_VERSION = 1
@@ -61,7 +61,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-class Registry:
+class SpeakerDB:
     """An open registry file. Use ``create``, ``open`` or ``open_or_create``; close with
     ``close()`` or a ``with`` block."""
 
@@ -74,7 +74,7 @@ class Registry:
 
     @classmethod
     def create(cls, path, *, model_id: str, checkpoint: str, embed_dim: int, threshold: float,
-               threshold_source: str = "manual") -> "Registry":
+               threshold_source: str = "manual") -> "SpeakerDB":
         """Create a new, empty registry file; an existing file is an error."""
         path = Path(path)
         if not model_id:
@@ -83,13 +83,13 @@ class Registry:
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
         _check_threshold(threshold)
         if path.exists():
-            raise DataError(where(path, "already exists; open it instead of creating it"))
+            raise DataError(f"{path}: already exists; open it instead of creating it")
         if not path.parent.is_dir():
-            raise DataError(where(path, f"cannot create registry: no directory {path.parent}"))
+            raise DataError(f"{path}: cannot create registry: no directory {path.parent}")
         try:
             conn = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as e:
-            raise DataError(where(path, f"cannot create registry ({e})")) from None
+            raise DataError(f"{path}: cannot create registry ({e})") from None
         try:
             with _transaction(conn, path):
                 for stmt in _SCHEMA.split(";"):
@@ -108,16 +108,16 @@ class Registry:
             raise
 
     @classmethod
-    def open(cls, path) -> "Registry":
+    def open(cls, path) -> "SpeakerDB":
         """Open an existing registry; a missing file or anything but a spkid registry is a ``DataError``."""
         path = Path(path)
         if not path.is_file():
-            raise DataError(where(path, "no such registry file"))
+            raise DataError(f"{path}: no such registry file")
         try:
             # mode=rw: never create a file here (a read-only file still opens, for identify).
             conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
         except sqlite3.Error as e:
-            raise DataError(where(path, f"cannot open registry ({e})")) from None
+            raise DataError(f"{path}: cannot open registry ({e})") from None
         try:
             return cls(path, conn)
         except BaseException:
@@ -126,7 +126,7 @@ class Registry:
 
     @classmethod
     def open_or_create(cls, path, *, model_id: str, checkpoint: str, embed_dim: int, threshold: float,
-                       threshold_source: str = "manual") -> "Registry":
+                       threshold_source: str = "manual") -> "SpeakerDB":
         """Open ``path`` if it exists (its stored meta wins), else create it with these values."""
         if Path(path).exists():
             return cls.open(path)
@@ -138,24 +138,24 @@ class Registry:
             rows = self._conn.execute("SELECT key, value FROM meta").fetchall()
         except sqlite3.DatabaseError as e:
             if "no such table" in str(e):
-                raise DataError(where(self.path, "not a spkid registry (no meta table)")) from None
-            raise DataError(where(self.path, f"not a spkid registry ({e})")) from None
+                raise DataError(f"{self.path}: not a spkid registry (no meta table)") from None
+            raise DataError(f"{self.path}: not a spkid registry ({e})") from None
         meta = dict(rows)
         if meta.get("format") != FORMAT:
-            raise DataError(where(self.path, f"not a spkid registry (meta format is {meta.get('format')!r})"))
+            raise DataError(f"{self.path}: not a spkid registry (meta format is {meta.get('format')!r})")
         if meta.get("schema_version") != str(SCHEMA_VERSION):
-            raise DataError(where(self.path, f"registry schema version {meta.get('schema_version')}, "
-                                             f"this spkid reads version {SCHEMA_VERSION}"))
+            raise DataError(f"{self.path}: registry schema version {meta.get('schema_version')}, "
+                                             f"this spkid reads version {SCHEMA_VERSION}")
         missing = [k for k in ("model_id", "checkpoint", "embed_dim", "threshold", "threshold_source")
                    if k not in meta]
         if missing:
-            raise DataError(where(self.path, f"corrupt registry: meta lacks {', '.join(missing)}"))
+            raise DataError(f"{self.path}: corrupt registry: meta lacks {', '.join(missing)}")
         return meta
 
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> "SpeakerDB":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -200,28 +200,28 @@ class Registry:
         Returns the speaker's utterance count afterwards.
         """
         if model_id != self.model_id:
-            raise DataError(where(self.path, f"registry holds embeddings of model {self.model_id}, "
-                                             f"refusing embeddings of model {model_id} (use a registry per model)"))
+            raise DataError(f"{self.path}: registry holds embeddings of model {self.model_id}, "
+                                             f"refusing embeddings of model {model_id} (use a registry per model)")
         if not isinstance(name, str) or not name.strip():
-            raise DataError(where(self.path, f"speaker name must be a non-empty string, got {name!r}"))
+            raise DataError(f"{self.path}: speaker name must be a non-empty string, got {name!r}")
         if name == UNKNOWN:
-            raise DataError(where(self.path, f"speaker name {UNKNOWN!r} is reserved for rejected identifications"))
+            raise DataError(f"{self.path}: speaker name {UNKNOWN!r} is reserved for rejected identifications")
         x = _as_matrix(embeddings, "embeddings")
         sources = [str(s) for s in sources]
         if x.shape[0] != len(sources):
             raise ValueError(f"{x.shape[0]} embeddings but {len(sources)} sources")
         if not sources:
-            raise DataError(where(self.path, f"no utterances given to enroll for {name!r}"))
+            raise DataError(f"{self.path}: no utterances given to enroll for {name!r}")
         if x.shape[1] != self.embed_dim:
-            raise DataError(where(self.path, f"registry holds {self.embed_dim}-dim embeddings, got {x.shape[1]}-dim"))
+            raise DataError(f"{self.path}: registry holds {self.embed_dim}-dim embeddings, got {x.shape[1]}-dim")
         seen = set()
         for src, row in zip(sources, x):
             if src in seen:
-                raise DataError(where(self.path, f"source {src!r} given twice for {name!r}"))
+                raise DataError(f"{self.path}: source {src!r} given twice for {name!r}")
             seen.add(src)
             norm = float(np.linalg.norm(row))
             if not math.isfinite(norm) or norm == 0.0:
-                raise DataError(where(self.path, f"embedding of {src!r} is zero or not finite"))
+                raise DataError(f"{self.path}: embedding of {src!r} is zero or not finite")
         with _transaction(self._conn, self.path):
             for src, row in zip(sources, x):
                 self._conn.execute("INSERT OR REPLACE INTO utterances (speaker, source, embedding) VALUES (?, ?, ?)",
@@ -240,7 +240,7 @@ class Registry:
         with _transaction(self._conn, self.path):
             n = self._conn.execute("DELETE FROM utterances WHERE speaker = ?", (name,)).rowcount
         if n == 0:
-            raise DataError(where(self.path, f"no enrolled speaker {name!r}"))
+            raise DataError(f"{self.path}: no enrolled speaker {name!r}")
         return int(n)
 
     def centroids(self) -> tuple[list[str], np.ndarray]:
@@ -252,8 +252,8 @@ class Registry:
         for speaker, source, blob in rows:
             v = np.frombuffer(blob, dtype=_BLOB_DTYPE).astype(np.float64)
             if v.size != self.embed_dim:
-                raise DataError(where(self.path, f"corrupt embedding for {speaker!r}/{source!r}: "
-                                                 f"{v.size} values, expected {self.embed_dim}"))
+                raise DataError(f"{self.path}: corrupt embedding for {speaker!r}/{source!r}: "
+                                                 f"{v.size} values, expected {self.embed_dim}")
             if not names or names[-1] != speaker:
                 names.append(speaker)
                 sums.append(np.zeros(self.embed_dim))
@@ -267,10 +267,10 @@ class Registry:
     def _scores(self, embeddings) -> tuple[list[str], np.ndarray]:
         x = _as_matrix(embeddings, "embeddings")
         if x.shape[1] != self.embed_dim:
-            raise DataError(where(self.path, f"registry holds {self.embed_dim}-dim embeddings, got {x.shape[1]}-dim"))
+            raise DataError(f"{self.path}: registry holds {self.embed_dim}-dim embeddings, got {x.shape[1]}-dim")
         names, cents = self.centroids()
         if not names:
-            raise DataError(where(self.path, "no speakers enrolled"))
+            raise DataError(f"{self.path}: no speakers enrolled")
         return names, _normalise(x.astype(np.float64)) @ cents.astype(np.float64).T   # (M, E) x (E, K) -> (M, K)
 
     def identify(self, embeddings, top_k: int = 1) -> list[list[tuple[str, float]]]:
@@ -310,4 +310,4 @@ def _transaction(conn: sqlite3.Connection, path: Path):
             raise
         conn.execute("COMMIT")
     except sqlite3.OperationalError as e:
-        raise DataError(where(path, f"cannot write registry ({e})")) from None
+        raise DataError(f"{path}: cannot write registry ({e})") from None

@@ -1,8 +1,11 @@
 """One checkpoint dict per file, written atomically and read with ``weights_only=True``.
 
-Keys: ``spkid`` (format version), ``config`` (resolved RunConfig as a dict), ``speakers`` (names by class id),
-``model`` (state dict), ``optimizer``, ``step``, ``elapsed`` (training seconds so far), ``rng`` (torch CPU/CUDA
-and Python generator states), ``best_val``, ``val_acc``.
+Keys: ``spkid`` (format version), ``config`` (resolved RunConfig as a dict, features included), ``speakers``
+(names by class id), ``model`` (state dict), ``optimizer``, ``average`` (state of the weight average, or None),
+``step``, ``elapsed`` (training seconds so far), ``rng`` (torch CPU/CUDA and Python generator states) and
+``rng_ranks`` (one per DDP rank, when several), ``best_val``, ``val_acc``, ``val_eer``, ``val_eer_threshold``
+(after a validation), ``device``, ``amp`` (the precision that ran), ``data_fingerprint`` (speakers and index of
+the training data). Inference needs only ``spkid``, ``config``, ``speakers`` and ``model``.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from spkid.config import RunConfig
 from spkid.errors import CheckpointError, ConfigError
 from spkid.fileio import atomic_write
 
-FORMAT = 1
+FORMAT = 2                     # 2: config with features/augment sections and per-encoder settings
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -65,6 +68,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: 'model' entry must map parameter names to tensors")
     if ckpt["spkid"] > FORMAT:
         raise CheckpointError(f"{path}: written by a newer spkid (format {ckpt['spkid']} > {FORMAT})")
+    if ckpt["spkid"] < FORMAT:
+        raise CheckpointError(f"{path}: written by an older spkid (format {ckpt['spkid']} < {FORMAT}, before the "
+                              "configuration gained its features section); retrain with this version")
     return ckpt
 
 
@@ -96,3 +102,37 @@ def model_fingerprint(state: dict) -> str:
         h.update(k.encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def data_fingerprint(speakers: list[str], utts) -> str:
+    """A short id of a training set: its speaker list and every utterance's (path, frames, speaker)."""
+    h = hashlib.sha256("\n".join(speakers).encode())
+    for u in utts:
+        h.update(f"{u.feature_path}|{u.mel_len}|{u.speaker}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def training_state(cfg: RunConfig, speakers: list[str], model, opt, avg, *, step: int, elapsed: float,
+                   best_val: float | None, val: dict, rng_ranks: list | None, device, amp: str, data) -> dict:
+    """The checkpoint dict of a training run at ``step`` (see the module docstring for the keys)."""
+    return {"config": cfg.to_dict(), "speakers": list(speakers), "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "average": avg.state_dict() if avg is not None else None,
+            "step": step, "elapsed": elapsed, "rng": rng_state(), "best_val": best_val, **val,
+            "device": str(device), "amp": amp, "data_fingerprint": data_fingerprint(speakers, data.utts),
+            **({"rng_ranks": rng_ranks} if rng_ranks and len(rng_ranks) > 1 else {})}
+
+
+def load_resume_state(path: Path, cfg: RunConfig) -> dict:
+    """``last.ckpt`` of a run to continue with ``cfg``: complete (optimizer, step, RNG) and made with the same
+    features, data, augmentation and model settings."""
+    ckpt = load_checkpoint(path)
+    saved = checkpoint_config(ckpt, path)
+    missing = [k for k in ("optimizer", "step", "elapsed", "rng") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume: no {missing[0]!r} entry "
+                              "(a stripped or inference-only checkpoint)")
+    for section in ("features", "data", "augment", "model"):
+        if getattr(saved, section) != getattr(cfg, section):
+            raise CheckpointError(f"{path}: the run was made with other {section} settings; resume with the run's "
+                                  "own config (drop --config and overrides of that section)")
+    return ckpt

@@ -6,7 +6,7 @@ import torch
 
 import spkid.scoring.speaker_db as registry_mod
 from spkid.errors import DataError
-from spkid.scoring.speaker_db import Registry
+from spkid.scoring.speaker_db import SpeakerDB
 
 
 E = 6
@@ -19,7 +19,7 @@ def _unit(x):
 
 
 def _create(tmp_path, threshold=0.5, name="reg.sqlite"):
-    return Registry.create(tmp_path / name, model_id=MODEL, checkpoint="runs/a/best.pt",
+    return SpeakerDB.create(tmp_path / name, model_id=MODEL, checkpoint="runs/a/best.pt",
                            embed_dim=E, threshold=threshold, threshold_source="eer")
 
 
@@ -42,7 +42,7 @@ def test_create_open_round_trip(tmp_path):
     with _create(tmp_path, threshold=0.123456789012345) as reg:
         assert reg.enroll("alice", x, ["a1.flac", "a2.flac", "a3.flac"], model_id=MODEL) == 3
         names, cents = reg.centroids()
-    with Registry.open(tmp_path / "reg.sqlite") as reg:
+    with SpeakerDB.open(tmp_path / "reg.sqlite") as reg:
         assert (reg.model_id, reg.checkpoint, reg.embed_dim) == (MODEL, "runs/a/best.pt", E)
         assert reg.threshold == 0.123456789012345          # exact round trip
         assert reg.threshold_source == "eer"
@@ -62,16 +62,16 @@ def test_create_refuses_existing_file(tmp_path):
 
 def test_create_in_missing_directory(tmp_path):
     with pytest.raises(DataError, match="no directory"):
-        Registry.create(tmp_path / "no" / "reg.sqlite", model_id=MODEL, checkpoint="c", embed_dim=E, threshold=0.5)
+        SpeakerDB.create(tmp_path / "no" / "reg.sqlite", model_id=MODEL, checkpoint="c", embed_dim=E, threshold=0.5)
 
 
 def test_open_or_create(tmp_path):
     p = tmp_path / "r.sqlite"
-    with Registry.open_or_create(p, model_id=MODEL, checkpoint="c", embed_dim=E, threshold=0.3) as reg:
+    with SpeakerDB.open_or_create(p, model_id=MODEL, checkpoint="c", embed_dim=E, threshold=0.3) as reg:
         assert reg.threshold == 0.3 and reg.threshold_source == "manual"
         reg.enroll("bob", _speaker(1, 2)[0], ["b1", "b2"], model_id=MODEL)
     # an existing file keeps its own meta
-    with Registry.open_or_create(p, model_id="other", checkpoint="d", embed_dim=E + 1, threshold=0.9) as reg:
+    with SpeakerDB.open_or_create(p, model_id="other", checkpoint="d", embed_dim=E + 1, threshold=0.9) as reg:
         assert (reg.model_id, reg.embed_dim, reg.threshold) == (MODEL, E, 0.3)
         assert reg.speakers() == [("bob", 2)]
 
@@ -79,7 +79,7 @@ def test_open_or_create(tmp_path):
 def test_open_missing_file(tmp_path):
     p = tmp_path / "missing.sqlite"
     with pytest.raises(DataError) as e:
-        Registry.open(p)
+        SpeakerDB.open(p)
     assert str(e.value) == f"{p}: no such registry file"
     assert not p.exists()                                   # open never creates
 
@@ -88,7 +88,7 @@ def test_open_text_file_is_not_a_registry(tmp_path):
     p = tmp_path / "notes.txt"
     p.write_text("Id,Category\nu1,S1\n" * 50)
     with pytest.raises(DataError) as e:
-        Registry.open(p)
+        SpeakerDB.open(p)
     assert str(e.value).startswith(f"{p}: not a spkid registry")
 
 
@@ -98,7 +98,7 @@ def test_open_other_sqlite_database(tmp_path):
         conn.execute("CREATE TABLE t (x)")
     conn.close()
     with pytest.raises(DataError, match=r"other.db: not a spkid registry \(no meta table\)"):
-        Registry.open(p)
+        SpeakerDB.open(p)
 
 
 @pytest.mark.parametrize("key, value, needle", [
@@ -113,7 +113,7 @@ def test_open_wrong_meta(tmp_path, key, value, needle):
         conn.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
     conn.close()
     with pytest.raises(DataError) as e:
-        Registry.open(p)
+        SpeakerDB.open(p)
     assert str(e.value) == f"{p}: {needle}"
 
 
@@ -193,7 +193,7 @@ def test_enroll_is_atomic(tmp_path, monkeypatch):
         assert after[0] == before[0]
         np.testing.assert_array_equal(after[1], before[1])
         reg.enroll("bob", x[2:], ["b1"], model_id=MODEL)   # the registry is still writable
-    with Registry.open(tmp_path / "reg.sqlite") as reg:  # and a fresh reader sees the same
+    with SpeakerDB.open(tmp_path / "reg.sqlite") as reg:  # and a fresh reader sees the same
         assert reg.speakers() == [("alice", 2), ("bob", 1)]
 
 
@@ -264,7 +264,7 @@ def test_set_threshold_persists(tmp_path):
         assert (reg.threshold, reg.threshold_source) == (0.3141, "far=0.01")
         with pytest.raises(ValueError):
             reg.set_threshold(float("nan"), "eer")
-    with Registry.open(tmp_path / "reg.sqlite") as reg:
+    with SpeakerDB.open(tmp_path / "reg.sqlite") as reg:
         assert (reg.threshold, reg.threshold_source) == (0.3141, "far=0.01")
 
 
@@ -291,7 +291,7 @@ def test_write_failure_from_sqlite_is_a_data_error(tmp_path):
     p = tmp_path / "reg.sqlite"
     with _create(tmp_path) as reg:
         reg.enroll("alice", x, ["a1", "a2"], model_id=MODEL)
-    with Registry.open(p) as reg:
+    with SpeakerDB.open(p) as reg:
         # a read-only connection stands in for a write-protected file (root ignores chmod)
         reg._conn.close()
         reg._conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)

@@ -18,10 +18,10 @@ from spkid.training.distributed import launch_command, launch_env, without_nproc
 from spkid.errors import ConfigError
 from spkid.training.loop import train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+ROOT = Path(__file__).resolve().parents[2]
 # dropout and SpecAugment on, so each rank's own RNG stream matters for an exact resume
-SETS = ["model.dropout=0.1", "data.spec_time_masks=1", "data.spec_freq_masks=1", "train.ckpt_every=4",
+SETS = ["model.dropout=0.1", "augment.spec_time_masks=1", "augment.spec_freq_masks=1", "train.ckpt_every=4",
         "train.lr=3e-3"]
 
 # Runs spkid's CLI under torchrun with spies: each checkpoint write, a digest of each training batch and of the
@@ -155,12 +155,15 @@ def test_ddp_tdnn_with_batchnorm_resumes_exactly(hw4, tmp_path):
     """The default encoder has BatchNorm buffers (rank 0's are broadcast each step): a 2-rank run stopped and
     resumed ends with the same weights and running statistics as an uninterrupted one."""
     root, steps = hw4["root"], 8
-    tdnn = ["--set", "model.encoder=tdnn", "--set", "model.conv_kernel=3", "--set", "model.dropout=0"]
-    _run([sys.executable, "-m", "spkid", *_train_args(root, tmp_path / "full", steps, "--nproc", "2", *tdnn)], _env())
-    _run([sys.executable, "-m", "spkid", *_train_args(root, tmp_path / "half", steps, "--nproc", "2", *tdnn,
-                                                      "--stop-after", "4")], _env())
-    _run([sys.executable, "-m", "spkid", *_train_args(root, tmp_path / "half", steps, "--nproc", "2", *tdnn,
-                                                      "--resume")], _env())
+    sets = ["model.d_model=32", "model.agg_dim=48", "data.batch_size=16", "data.crop_frames=100",
+            "data.crop_min_frames=0", "train.amp=none", "train.ckpt_every=4", "data.val_per_speaker=1"]
+
+    def args(out, *extra):
+        return ["train", str(root), "--out", str(out), "--config", "default", "--steps", str(steps), "--quiet",
+                *[a for s in sets for a in ("--set", s)], "--nproc", "2", *extra]
+    _run([sys.executable, "-m", "spkid", *args(tmp_path / "full")], _env())
+    _run([sys.executable, "-m", "spkid", *args(tmp_path / "half", "--stop-after", "4")], _env())
+    _run([sys.executable, "-m", "spkid", *args(tmp_path / "half", "--resume")], _env())
     full, half = load_checkpoint(tmp_path / "full" / "last.ckpt"), load_checkpoint(tmp_path / "half" / "last.ckpt")
     assert full["config"]["model"]["encoder"] == "tdnn" and full["step"] == half["step"] == steps
     stats = [k for k in full["model"] if k.endswith("running_mean")]

@@ -240,14 +240,15 @@ def test_outputs_are_atomic(corpus, tmp_path, monkeypatch):
     def dying_dump(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing")
 
-    real_write = prepare_mod._write_text
+    import spkid.data.hw4 as hw4_mod
+    real_atomic = hw4_mod.atomic_write
 
-    def write_then_die(path, text):
-        if path.name == "metadata.json":
-            prepare_mod.atomic_write(path, lambda tmp: (Path(tmp).write_bytes(text.encode()), dying_dump()))
-        real_write(path, text)
+    def write_then_die(path, write, **kw):
+        if Path(path).name == "metadata.json":
+            return real_atomic(path, lambda tmp: (write(tmp), dying_dump()), **kw)
+        return real_atomic(path, write, **kw)
 
-    monkeypatch.setattr(prepare_mod, "_write_text", write_then_die)
+    monkeypatch.setattr(hw4_mod, "atomic_write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         prepare(corpus.train_dir, out, workers=1, progress=False)
     assert (out / "metadata.json").read_text() == before               # the old file is intact

@@ -6,7 +6,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.audio.io import AUDIO_EXTENSIONS, list_audio, load_audio, resample
+from spkid.audio.io import AUDIO_EXTENSIONS, load_audio, resample
+from spkid.data.scan import scan as list_audio
 from spkid.errors import DataError
 
 

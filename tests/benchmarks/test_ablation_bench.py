@@ -10,7 +10,7 @@ import pytest
 
 from spkid.config import apply_overrides, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("ablation_bench", ROOT / "benchmarks" / "ablation.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)

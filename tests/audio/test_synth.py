@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.audio.io import list_audio, load_audio
+from spkid.audio.io import load_audio
+from spkid.data.scan import scan as list_audio
 from spkid.audio.frontend import hz_to_mel, logmel, mel_to_hz
 from spkid.audio.synth import SynthCorpus, make_voice, synth_corpus
 

@@ -61,8 +61,8 @@ def test_embed_enroll_identify_verify_cli(trained, tmp_path, capsys):
     assert main(["identify", str(reg), *queries, "-o", str(outcsv)]) == 0
     rows = [line.split(",") for line in outcsv.read_text().splitlines()[1:]]
     assert [r[1] for r in rows] == ["spk00", "spk01", "spk02"]
-    from spkid.scoring.speaker_db import Registry
-    with Registry.open(reg) as g:
+    from spkid.scoring.speaker_db import SpeakerDB
+    with SpeakerDB.open(reg) as g:
         g.set_threshold(1.01, "test")                          # nothing can reach it: all unknown
     assert main(["identify", str(reg), *queries, "-o", str(outcsv)]) == 0
     assert all(line.split(",")[1] == "unknown" for line in outcsv.read_text().splitlines()[1:])
@@ -94,8 +94,8 @@ def test_eval_verification_on_unseen_speakers(trained, tmp_path, capsys):
     assert "5 unseen speakers" in out and "EER" in out
     eer = float(out.split("EER ")[1].split("%")[0])
     assert 0 <= eer < 50                                           # better than chance on unseen speakers
-    from spkid.scoring.speaker_db import Registry
-    with Registry.open(reg) as g:
+    from spkid.scoring.speaker_db import SpeakerDB
+    with SpeakerDB.open(reg) as g:
         assert g.threshold_source == "eer"
     assert main(["eval-verification", str(trained["ckpt"]), str(trained["seen"]["root"]), "--quiet"]) == 1
     assert "every speaker here was seen in training" in capsys.readouterr().err
@@ -115,8 +115,7 @@ def test_onnx_export_matches_pytorch_for_several_lengths(trained, tmp_path):
         lens = torch.tensor([t, max(1, t // 3)])
         emb, logits = sess.run(None, {"feats": x.numpy(), "lengths": lens.numpy()})
         with torch.no_grad():
-            ref = m.net(x, lens)
-            ref_logits = m.net.head(ref)
+            ref, ref_logits = m.net(x, lens)
         assert np.abs(emb - ref.numpy()).max() < 1e-4
         assert np.abs(logits - ref_logits.numpy()).max() < 1e-4
 
@@ -126,7 +125,7 @@ def test_onnx_export_of_a_tdnn_model_matches_pytorch(hw4, tmp_path):
     from spkid.config import apply_overrides, load_config
     from spkid.scoring.export import export_onnx
     from spkid.training.loop import train
-    cfg = apply_overrides(load_config("tiny"), ["model.encoder=tdnn", "model.conv_kernel=3", "model.ffn_dim=48",
-                                                "model.pooling=asp", "train.steps=3"])
+    cfg = apply_overrides(load_config("default"), ["model.d_model=32", "model.agg_dim=48", "train.steps=3",
+                                                   "train.max_minutes=0", "train.amp=none", "data.batch_size=8"])
     r = train(hw4["root"], tmp_path / "run", cfg, progress=False)
     assert export_onnx(r.last, tmp_path / "m.onnx") < 1e-4     # BatchNorm (eval), padding masks and SE exported

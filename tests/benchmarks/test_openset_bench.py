@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_hw4
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_bench():
@@ -71,7 +71,7 @@ def test_write_section_replaces_between_markers(tmp_path):
 
 def test_end_to_end_on_generated_data(tmp_path, capsys):
     from spkid.data.hw4 import read_testdata, read_train
-    from spkid.scoring.speaker_db import Registry
+    from spkid.scoring.speaker_db import SpeakerDB
     data = make_hw4(tmp_path / "data", n_speakers=12, per_speaker=8, n_test=24, seed=1)["root"]
     work, md = tmp_path / "work", tmp_path / "results.md"
     args = ["--data", str(data), "--work", str(work), "--threads", "1", "--heldout", "5", "--impostors", "2",
@@ -99,7 +99,7 @@ def test_end_to_end_on_generated_data(tmp_path, capsys):
         assert row["open_set_acc"] + row["rejected"] + row["wrong_accepted"] == pytest.approx(1.0)
         assert 0 <= row["far_impostors"] <= 1 and 0 <= row["far_train_speakers"] <= 1
     assert r["identification"][0]["threshold"] == v["threshold"]
-    with Registry.open(work / "registry.db") as reg:
+    with SpeakerDB.open(work / "registry.db") as reg:
         assert reg.speakers() == [(spk, 4) for spk in split.enrolled]
         assert (reg.threshold, reg.threshold_source) == (v["threshold"], "eer")
     sp = r["speed"]

@@ -1,0 +1,49 @@
+"""The one file scanner: which files of a folder spkid reads (``prepare``, ``predict``, ``embed``, ``enroll``...).
+
+Rules: recursive; names starting with ``.`` (files and folders) are skipped; a file counts when its lower-cased
+suffix is an audio format libsndfile reads (``spkid.audio.io.AUDIO_EXTENSIONS``) or, where features are allowed,
+``.pt``; results are sorted by path; ids are paths relative to the folder in POSIX form.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from spkid.audio.io import AUDIO_EXTENSIONS
+from spkid.errors import DataError
+
+FEATURE_SUFFIX = ".pt"
+
+
+def scan(folder: str | os.PathLike, *, features: bool = False) -> list[Path]:
+    """Audio files (and ``.pt`` feature files when ``features``) under ``folder``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: " + ("folder not found" if not folder.exists() else "not a folder"))
+    wanted = AUDIO_EXTENSIONS | ({FEATURE_SUFFIX} if features else set())
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / n for n in filenames if not n.startswith(".") and Path(n).suffix.lower() in wanted]
+    return sorted(found)
+
+
+def gather(sources, *, features: bool = True) -> tuple[list[str], list[Path]]:
+    """``(ids, paths)`` for files and folders: a folder contributes ``scan(folder)`` (id = path relative to it),
+    a file itself (id = the path as given)."""
+    ids, items = [], []
+    for src in [sources] if isinstance(sources, (str, os.PathLike)) else sources:
+        src = Path(src)
+        if src.is_dir():
+            found = scan(src, features=features)
+            if not found:
+                kinds = ".pt feature files or audio files" if features else "audio files"
+                raise DataError(f"{src}: no {kinds} in this folder")
+            ids += [p.relative_to(src).as_posix() for p in found]
+            items += found
+        elif src.is_file():
+            ids.append(str(src))
+            items.append(src)
+        else:
+            raise DataError(f"{src}: file or folder not found")
+    return ids, items

@@ -1,0 +1,153 @@
+"""Audio: valid variants work, broken files fail naming the file; prepare skips them."""
+from __future__ import annotations
+
+from rel_helpers import *  # noqa: F401,F403  (imports, _cli, _spkid, _one_line_error, ...)
+from rel_helpers import _cli, _edit_json, _env, _no_temp_files, _one_line_error, _spkid, _voice  # noqa: F401
+
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+
+# ------------------------------------------------------------------ audio: valid variants work, broken files fail
+
+def _odd_but_valid_audio(folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    sf.write(folder / "silent.wav", np.zeros(8000), 16000)
+    sf.write(folder / "stereo.wav", _voice(16000, channels=2), 16000)
+    sf.write(folder / "rate8k.wav", _voice(8000), 8000)
+    sf.write(folder / "rate44k.flac", _voice(44100), 44100)
+    sf.write(folder / "float32.wav", _voice(16000).astype(np.float32), 16000, subtype="FLOAT")
+    sf.write(folder / "tiny_10ms.wav", _voice(16000, 0.01), 16000)          # 160 samples: 1 frame
+    sf.write(folder / "one_sample.wav", _voice(16000)[:1], 16000)
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_silent_stereo_8k_44k_float_and_very_short_audio_predict_and_embed(model, tmp_path, capsys):
+    names = _odd_but_valid_audio(tmp_path / "audio")
+    rc, _, err = _cli(capsys, "predict", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "p.csv", "--quiet")
+    assert rc == 0, err
+    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    assert rows[0] == ["Id", "Category"] and sorted(r[0] for r in rows[1:]) == names
+    assert all(r[1] in model["speakers"] for r in rows[1:])
+    rc, _, err = _cli(capsys, "embed", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "e.npz")
+    assert rc == 0, err
+    z = np.load(tmp_path / "e.npz")
+    assert sorted(z["ids"].tolist()) == names
+    assert np.isfinite(z["embeddings"]).all() and np.allclose(np.linalg.norm(z["embeddings"], axis=1), 1, atol=1e-5)
+    rc, out, err = _cli(capsys, "enroll", tmp_path / "reg.db", "odd", tmp_path / "audio", "--checkpoint",
+                        model["ckpt"])
+    assert rc == 0 and f"enrolled odd: {len(names)} utterance(s)" in out, err
+
+
+def test_valid_audio_in_a_real_process_leaves_stderr_empty(model, tmp_path):
+    """Flush-denormal is on when audio is first decoded: numpy's finfo warnings must not reach the user."""
+    sf.write(tmp_path / "stereo44k.wav", _voice(44100, channels=2), 44100)
+    r = _spkid("predict", model["ckpt"], tmp_path / "stereo44k.wav", "-o", tmp_path / "p.csv", "--quiet",
+               "--device", "cpu")
+    assert r.returncode == 0 and r.stderr == "" and "wrote 1 predictions" in r.stdout, r.stderr
+
+
+def _broken_audio(folder: Path, case: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / {"truncated_flac": "x.flac"}.get(case, "x.wav")
+    if case == "text_as_wav":
+        p.write_text("not audio at all\n")
+    elif case == "zero_bytes":
+        p.write_bytes(b"")
+    elif case == "no_samples":
+        sf.write(p, np.zeros(0), 16000)
+    elif case == "truncated_flac":
+        sf.write(p, _voice(16000), 16000)
+        p.write_bytes(p.read_bytes()[:60])
+    elif case == "nan_samples":
+        x = _voice(16000).astype(np.float32)
+        x[100] = np.nan
+        sf.write(p, x, 16000, subtype="FLOAT")
+    elif case == "missing":
+        pass
+    else:
+        raise AssertionError(case)
+    return p
+
+
+AUDIO_CASES = [
+    ("text_as_wav", "not readable as audio"),
+    ("zero_bytes", "not readable as audio"),
+    ("no_samples", "empty audio (0 samples)"),
+    ("truncated_flac", "not readable as audio"),
+    ("nan_samples", "NaN or Inf"),
+    ("missing", "not found"),
+]
+
+
+@pytest.mark.parametrize("case, expect", AUDIO_CASES, ids=[c[0] for c in AUDIO_CASES])
+def test_broken_audio_fails_predict_embed_enroll_naming_the_file(model, tmp_path, capsys, case, expect):
+    bad = _broken_audio(tmp_path / "in", case)
+    for args, out in ((["predict", model["ckpt"], bad, "-o", tmp_path / "p.csv", "--quiet"], tmp_path / "p.csv"),
+                      (["embed", model["ckpt"], bad, "-o", tmp_path / "e.npz"], tmp_path / "e.npz"),
+                      (["enroll", tmp_path / "reg.db", "bob", bad, "--checkpoint", model["ckpt"]],
+                       tmp_path / "reg.db")):
+        rc, _, err = _cli(capsys, *args)
+        _one_line_error(rc, err, f"spkid: error: {bad}", expect)
+        assert not out.exists(), f"{args[0]} left {out}"
+
+
+def test_predict_folder_with_one_broken_file_fails_whole(model, tmp_path, capsys):
+    """A Kaggle CSV needs every row: predict names the bad file instead of silently dropping it."""
+    _odd_but_valid_audio(tmp_path / "audio")
+    (tmp_path / "audio" / "zz_bad.wav").write_text("nope")
+    rc, _, err = _cli(capsys, "predict", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "p.csv", "--quiet")
+    _one_line_error(rc, err, f"{tmp_path / 'audio' / 'zz_bad.wav'}: not readable as audio")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_prepare_skips_bad_audio_processes_the_rest_and_warns(tmp_path, capsys):
+    spk = tmp_path / "in" / "spk00"
+    names = _odd_but_valid_audio(spk)
+    for tiny in ("tiny_10ms.wav", "one_sample.wav"):           # below prepare's --min-seconds 0.1
+        names.remove(tiny)
+    for case in ("text_as_wav", "no_samples"):
+        _broken_audio(tmp_path / "in" / "spk01", case).rename(tmp_path / "in" / "spk01" / f"{case}.wav")
+    sf.write(tmp_path / "in" / "spk01" / "ok.wav", _voice(16000), 16000)
+    out = tmp_path / "out"
+    rc, stdout, err = _cli(capsys, "prepare", tmp_path / "in", out, "--workers", "1", "--quiet")
+    assert rc == 2 and "4 skipped" in stdout
+    assert err.strip().splitlines() == [f"spkid: warning: skipped 4 file(s), reasons in {out / 'prepare_report.txt'}"]
+    report = (out / "prepare_report.txt").read_text()
+    for line in ("spk00/one_sample.wav\ttoo short", "spk00/tiny_10ms.wav\ttoo short",
+                 "spk01/text_as_wav.wav\tnot readable as audio", "spk01/no_samples.wav\tempty audio (0 samples)"):
+        assert line in report
+    meta = json.loads((out / "metadata.json").read_text())["speakers"]
+    assert len(meta["spk00"]) == len(names) == 5 and len(meta["spk01"]) == 1
+    _no_temp_files(out)
+
+
+def test_prepare_recomputes_a_planted_pickle_instead_of_running_it(tmp_path):
+    """``prepare`` reuses earlier ``uttr-*.pt`` results: one replaced by a code-running pickle is refused, redone."""
+    (tmp_path / "in" / "spk00").mkdir(parents=True)
+    sf.write(tmp_path / "in" / "spk00" / "a.wav", _voice(16000), 16000)
+    out, marker = tmp_path / "out", tmp_path / "PWNED"
+    assert prepare(tmp_path / "in", out, workers=1, progress=False).n_processed == 1
+    fp = out / json.loads((out / "metadata.json").read_text())["speakers"]["spk00"][0]["feature_path"]
+    fp.write_bytes(pickle.dumps(Evil(marker)))                       # newer than its source: would be reused
+    rep = prepare(tmp_path / "in", out, workers=1, progress=False)
+    assert (rep.n_processed, rep.n_reused) == (1, 0) and not marker.exists()
+    assert torch.load(fp, weights_only=True).shape[1] == 40
+
+
+def test_every_torch_load_in_the_library_is_weights_only():
+    """Static guard: every ``torch.load`` call in ``spkid/`` passes ``weights_only=True``; no raw pickle loads."""
+    import ast
+    calls = 0
+    for path in sorted((REPO / "spkid").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+            if (owner, node.func.attr) == ("torch", "load"):
+                calls += 1
+                kw = {k.arg: k.value for k in node.keywords}
+                assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, \
+                    f"{path}:{node.lineno}: torch.load without weights_only=True"
+            assert (owner, node.func.attr) not in {("pickle", "load"), ("pickle", "loads")}, f"{path}:{node.lineno}"
+            if (owner, node.func.attr) == ("np", "load"):
+                assert not any(k.arg == "allow_pickle" for k in node.keywords), f"{path}:{node.lineno}"
+    assert calls >= 3                        # checkpoints, HW4 features, prepare's reuse check
