@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -36,6 +38,7 @@ def _add_train(sub) -> None:
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="data-parallel training in N local processes (re-runs this command through torchrun; "
                         "one GPU each with CUDA, else CPU/gloo with cores // N threads each)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (train.log_tensorboard)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -82,6 +85,8 @@ def _cmd_train(a) -> int:
         sets.append(f"train.seed={a.seed}")
     if a.attention:
         sets.append(f"model.attention={a.attention}")
+    if a.tensorboard:
+        sets.append("train.log_tensorboard=true")
     cfg = apply_overrides(cfg, sets)
     if a.nproc > 1 and "WORLD_SIZE" not in os.environ:  # settings checked above: one error line, not one per rank
         return distributed.launch(a.argv, a.nproc)       # this same command line, once per rank
@@ -168,8 +173,8 @@ def _cmd_demo(a) -> int:
     print(f"demo: {r.n_speakers} synthetic speakers, {r.n_train} training / {r.n_test} held-out utterances")
     print(f"validation accuracy {r.val_acc:.4f}, held-out test accuracy {r.test_acc:.4f}")
     print(f"predictions: {r.csv}\ncheckpoint:  {r.checkpoint}")
-    for plot in r.plots:
-        print(f"plot:        {plot}")
+    if r.report:
+        print(f"report:      {r.report}")
     return 0
 
 
@@ -284,9 +289,39 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(a) -> int:
+    from spkid.fileio import refuse_overwriting_inputs
     from spkid.scoring.export import export_onnx
+    refuse_overwriting_inputs([a.onnx], [a.checkpoint])
     worst = export_onnx(a.checkpoint, a.onnx)
     print(f"wrote {a.onnx} (max abs difference to PyTorch {worst:.2e})")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page (plus PNGs) on runs, a test set and verification")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="run directories (several: curves overlaid; the first one's best.ckpt is evaluated)")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file; figures go to <name>_figures/ beside it")
+    p.add_argument("--test", metavar="DATA_DIR", help="HW4 directory with testdata.json (closed-set section)")
+    p.add_argument("--answers", metavar="CSV", help="Id,Category answers of --test")
+    p.add_argument("--trials", metavar="DIR", help="HW4 directory of speakers unseen in training (verification)")
+    p.add_argument("--registry", metavar="FILE", help="draw this registry's threshold on the verification plots")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_report(a) -> int:
+    from spkid.fileio import refuse_overwriting_inputs
+    from spkid.report import build_report
+
+    def opt(v):
+        return Path(v) if v else None
+    refuse_overwriting_inputs([a.output], [x for x in (a.answers, a.registry) if x])
+    r = build_report([Path(d) for d in a.runs], Path(a.output), test_dir=opt(a.test), answers=opt(a.answers),
+                     trials_dir=opt(a.trials), registry=opt(a.registry), progress=not a.quiet, device=a.device)
+    print(f"report: {r.path}" + (f" ({len(r.figures)} figures in {r.figures[0].parent})" if r.figures else ""))
+    for sid in r.sections_missing:
+        print(f"  section {sid!r} is empty: the page says what to pass")
     return 0
 
 
@@ -295,7 +330,7 @@ COMMANDS = {"train": (_add_train, _cmd_train), "predict": (_add_predict, _cmd_pr
             "demo": (_add_demo, _cmd_demo), "embed": (_add_embed, _cmd_embed), "enroll": (_add_enroll, _cmd_enroll),
             "identify": (_add_identify, _cmd_identify), "verify": (_add_verify, _cmd_verify),
             "eval-verification": (_add_eval_verification, _cmd_eval_verification),
-            "export": (_add_export, _cmd_export)}
+            "export": (_add_export, _cmd_export), "report": (_add_report, _cmd_report)}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spkid", description="speaker identification toolkit")
@@ -314,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     args = build_parser().parse_args(argv)
     args.argv = argv                  # for commands that re-launch themselves (train --nproc)
+    previous = _sigterm_as_interrupt()
     try:
         return COMMANDS[args.command][1](args)
     except SpkidError as e:
@@ -321,9 +357,29 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"spkid: error: {e}", file=sys.stderr)
         return 1
+    except MemoryError:
+        if args.debug:
+            traceback.print_exc()
+        print(f"spkid: error: {args.command}: out of memory", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("spkid: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (docker stop, Slurm preemption, kill) behaves as Ctrl-C: train saves a resumable checkpoint, other
+    commands remove their temp files. Returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0                  # torch CPU threads (0: leave torch's default)
+    log_tensorboard: bool = False     # also write metrics.jsonl's scalars to RUN_DIR/tensorboard (needs tensorboard)
 
 
 @dataclass

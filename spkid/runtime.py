@@ -1,8 +1,18 @@
-"""Where and how computation runs: the device, mixed precision, denormal flushing."""
+"""Where and how computation runs: the device, mixed precision, denormal flushing, CPU threads.
+
+Threads: on a CPU that other programs share, more OpenMP threads than free cores is the worst case. Every
+parallel region of a step ends at a barrier that waits for the slowest thread, and a thread the kernel has
+descheduled for a busy core holds the barrier for a whole scheduler slice (milliseconds), hundreds of times a
+step (measured in ``docs/scaling.md``: a ``demo`` step goes from 0.05 s to 1-3 s). ``resolve_threads(0)`` counts
+the cores that are actually free (the affinity mask, minus what ``/proc/stat`` and the load average show busy).
+"""
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import threading
+import time
 
 import torch
 
@@ -66,3 +76,76 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise SpkidError(f"unknown device {name!r}; choose auto, cpu or cuda[:N]") from None
+
+
+# -- CPU threads ----------------------------------------------------------------------------------------------
+
+def allowed_cpus() -> list[int]:
+    """CPUs this process may run on (the affinity mask, e.g. ``taskset`` or a container's cpuset)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:                                   # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def _cpu_times(cpus: list[int]) -> dict[int, tuple[int, int]] | None:
+    """``{cpu: (idle jiffies incl. iowait, total jiffies)}`` from ``/proc/stat``; None where unreadable."""
+    try:
+        lines = open("/proc/stat").read().splitlines()
+    except OSError:
+        return None
+    out = {}
+    wanted = set(cpus)
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in wanted:
+            v = [int(x) for x in fields[:8]]                 # user nice system idle iowait irq softirq steal
+            out[int(name[3:])] = (v[3] + v[4], sum(v))
+    return out or None
+
+
+def busy_cores(sample_s: float = 0.25) -> float:
+    """Cores of the affinity mask that other work keeps busy: the larger of the utilisation over the next
+    ``sample_s`` seconds (``/proc/stat``, this process idle meanwhile) and the 1-minute load average (scaled to
+    the mask). The load average lags but remembers bursts; the sample sees a load that has just started."""
+    cpus = allowed_cpus()
+    now = 0.0
+    before = _cpu_times(cpus)
+    if before is not None and sample_s > 0:
+        time.sleep(sample_s)
+        after = _cpu_times(cpus) or {}
+        for c, (idle0, total0) in before.items():
+            idle1, total1 = after.get(c, (idle0, total0))
+            if total1 > total0:
+                now += 1.0 - (idle1 - idle0) / (total1 - total0)
+    try:
+        load = os.getloadavg()[0] * len(cpus) / (os.cpu_count() or len(cpus))
+    except OSError:
+        load = 0.0
+    return min(float(len(cpus)), max(now, load))
+
+
+def free_cores(sample_s: float = 0.25) -> int:
+    """Whole cores nobody else is using (at least 1): the affinity mask minus :func:`busy_cores`, rounded."""
+    return max(1, math.floor(len(allowed_cpus()) - busy_cores(sample_s) + 0.5))
+
+
+def resolve_threads(threads: int = 0) -> int:
+    """``threads > 0``: itself. ``0`` (auto): ``OMP_NUM_THREADS`` when set (a launcher or the user chose),
+    else :func:`free_cores`."""
+    if threads < 0:
+        raise SpkidError(f"threads must be >= 0 (0 = auto), got {threads}")
+    if threads > 0:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return free_cores()
+
+
+def use_threads(threads: int = 0) -> int:
+    """Set torch's intra-op threads to :func:`resolve_threads` ``(threads)``; returns the number set."""
+    n = resolve_threads(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

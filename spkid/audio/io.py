@@ -19,6 +19,9 @@ from scipy.signal import resample_poly
 from spkid.errors import DataError
 
 SAMPLE_RATE = 16000
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 2000, 384000   # Hz: anything else is not a speech recording
+MAX_SECONDS = 3600                                 # one file at most an hour (bounded memory; split longer ones)
+MAX_CHANNELS = 64
 
 # Suffixes (lower case) of formats libsndfile reads; ``spkid.data.scan`` picks these up when scanning a folder.
 AUDIO_EXTENSIONS: frozenset[str] = frozenset({
@@ -35,7 +38,19 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> torch.T
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found" if not path.exists() else "not a regular file")
+        raise DataError(f"{path}: " + ("file not found" if not path.exists() else "not a regular file"))
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: not readable as audio ({detail})") from None
+    # bound the work by what a speech recording can be, before allocating anything (a 400 KB file at 1 Hz
+    # would otherwise ask the resampler for gigabytes)
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise DataError(f"{path}: sample rate {info.samplerate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    if info.frames > MAX_SECONDS * info.samplerate or not 1 <= info.channels <= MAX_CHANNELS:
+        raise DataError(f"{path}: {info.frames / info.samplerate / 60:.0f} min x {info.channels} channels is beyond "
+                        f"the {MAX_SECONDS // 60} min / {MAX_CHANNELS} channel limit; split the recording")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:

@@ -42,6 +42,8 @@ def _read_json(path: Path) -> dict:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be an HW4 index") from None
     except (UnicodeDecodeError, OSError) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
     if not isinstance(d, dict):
@@ -64,7 +66,7 @@ def _utterance(item, path: Path, where: str, speaker: str | None) -> Utterance:
         raise DataError(f"{path}: {where} must be an object, found {type(item).__name__}")
     fp = _get(item, "feature_path", str, path, where + ".")
     n = _get(item, "mel_len", int, path, where + ".")
-    if not fp or os.path.isabs(fp) or ".." in Path(fp).parts:
+    if not fp or "\x00" in fp or os.path.isabs(fp) or ".." in Path(fp).parts:
         raise DataError(f"{path}: {where}.feature_path {fp!r} must be a relative path inside the data directory")
     if n < 1:
         raise DataError(f"{path}: {where} ({fp}) has mel_len {n}; utterances need at least 1 frame")
@@ -96,9 +98,10 @@ def _collect(path: Path, entries, kind: str) -> list[Utterance]:
     utts, seen = [], set()
     for where, item, speaker in entries:
         u = _utterance(item, path, where, speaker)
-        if u.feature_path in seen:
-            raise DataError(f"{path}: duplicate {kind} id {u.feature_path!r} ({where})")
-        seen.add(u.feature_path)
+        key = os.path.normpath(u.feature_path)          # ./x.pt and x.pt are one file
+        if key in seen:
+            raise DataError(f"{path}: duplicate {kind} id {u.feature_path!r} ({where}; one file listed twice)")
+        seen.add(key)
         utts.append(u)
     if not utts:
         raise DataError(f"{path}: no {kind} utterances")
@@ -139,6 +142,33 @@ def read_train(root: str | Path) -> tuple[int, list[str], list[Utterance]]:
     return n_mels, speakers, utts
 
 
+_FLOAT_DTYPES = (torch.float16, torch.float32, torch.bfloat16, torch.float64)
+
+
+def check_tensor(x, where: str, n_mels: int, expect_len: int | None = None) -> None:
+    """Raise ``DataError("<where>: ...")`` unless ``x`` is a plain dense float tensor ``(T, n_mels)`` whose values all
+    live in its own storage, of ``expect_len`` frames when given. Cheap checks come first: nothing here allocates
+    more than the file holds (a 2 KB file can describe a (1e9, 40) zero-stride view)."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{where}: expected a tensor (frames, {n_mels}), found {type(x).__name__}")
+    kind = ("sparse" if x.layout != torch.strided else "meta" if x.is_meta else "nested" if x.is_nested
+            else "quantised" if x.is_quantized else None)
+    if kind:
+        raise DataError(f"{where}: {kind} tensors are not supported; save a dense float16/float32 tensor")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise DataError(f"{where}: expected float16/float32 values, found {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != n_mels:
+        raise DataError(f"{where}: expected shape (frames, {n_mels}), found {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise DataError(f"{where}: zero-length utterance (0 frames)")
+    if expect_len is not None and x.shape[0] != expect_len:
+        raise DataError(f"{where}: json says mel_len {expect_len}, tensor has {x.shape[0]} frames")
+    stored = x.untyped_storage().nbytes() // x.element_size()
+    if any(st < 1 for st in x.stride()) or x.storage_offset() + x.numel() > stored:
+        raise DataError(f"{where}: tensor of {x.shape[0]} frames is a view with only {stored} stored values "
+                        "(overlapping or broadcast strides); save a contiguous tensor")
+
+
 def load_tensor(path: str | Path, n_mels: int, expect_len: int | None = None) -> torch.Tensor:
     """Load one feature tensor ``(T, n_mels)`` as float16 (``weights_only=True``), checking it fully."""
     path = Path(path)
@@ -152,22 +182,25 @@ def load_tensor(path: str | Path, n_mels: int, expect_len: int | None = None) ->
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             msg = "refused: file holds objects other than tensors (unsafe pickle)"
         raise DataError(f"{path}: cannot load tensor: {msg[:200]}") from None
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{path}: expected a tensor (frames, {n_mels}), found {type(x).__name__}")
-    if x.dim() != 2 or x.shape[1] != n_mels:
-        raise DataError(f"{path}: expected shape (frames, {n_mels}), found {tuple(x.shape)}")
-    if x.shape[0] < 1:
-        raise DataError(f"{path}: zero-length utterance (0 frames)")
-    if not x.is_floating_point():
-        raise DataError(f"{path}: expected float16/float32 values, found {x.dtype}")
+    check_tensor(x, str(path), n_mels, expect_len)
     if not torch.isfinite(x).all():
         raise DataError(f"{path}: contains NaN or Inf values")
-    if expect_len is not None and x.shape[0] != expect_len:
-        raise DataError(f"{path}: json says mel_len {expect_len}, tensor has {x.shape[0]} frames")
     x = x.to(torch.float16)
     if not torch.isfinite(x).all():
         raise DataError(f"{path}: values overflow float16")
     return x
+
+
+def feature_file(root: Path, feature_path: str) -> Path:
+    """``root / feature_path``, refused when it resolves (through symlinks) outside ``root``."""
+    p = root / feature_path
+    try:
+        inside = p.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        raise DataError(f"{p}: resolves outside the data directory {root} (a symlink?); refusing to read it")
+    return p
 
 
 def load_features(root: str | Path, utts: list[Utterance], n_mels: int, *, workers: int = 8,
@@ -176,7 +209,7 @@ def load_features(root: str | Path, utts: list[Utterance], n_mels: int, *, worke
     root = Path(root)
     from tqdm import tqdm
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        jobs = pool.map(lambda u: load_tensor(root / u.feature_path, n_mels, u.mel_len), utts)
+        jobs = pool.map(lambda u: load_tensor(feature_file(root, u.feature_path), n_mels, u.mel_len), utts)
         return list(tqdm(jobs, total=len(utts), desc=desc, disable=not progress, unit="utt",
                          mininterval=math.inf if not progress else 0.5))
 

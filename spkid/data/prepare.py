@@ -25,6 +25,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def _read_table(path: Path, labelled: bool) -> list[tuple[str, str | None]]:
         raise DataError(f"{path}: malformed CSV ({e})") from None
     lines = [(n, [c.strip() for c in row]) for n, row in lines if any(c.strip() for c in row)]
     if not lines:
-        raise DataError(f"{path}: empty list (expected path,speaker rows)" if labelled else "empty list of paths")
+        raise DataError(f"{path}: " + ("empty list (expected path,speaker rows)" if labelled else "empty list of paths"))
     path_col, spk_col, n_cols = 0, 1, 2
     first = [c.lower() for c in lines[0][1]]
     if first[0] in _PATH_HEADERS:
@@ -245,6 +246,13 @@ def _resolve(base: Path, p: str) -> Path:
 def _init_worker() -> None:
     # Each worker is one process working on one file at a time: more torch threads would only fight.
     torch.set_num_threads(1)
+    # terminate() from the parent (its own Ctrl-C/SIGTERM) unwinds like Ctrl-C: atomic_write removes its temp file
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides; it terminates us
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float, features,
@@ -258,6 +266,8 @@ def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float, feat
         wav = load_audio(path, sr)
     except DataError as e:
         return "skipped", str(e).removeprefix(f"{path}: ")
+    except MemoryError:
+        return "skipped", "too large to decode in memory"
     if wav.shape[0] < min_seconds * sr:
         return "skipped", f"too short ({wav.shape[0] / sr:.3f} s < {min_seconds:g} s)"
     feats = logmel(wav, features).to(dtype).clone()                          # (S,) -> (T, F), own storage
@@ -294,13 +304,23 @@ def _run(items: list[_Item], out_dir: Path, dtype: torch.dtype, min_seconds: flo
     # pools are never needed in them. The bar (and its monitor thread) is created after the fork.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
-    with cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker) as pool:
+    pool = cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker)
+    try:
         futures = {pool.submit(_process, it.path, out_dir / it.feature_path, dtype, min_seconds, features, reuse): i
                    for i, it in enumerate(items)}
         with tqdm(total=len(items), desc="prepare", unit="file", disable=not progress) as bar:
             for fut in cf.as_completed(futures):
                 results[futures[fut]] = fut.result()
                 bar.update()
+    except BaseException:               # Ctrl-C, SIGTERM, an error: stop the workers now; they remove their temp files
+        workers_ = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for w in workers_:
+            w.terminate()
+        for w in workers_:
+            w.join(10)
+        raise
+    pool.shutdown()
     return results
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spkid.training.checkpoint import checkpoint_config, load_checkpoint, load_weights, model_fingerprint
+from spkid.training.checkpoint import build_checked, checkpoint_config, load_checkpoint, model_fingerprint
 from spkid.config import InferConfig, RunConfig
 from spkid.data.sampler import length_buckets, pad_batch
 from spkid.data.hw4 import load_tensor
@@ -92,8 +92,7 @@ class Model:
         self.cfg: RunConfig = checkpoint_config(ckpt, self.path)
         self.speakers: list[str] = list(ckpt["speakers"])
         self.device = resolve_device(device)
-        self.net = build_model(self.cfg, len(self.speakers))
-        load_weights(self.net, ckpt["model"], self.path)
+        self.net = build_checked(self.cfg, len(self.speakers), ckpt["model"], self.path)
         self.net.to(self.device).eval()
         self.model_id = model_fingerprint(ckpt["model"])
         # EER threshold on the run's validation trials (training speakers), when the run validated

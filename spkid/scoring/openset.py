@@ -6,12 +6,13 @@ fingerprint and refuses embeddings from another model.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spkid.fileio import atomic_write
+from spkid.fileio import atomic_write, refuse_overwriting_inputs
 from spkid.errors import DataError, SpkidError
 from spkid.data.scan import gather
 from spkid.scoring.model import Model, load
@@ -47,6 +48,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
     """Add ``files`` of speaker ``name``; returns ``(utterances now enrolled for name, registry checkpoint)``."""
     from spkid.scoring.speaker_db import SpeakerDB
     registry = Path(registry)
+    refuse_overwriting_inputs([registry], [*([checkpoint] if checkpoint else []), *gather(files)[1]])
     reg_ctx = None
     if registry.exists():
         reg_ctx = SpeakerDB.open(registry)
@@ -94,7 +96,12 @@ def verify(checkpoint: str | Path, a, b, *, threshold: float | None = None, devi
     model = load(checkpoint, device)
     if threshold is None:
         threshold, _ = default_threshold(model)
+    if not math.isfinite(threshold):
+        raise SpkidError(f"verify --threshold {threshold}: must be a finite number")
     score = model.verify(Path(a), Path(b))
+    if not math.isfinite(score):
+        raise SpkidError(f"{checkpoint}: the model scores {a} against {b} as {score} (not finite); the checkpoint is "
+                         "corrupt or diverged")
     return score, score >= threshold, threshold
 
 

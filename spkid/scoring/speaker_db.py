@@ -19,7 +19,9 @@ Shapes: ``embeddings`` are ``(N, E)`` (any scale, normalised here); centroids ar
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,11 +29,13 @@ import numpy as np
 import torch
 
 from spkid.errors import DataError
+from spkid.fileio import current_umask
 
 FORMAT = "spkid-registry"
 SCHEMA_VERSION = 1
 UNKNOWN = "unknown"                                 # decide()'s answer below the threshold; not enrollable
 _BLOB_DTYPE = np.dtype("<f4")
+LOCK_WAIT_S = 5.0                                   # how long a reader/writer waits for another writer
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,26 +90,40 @@ class SpeakerDB:
             raise DataError(f"{path}: already exists; open it instead of creating it")
         if not path.parent.is_dir():
             raise DataError(f"{path}: cannot create registry: no directory {path.parent}")
+        # Built complete in a temp file, then linked into place: a killed enroll leaves no half-made registry, and
+        # link() fails instead of replacing a registry another process created meanwhile.
         try:
-            conn = sqlite3.connect(path, isolation_level=None)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as e:
+            raise DataError(f"{path}: cannot create registry ({e.strerror or e})") from None
+        os.close(fd)
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                with _transaction(conn, path):
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            conn.execute(stmt)
+                    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+                        ("format", FORMAT), ("schema_version", str(SCHEMA_VERSION)),
+                        ("model_id", model_id), ("checkpoint", str(checkpoint)),
+                        ("embed_dim", str(int(embed_dim))), ("threshold", repr(float(threshold))),
+                        ("threshold_source", threshold_source),
+                    ])
+            finally:
+                conn.close()
+            os.chmod(tmp, 0o666 & ~current_umask())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise DataError(f"{path}: was created by another process meanwhile; enroll again") from None
+            except OSError as e:
+                raise DataError(f"{path}: cannot create registry ({e.strerror or e})") from None
         except sqlite3.Error as e:
             raise DataError(f"{path}: cannot create registry ({e})") from None
-        try:
-            with _transaction(conn, path):
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
-                    ("format", FORMAT), ("schema_version", str(SCHEMA_VERSION)),
-                    ("model_id", model_id), ("checkpoint", str(checkpoint)),
-                    ("embed_dim", str(int(embed_dim))), ("threshold", repr(float(threshold))),
-                    ("threshold_source", threshold_source),
-                ])
-            return cls(path, conn)
-        except BaseException:
-            conn.close()
-            path.unlink(missing_ok=True)            # leave no half-made file behind
-            raise
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return cls.open(path)
 
     @classmethod
     def open(cls, path) -> "SpeakerDB":
@@ -113,9 +131,14 @@ class SpeakerDB:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: no such registry file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file, not a registry (an interrupted first enroll?); delete it and enroll "
+                            "again")
         try:
-            # mode=rw: never create a file here (a read-only file still opens, for identify).
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
+            # mode=rw: never create a file here (a read-only file still opens, for identify); wait up to 5 s for a
+            # writer to finish before calling the registry locked
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None,
+                                   timeout=LOCK_WAIT_S)
         except sqlite3.Error as e:
             raise DataError(f"{path}: cannot open registry ({e})") from None
         try:
@@ -137,6 +160,8 @@ class SpeakerDB:
         try:
             rows = self._conn.execute("SELECT key, value FROM meta").fetchall()
         except sqlite3.DatabaseError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise DataError(f"{self.path}: locked by another process (an enroll in progress?); try again") from None
             if "no such table" in str(e):
                 raise DataError(f"{self.path}: not a spkid registry (no meta table)") from None
             raise DataError(f"{self.path}: not a spkid registry ({e})") from None
@@ -150,6 +175,13 @@ class SpeakerDB:
                    if k not in meta]
         if missing:
             raise DataError(f"{self.path}: corrupt registry: meta lacks {', '.join(missing)}")
+        try:
+            threshold, dim = float(meta["threshold"]), int(meta["embed_dim"])
+        except (TypeError, ValueError):
+            threshold, dim = math.nan, 0
+        if not math.isfinite(threshold) or dim < 1:
+            raise DataError(f"{self.path}: corrupt registry: threshold {meta['threshold']!r} / embed_dim "
+                            f"{meta['embed_dim']!r} must be a finite number / a positive integer")
         return meta
 
     def close(self) -> None:
@@ -310,4 +342,6 @@ def _transaction(conn: sqlite3.Connection, path: Path):
             raise
         conn.execute("COMMIT")
     except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise DataError(f"{path}: locked by another process (an enroll in progress?); try again") from None
         raise DataError(f"{path}: cannot write registry ({e})") from None

@@ -23,7 +23,11 @@ FORMAT = 2                     # 2: config with features/augment sections and pe
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` (plus the format marker) to ``path`` atomically."""
+    """Write ``state`` (plus the format marker) to ``path`` atomically; non-finite weights are never saved."""
+    bad = [k for k, v in state.get("model", {}).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: not saved: weights {bad[0]!r} hold NaN/Inf (the run diverged); "
+                              "the previous checkpoint is kept")
     atomic_write(path, lambda tmp: torch.save({"spkid": FORMAT, **state}, tmp))
 
 
@@ -64,8 +68,15 @@ def load_checkpoint(path: str | Path) -> dict:
             raise CheckpointError(f"{path}: {key!r} entry must be {kind.__name__}, found {type(ckpt[key]).__name__}")
     if not ckpt["speakers"] or not all(isinstance(s, str) for s in ckpt["speakers"]):
         raise CheckpointError(f"{path}: 'speakers' entry must be a non-empty list of names")
-    if not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
-        raise CheckpointError(f"{path}: 'model' entry must map parameter names to tensors")
+    for k, v in ckpt["model"].items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: 'model' entry must map parameter names to tensors ({k!r} is not)")
+        kind = ("sparse" if v.layout != torch.strided else "meta" if v.is_meta else "nested" if v.is_nested
+                else "quantised" if v.is_quantized else None)
+        if kind or v.dtype not in (torch.float16, torch.float32, torch.bfloat16, torch.float64, torch.int64):
+            raise CheckpointError(f"{path}: weight {k!r} is a {kind or v.dtype} tensor; spkid saves dense float tensors")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"{path}: weight {k!r} holds NaN/Inf (a diverged run); use an earlier checkpoint")
     if ckpt["spkid"] > FORMAT:
         raise CheckpointError(f"{path}: written by a newer spkid (format {ckpt['spkid']} > {FORMAT})")
     if ckpt["spkid"] < FORMAT:
@@ -81,9 +92,19 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> RunConfig:
         raise CheckpointError(str(e)) from None
 
 
-def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
-    """``load_state_dict`` with a one-line error when the checkpoint belongs to another model configuration."""
-    own = model.state_dict()
+def build_checked(cfg: RunConfig, n_speakers: int, state: dict, path: str | Path):
+    """The model of ``cfg`` with the weights ``state``: shapes are compared on the ``meta`` device first, so a config
+    asking for a huge model allocates nothing unless the checkpoint really holds those weights."""
+    from spkid.models import build_model
+    with torch.device("meta"):
+        shell = build_model(cfg, n_speakers)
+    _check_fit(shell.state_dict(), state, path)
+    net = build_model(cfg, n_speakers)
+    load_weights(net, state, path)
+    return net
+
+
+def _check_fit(own: dict, state: dict, path) -> None:
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     shape = [k for k in own if k in state and own[k].shape != state[k].shape]
@@ -91,6 +112,11 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
         detail = (f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}" if extra
                   else f"shape of {shape[0]} is {tuple(state[shape[0]].shape)}, model has {tuple(own[shape[0]].shape)}")
         raise CheckpointError(f"{path}: weights do not fit this model configuration ({detail})")
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """``load_state_dict`` with a one-line error when the checkpoint belongs to another model configuration."""
+    _check_fit(model.state_dict(), state, path)
     model.load_state_dict(state)
 
 

@@ -6,7 +6,9 @@ in ``validation.py``, the checkpoint dict in ``checkpoint.py``, DDP glue in ``di
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +21,11 @@ from spkid.config import RunConfig
 from spkid.data.features import load_train_features
 from spkid.data.sampler import CropSampler, split_per_speaker
 from spkid.errors import ConfigError, SpkidError
-from spkid.fileio import atomic_write
+from spkid.fileio import RunDir, atomic_write
 from spkid.models import build_model
 from spkid.runtime import flush_denormal, resolve_amp, resolve_device
 from spkid.training import distributed as dist
-from spkid.training.checkpoint import (load_resume_state, load_weights, rng_state, save_checkpoint, set_rng_state,
+from spkid.training.checkpoint import (data_fingerprint, load_resume_state, load_weights, rng_state, save_checkpoint, set_rng_state,
                                        training_state)
 from spkid.training.schedules import Schedule
 from spkid.training.validation import validate
@@ -53,8 +55,11 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
     ``stop_after > 0`` ends this invocation after that step (checkpoint saved, schedule unchanged), for
     sessions shorter than the run; ``resume=True`` continues from ``last.ckpt``. Returns None on DDP ranks > 0.
     """
-    with flush_denormal():
-        return _train(Path(data_dir), Path(out_dir), cfg, resume=resume, progress=progress, cache_dir=cache_dir,
+    out_dir = Path(out_dir)
+    with flush_denormal(), contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:     # rank 0 owns the folder: a fresh run needs an empty one
+            stack.enter_context(RunDir(out_dir, fresh=not resume))
+        return _train(Path(data_dir), out_dir, cfg, resume=resume, progress=progress, cache_dir=cache_dir,
                       stop_after=stop_after)
 
 
@@ -81,6 +86,9 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
         raise SpkidError(f"{out_dir / 'last.ckpt'}: the run was trained on other speakers than {data_dir} "
                          f"({len(ckpt['speakers'])} vs {len(data.speakers)} names, or another order); "
                          "resume with the run's own data directory")
+    if ckpt is not None and ckpt.get("data_fingerprint") != data_fingerprint(data.speakers, data.utts):
+        raise SpkidError(f"{out_dir / 'last.ckpt'}: {data_dir} is not the data the run was trained on (its "
+                         "utterance list differs); resume with the run's own data directory")
     train_idx, val_idx = split_per_speaker(data.utts, cfg.data.val_per_speaker, t.seed)
     spk_id = {s: i for i, s in enumerate(data.speakers)}
     labels = [spk_id[u.speaker] for u in data.utts]
@@ -129,12 +137,15 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
             save_checkpoint(out_dir / "best.ckpt", snapshot())
 
     # -- run directory ------------------------------------------------------------------------------------------
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(".*.ckpt.*.tmp"):   # half-written by a killed run; never read as a checkpoint
+    if main:                                          # RunDir holds the lock: these temp files are no one's
+        for stale in out_dir.glob(".*.tmp"):          # half-written by a killed run; never read as a checkpoint
             stale.unlink(missing_ok=True)
         atomic_write(out_dir / "config.json", lambda p: Path(p).write_text(json.dumps(cfg.to_dict(), indent=2)))
-    log = _Logger(out_dir / "metrics.jsonl", main)
+    tb = None
+    if main and t.log_tensorboard:
+        from spkid.report.tensorboard import TensorBoardWriter
+        tb = TensorBoardWriter(out_dir / "tensorboard", purge_step=step if ckpt is not None else None)
+    log = _Logger(out_dir / "metrics.jsonl", main, tb)
 
     # -- the loop -----------------------------------------------------------------------------------------------
     from tqdm import tqdm
@@ -208,6 +219,7 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
                 model.load_state_dict(avg.module.state_dict())   # the final model is the average of the last snapshots
             run_validation()
         save_checkpoint(out_dir / "last.ckpt", snapshot(rng_ranks))
+    log.close()
     dist.barrier_if(True)
     dist.teardown()
     if not main:
@@ -218,15 +230,21 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
 
 
 class _Logger:
-    """``metrics.jsonl``: one JSON object per line (rank 0 only)."""
+    """``metrics.jsonl``: one JSON object per line (rank 0 only); the same scalars to TensorBoard when asked."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, tb=None):
+        self.path, self.enabled, self.tb = path, enabled, tb
 
     def write(self, **row) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.tb is not None:
+                self.tb.write(**row)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
