@@ -52,8 +52,9 @@ def atomic_write(path: str | Path, write, *, fsync: bool = True) -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):      # e.g. the target is a directory, or the disk is full
             raise SpkidError(f"{path}: cannot write: {e.strerror or e}") from None
-        if isinstance(e, RuntimeError) and "write" in str(e).lower():   # torch.save on a full disk
-            raise SpkidError(f"{path}: cannot write: {str(e).splitlines()[0][:120]} (disk full?)") from None
+        if isinstance(e, RuntimeError):   # torch.save reports a failed write (full disk) as a RuntimeError
+            first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+            raise SpkidError(f"{path}: cannot write: {first} (disk full?)") from None
         raise
 
 
@@ -66,22 +67,57 @@ def write_csv(path: str | Path, header: list[str], rows) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 
-def _same(a: Path, b: Path) -> bool:
+def _identities(p: Path) -> list:
+    """The resolved path and, for an existing file, its (device, inode): a hard link or symlink is the same file."""
+    ids = []
     try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except (OSError, RuntimeError):
-        return False
+        ids.append(p.resolve())
+        st = p.stat()
+        ids.append((st.st_dev, st.st_ino))
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return ids
 
 
 def refuse_overwriting_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path]) -> None:
     """Raise ``SpkidError`` when an output path is (or links to) one of the inputs, naming both."""
-    inputs = [Path(i) for i in inputs]
+    index = {}
+    for src in inputs:
+        for key in _identities(Path(src)):
+            index[key] = Path(src)
     for out in outputs:
-        out = Path(out)
-        for src in inputs:
-            if _same(out, src):
-                raise SpkidError(f"{out}: is also an input of this command ({src}); refusing to overwrite it, "
+        for key in _identities(Path(out)):
+            if key in index:
+                raise SpkidError(f"{out}: is also an input of this command ({index[key]}); refusing to overwrite it, "
                                  "choose another output path")
+
+
+class DirLock:
+    """An exclusive ``flock`` on ``DIR/.spkid-lock`` for as long as the block runs (the kernel drops it if the process
+    dies); a second spkid process writing into the same folder gets a one-line error instead of racing."""
+
+    def __init__(self, path: str | Path):
+        self.path, self._fd = Path(path), None
+
+    def __enter__(self) -> "DirLock":
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise SpkidError(f"{self.path}: cannot create folder: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise SpkidError(f"{self.path}: in use by another spkid process; wait for it or choose another "
+                             "folder") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class RunDir:
@@ -93,7 +129,7 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, *, fresh: bool):
-        self.path, self.fresh, self._fd = Path(path), fresh, None
+        self.path, self.fresh, self._lock = Path(path), fresh, None
 
     def __enter__(self) -> "RunDir":
         p = self.path
@@ -107,24 +143,18 @@ class RunDir:
                                  "or choose another --out")
         if not self.fresh and not (p / MARKER).is_file():
             raise SpkidError(f"{p}: not a spkid run folder (no {MARKER}); nothing to resume")
+        self._lock = DirLock(p).__enter__()
         try:
-            p.mkdir(parents=True, exist_ok=True)
             (p / MARKER).touch()
-            self._fd = os.open(p / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
+            self._lock.__exit__()
             raise SpkidError(f"{p}: cannot create run folder: {e.strerror or e}") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise SpkidError(f"{p}: in use by another spkid process; wait for it or choose another --out") from None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)          # releases the lock
-            self._fd = None
+        if self._lock is not None:
+            self._lock.__exit__()       # releases the lock
+            self._lock = None
 
 
 def is_run_dir(path: str | Path) -> bool:

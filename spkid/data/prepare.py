@@ -35,11 +35,12 @@ from tqdm import tqdm
 from spkid.audio.io import AUDIO_EXTENSIONS, load_audio
 from spkid.data.scan import scan
 from spkid.errors import DataError
-from spkid.fileio import atomic_write, write_csv
+from spkid.fileio import DirLock, atomic_write, refuse_overwriting_inputs, write_csv
 from spkid.audio.frontend import logmel
 from spkid.data.hw4 import write_test_index, write_train_index
 
 REPORT_NAME = "prepare_report.txt"
+OUTPUT_NAMES = ("metadata.json", "mapping.json", "testdata.json", "features.csv", "features.json", REPORT_NAME)
 _PATH_HEADERS = {"path", "audio", "file", "filename", "wav"}
 
 
@@ -103,7 +104,16 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input:
     items = _collect(Path(input), None, skipped)
     test_items = _collect(Path(test_input), "test/", skipped) if test_input is not None else []
     _check_disjoint(items, test_items)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = [it.path for it in items + test_items] + [Path(input)] + ([Path(test_input)] if test_input else [])
+    outputs = [out_dir / n for n in OUTPUT_NAMES] + [out_dir / it.feature_path for it in items + test_items]
+    refuse_overwriting_inputs(outputs, sources)
+    with DirLock(out_dir):
+        return _prepare(input, out_dir, items, test_items, test_input, skipped, workers, dtype, min_seconds, features,
+                        progress)
+
+
+def _prepare(input, out_dir: Path, items, test_items, test_input, skipped, workers, dtype, min_seconds, features,
+             progress) -> PrepareReport:
     if features is None:
         from spkid.config import FeatureConfig
         features = FeatureConfig()
@@ -246,13 +256,10 @@ def _resolve(base: Path, p: str) -> Path:
 def _init_worker() -> None:
     # Each worker is one process working on one file at a time: more torch threads would only fight.
     torch.set_num_threads(1)
-    # terminate() from the parent (its own Ctrl-C/SIGTERM) unwinds like Ctrl-C: atomic_write removes its temp file
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides; it terminates us
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    # The parent decides: on its Ctrl-C/SIGTERM it terminates us (default action: die quietly) and, holding the
+    # folder's lock, removes the temp file a worker was writing.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float, features,
@@ -319,6 +326,8 @@ def _run(items: list[_Item], out_dir: Path, dtype: torch.dtype, min_seconds: flo
             w.terminate()
         for w in workers_:
             w.join(10)
+        for tmp in out_dir.glob(".uttr-*.tmp"):      # ours (the folder is locked): a worker stopped mid-write
+            tmp.unlink(missing_ok=True)
         raise
     pool.shutdown()
     return results

@@ -234,7 +234,7 @@ def test_test_input_errors(corpus, tmp_path):
 def test_outputs_are_atomic(corpus, tmp_path, monkeypatch):
     out = tmp_path / "out"
     prepare(corpus.train_dir, out, workers=1, progress=False)
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no temporary files left behind
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".spkid-lock"]   # no temporary files left behind
     before = (out / "metadata.json").read_text()
 
     def dying_dump(*args, **kwargs):
@@ -252,11 +252,11 @@ def test_outputs_are_atomic(corpus, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare(corpus.train_dir, out, workers=1, progress=False)
     assert (out / "metadata.json").read_text() == before               # the old file is intact
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".spkid-lock"]
 
     monkeypatch.undo()
     monkeypatch.setattr(prepare_mod.torch, "save", lambda obj, f: (Path(f).write_bytes(b"partial"), dying_dump()))
     fresh = tmp_path / "fresh"
     with pytest.raises(KeyboardInterrupt):
         prepare(corpus.train_dir, fresh, workers=1, progress=False)
-    assert not list(fresh.glob("uttr-*.pt")) and not [p for p in fresh.iterdir() if p.name.startswith(".")]
+    assert not list(fresh.glob("uttr-*.pt")) and not [p for p in fresh.iterdir() if p.name.startswith(".") and p.name != ".spkid-lock"]

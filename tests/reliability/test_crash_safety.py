@@ -88,7 +88,9 @@ def test_sigkill_then_resume_gives_identical_weights(reference, tmp_path, mode, 
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]            # resume removed the stale temp
 
 
-def test_sigint_saves_checkpoint_exits_130_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_saves_checkpoint_exits_130_and_resume_finishes(tmp_path, sig):
+    """Ctrl-C, and SIGTERM as docker stop or Slurm preemption send it, save a resumable checkpoint."""
     root = make_hw4(tmp_path / "hw4", n_speakers=3, per_speaker=3, n_test=1)["root"]
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "spkid", "train", str(root), "--out", str(run), "--config",
@@ -100,7 +102,7 @@ def test_sigint_saves_checkpoint_exits_130_and_resume_finishes(tmp_path):
         while not (run / "metrics.jsonl").exists():              # first written at step 25: training is under way
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
