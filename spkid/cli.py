@@ -18,14 +18,20 @@ from spkid.errors import SpkidError
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a speaker classifier on an HW4-format directory")
-    p.add_argument("data_dir", help="directory with metadata.json, mapping.json and uttr-*.pt")
+    p = sub.add_parser("train", help="train a speaker classifier on an HW4 directory or on audio")
+    p.add_argument("data_dir", help="HW4 directory (metadata.json, mapping.json, uttr-*.pt), or audio: a folder of "
+                                    "speaker sub-folders or a path,speaker CSV/TSV (then --config audio is the default)")
     p.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, last/best.ckpt)")
     p.add_argument("--config", help="preset name (default, conformer, hw4-sample, hw4-gpu, tiny, demo: "
                                     "spkid/configs/*.toml) or a .toml/.json file")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; the LR schedule follows it")
     p.add_argument("--steps", type=int, help="number of training steps")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.ckpt")
+    p.add_argument("--init", metavar="CKPT", help="fine-tune: start from this trained checkpoint (its model and features; "
+                                                  "a new head for DATA's speakers; default budget 3 minutes)")
+    p.add_argument("--freeze", type=int, default=0, metavar="N",
+                   help="with --init: keep the subsampling and the first N encoder blocks fixed (TDNN: the stem "
+                        "counts as the first)")
     p.add_argument("--stop-after", type=int, default=0, metavar="STEP",
                    help="end this invocation after STEP (checkpoint saved); --resume finishes the schedule")
     p.add_argument("--device", help="auto | cpu | cuda")
@@ -39,6 +45,11 @@ def _add_train(sub) -> None:
                    help="data-parallel training in N local processes (re-runs this command through torchrun; "
                         "one GPU each with CUDA, else CPU/gloo with cores // N threads each)")
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (train.log_tensorboard)")
+    p.add_argument("--noise", metavar="DIR", help="audio training: add noise from these recordings (e.g. MUSAN noise/) "
+                                                  "instead of the built-in synthetic noise")
+    p.add_argument("--rir", metavar="DIR", help="audio training: reverberate with these impulse responses instead of "
+                                                "simulated rooms")
+    p.add_argument("--no-vad", action="store_true", help="audio training: keep silence (no speech detection)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -50,13 +61,67 @@ def _add_predict(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output CSV")
     p.add_argument("--device", default="auto")
     p.add_argument("--window", type=int, help="average over windows of this many frames (default: whole utterance)")
+    _add_inference_options(p, nproc=True)
     p.add_argument("--quiet", action="store_true")
+
+
+def _add_inference_options(p, *, nproc: bool) -> None:
+    """``--runtime``/``--threads`` (and ``--int8``, ``--nproc``) of embed, predict and identify."""
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="torch (eager PyTorch, any device) or onnx (ONNX Runtime on the CPU; the model is exported "
+                        "once and cached beside the checkpoint as CHECKPOINT.onnx)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (0 = the cores not busy with other programs)")
+    if nproc:              # identify has neither: its registry holds float32 embeddings of one process
+        p.add_argument("--int8", action="store_true",
+                       help="with --runtime onnx: dynamic int8 quantisation of the MatMul weights "
+                            "(same public-test accuracy, docs/scaling.md)")
+        p.add_argument("--nproc", type=int, default=0, metavar="N",
+                       help="N processes, each a length-balanced shard of the inputs (one GPU each with CUDA); "
+                            "a re-run after a crash reuses the finished shards")
+
+
+def _inference_args(a) -> dict:
+    """Check the shared inference options; set torch's threads for an in-process torch run."""
+    from spkid.runtime import use_threads
+    if a.threads < 0:
+        raise SpkidError(f"{a.command} --threads {a.threads}: must be >= 0 (0 = the free cores)")
+    if getattr(a, "nproc", 0) < 0:
+        raise SpkidError(f"{a.command} --nproc {a.nproc}: must be >= 0")
+    if getattr(a, "int8", False) and a.runtime != "onnx":
+        raise SpkidError(f"{a.command} --int8: needs --runtime onnx")
+    if a.runtime == "torch" and getattr(a, "nproc", 0) <= 1:
+        use_threads(a.threads)
+    return {"runtime": a.runtime, "threads": a.threads}
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy of a prediction CSV against an answers CSV")
     p.add_argument("answers")
     p.add_argument("predictions")
+
+
+FINETUNE_MINUTES = 3.0            # train --init without --max-minutes/--steps/--config: a short schedule
+
+
+def _finetune_config(a, cfg):
+    """``train --init CKPT [--freeze N]``: the checkpoint's model and features (a --config or override asking for
+    another model is refused), ``train.init``/``train.freeze`` set, a short budget unless one was given."""
+    from spkid.config import apply_overrides
+    from spkid.training.finetune import init_config
+    if not a.init:
+        raise SpkidError(f"train --freeze {a.freeze}: needs --init CHECKPOINT (the trained blocks to keep fixed)")
+    if a.resume:
+        raise SpkidError("train --resume continues the run's own fine-tuning; drop --init/--freeze")
+    if a.freeze < 0:
+        raise SpkidError(f"train --freeze {a.freeze}: must be >= 0")
+    explicit = bool(a.config or a.attention) or any(
+        item.split("=", 1)[0].strip().startswith(("model.", "features.")) for item in a.set)
+    cfg = init_config(cfg, a.init, explicit_model=explicit)
+    sets = [f"train.freeze={a.freeze}"]
+    if a.max_minutes is None and a.steps is None and not a.config:
+        sets.append(f"train.max_minutes={FINETUNE_MINUTES}")
+    return apply_overrides(cfg, sets, "train --init")
 
 
 def _cmd_train(a) -> int:
@@ -71,7 +136,8 @@ def _cmd_train(a) -> int:
     else:
         if last.exists():
             raise SpkidError(f"{last}: run directory already holds a run; use --resume or another --out")
-        cfg = load_config(a.config or "default")
+        from spkid.training.data import looks_like_audio
+        cfg = load_config(a.config or ("audio" if looks_like_audio(a.data_dir) else "default"))
     sets = list(a.set)
     if a.steps is not None:
         sets.append(f"train.steps={a.steps}")
@@ -87,13 +153,19 @@ def _cmd_train(a) -> int:
         sets.append(f"model.attention={a.attention}")
     if a.tensorboard:
         sets.append("train.log_tensorboard=true")
+    if a.noise:
+        sets.append(f"augment.noise_dir={a.noise}")
+    if a.rir:
+        sets.append(f"augment.rir_dir={a.rir}")
     cfg = apply_overrides(cfg, sets)
+    if a.init or a.freeze:
+        cfg = _finetune_config(a, cfg)
     if a.nproc > 1 and "WORLD_SIZE" not in os.environ:  # settings checked above: one error line, not one per rank
         return distributed.launch(a.argv, a.nproc)       # this same command line, once per rank
     if a.nproc > 1:
         distributed.check_nproc(a.nproc)
     r = train(a.data_dir, out, cfg, resume=a.resume, progress=not a.quiet, cache_dir=a.cache,
-              stop_after=a.stop_after)
+              stop_after=a.stop_after, vad=not a.no_vad)
     if r is None:          # a non-zero DDP rank: rank 0 reports
         return 0
     val = "n/a" if r.val_acc is None else f"{r.val_acc:.4f}"
@@ -109,7 +181,8 @@ def _cmd_predict(a) -> int:
     from spkid.scoring.predict import predict
     if len(a.inputs) < 2:
         raise SpkidError("predict: give at least one CHECKPOINT and an INPUT")
-    n = predict(a.inputs[:-1], a.inputs[-1], a.output, device=a.device, window=a.window, progress=not a.quiet)
+    n = predict(a.inputs[:-1], a.inputs[-1], a.output, device=a.device, window=a.window, progress=not a.quiet,
+                quantize=a.int8, nproc=a.nproc, **_inference_args(a))
     print(f"wrote {n} predictions to {a.output}")
     return 0
 
@@ -149,7 +222,8 @@ def _cmd_prepare(a) -> int:
         raise SpkidError(f"prepare --min-seconds {a.min_seconds}: must be >= 0")
     features = apply_overrides(load_config(a.config or "default"), a.set).features
     r = prepare(a.input, a.out_dir, test_input=a.test_input, workers=a.workers, min_seconds=a.min_seconds,
-                dtype=torch.float16 if a.float16 else torch.float32, features=features, progress=not a.quiet)
+                dtype=torch.float16 if a.float16 else torch.float32, features=features, vad=not a.no_vad,
+                progress=not a.quiet)
     print(f"prepared {r.summary()} in {r.out_dir}")
     if r.skipped:
         print(f"spkid: warning: skipped {len(r.skipped)} file(s), reasons in {r.report_path}", file=sys.stderr)
@@ -184,11 +258,13 @@ def _add_embed(sub) -> None:
     p.add_argument("inputs", nargs="+", help="files or folders (.pt and audio)")
     p.add_argument("-o", "--output", required=True, help="output .npz (ids, embeddings) or .pt")
     p.add_argument("--device", default="auto")
+    _add_inference_options(p, nproc=True)
 
 
 def _cmd_embed(a) -> int:
     from spkid.scoring.openset import embed_files
-    n = embed_files(a.checkpoint, a.inputs, a.output, device=a.device)
+    n = embed_files(a.checkpoint, a.inputs, a.output, device=a.device, quantize=a.int8, nproc=a.nproc,
+                    **_inference_args(a))
     print(f"wrote {n} embeddings to {a.output}")
     return 0
 
@@ -199,13 +275,67 @@ def _add_enroll(sub) -> None:
     p.add_argument("name", help="speaker name")
     p.add_argument("files", nargs="+", help="the speaker's utterances (audio or .pt), or folders of them")
     p.add_argument("--checkpoint", help="model that embeds (required for a new registry)")
+    p.add_argument("--on-outlier", choices=["keep", "refuse"], default="keep",
+                   help="a clip far from the speaker's other clips, or with under 1 s of audio: keep it (with a "
+                        "warning, the default) or leave it out")
+    _add_domain_options(p, "also adapt the registry to its domain: a folder of unlabelled clips of it (see adapt)")
     p.add_argument("--device", default="auto")
+
+
+def _add_domain_options(p, folder_help: str) -> None:
+    """``--domain``/``FOLDER`` companions of enroll and adapt: whitening, the AS-norm cohort and its top-n."""
+    if folder_help.startswith("also"):
+        p.add_argument("--domain", metavar="FOLDER", help=folder_help)
+    p.add_argument("--whiten", action="store_true", help="whiten as well as centre (shrunk covariance of the folder)")
+    p.add_argument("--cohort", choices=["folder", "checkpoint", "none"],
+                   help="AS-norm cohort: the folder's clips (default with a folder), the training speakers stored "
+                        "in the checkpoint, or none (default without a folder: the training speakers hurt across "
+                        "domains, docs/openset.md)")
+    p.add_argument("--top-n", type=int, default=50, help="AS-norm: highest cohort scores per side (default 50)")
+
+
+def _print_threshold(state) -> None:
+    """The registry's operating point and where it came from, one line on stderr."""
+    print(f"spkid: {state.describe()}", file=sys.stderr)
 
 
 def _cmd_enroll(a) -> int:
     from spkid.scoring.openset import enroll
-    n, ckpt = enroll(a.registry, a.name, a.files, checkpoint=a.checkpoint, device=a.device)
-    print(f"enrolled {a.name}: {n} utterance(s) in {a.registry} (model {ckpt})")
+    r = enroll(a.registry, a.name, a.files, checkpoint=a.checkpoint, device=a.device, on_outlier=a.on_outlier,
+               domain=a.domain, whiten=a.whiten, cohort=a.cohort, top_n=a.top_n)
+    for flag in r.flags:
+        print(f"spkid: warning: {flag.describe()}", file=sys.stderr)
+    if r.adaptation:
+        print(f"adapted {a.registry}: {r.adaptation}")
+    print(f"enrolled {a.name}: {r.n_utterances} utterance(s) in {a.registry} (model {r.checkpoint})")
+    t = r.threshold
+    if t.clips_needed > 0:
+        print(f"spkid: warning: {t.clips_needed} more enrollment clip(s) needed before the registry estimates its "
+              f"own threshold (at least 2 speakers with 2 clips each, {t.min_clips} clips in all); until then it "
+              f"uses {t.source} on raw cosines, which does not transfer to other recording conditions",
+              file=sys.stderr)
+    print(f"spkid: {t.describe(with_needed=False)}", file=sys.stderr)
+    return 0
+
+
+def _add_adapt(sub) -> None:
+    p = sub.add_parser("adapt", help="adapt a registry to its recording conditions: centre (and AS-norm) its scores "
+                                     "with a folder of unlabelled clips of that domain")
+    p.add_argument("registry")
+    p.add_argument("folder", nargs="?", help="unlabelled clips of the target domain (any speakers; none: back to raw "
+                                             "embeddings, or --cohort checkpoint alone)")
+    _add_domain_options(p, "")
+    p.add_argument("--device", default="auto")
+
+
+def _cmd_adapt(a) -> int:
+    from spkid.scoring.openset import adapt
+    r = adapt(a.registry, a.folder, whiten=a.whiten, cohort=a.cohort, top_n=a.top_n, device=a.device)
+    print(f"adapted {a.registry}: {r.source}")
+    if r.replaced_locked:
+        print(f"spkid: warning: the locked threshold ({r.replaced_locked}) was on other scores and is replaced; run "
+              "eval-verification --registry again to lock a new one", file=sys.stderr)
+    _print_threshold(r.threshold)
     return 0
 
 
@@ -216,6 +346,7 @@ def _add_identify(sub) -> None:
     p.add_argument("-o", "--output", help="CSV file,speaker,score (default: print)")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--device", default="auto")
+    _add_inference_options(p, nproc=False)
 
 
 def _cmd_identify(a) -> int:
@@ -224,7 +355,9 @@ def _cmd_identify(a) -> int:
     from spkid.scoring.openset import identify
     if a.top_k < 1:
         raise SpkidError(f"identify --top-k {a.top_k}: must be >= 1")
-    rows = identify(a.registry, a.files, top_k=a.top_k, device=a.device)
+    rows = identify(a.registry, a.files, top_k=a.top_k, device=a.device, **_inference_args(a))
+    from spkid.scoring.openset import registry_threshold
+    _print_threshold(registry_threshold(a.registry))      # which threshold decided, and where it came from
     if a.output:
         write_csv(a.output, ["file", "speaker", "score"], rows)
         print(f"wrote {len(rows)} rows to {a.output}")
@@ -240,14 +373,22 @@ def _add_verify(sub) -> None:
     p.add_argument("checkpoint")
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: from the checkpoint)")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the registry's, else the "
+                                                     "checkpoint's)")
+    p.add_argument("--registry", help="score through this registry's back end (domain statistics, AS-norm) and use "
+                                      "its threshold and calibration")
+    p.add_argument("--prior", type=float, default=0.5, help="prior probability of 'same speaker' for the calibrated "
+                                                            "probability (default 0.5)")
     p.add_argument("--device", default="auto")
 
 
 def _cmd_verify(a) -> int:
     from spkid.scoring.openset import verify
-    score, same, thr = verify(a.checkpoint, a.a, a.b, threshold=a.threshold, device=a.device)
-    print(f"score {score:.4f} threshold {thr:.4f}: {'same speaker' if same else 'different speakers'}")
+    r = verify(a.checkpoint, a.a, a.b, threshold=a.threshold, device=a.device, registry=a.registry, prior=a.prior)
+    prob = (f", P(same) {r.probability:.3f} at prior {r.prior:g} (calibrated on {r.calibration_source})"
+            if r.probability is not None else "")
+    print(f"score {r.score:.4f} threshold {r.threshold:.4f}{prob}: {'same speaker' if r.same else 'different speakers'}")
+    print(f"spkid: threshold from {r.threshold_source}; scores: {r.scoring}", file=sys.stderr)
     return 0
 
 
@@ -256,7 +397,9 @@ def _add_eval_verification(sub) -> None:
     p.add_argument("checkpoint")
     p.add_argument("data_dir", help="HW4 directory whose speakers the model did not see")
     p.add_argument("--far", type=float, help="pick the threshold at this false-accept rate (default: at EER)")
-    p.add_argument("--registry", help="store the chosen threshold in this registry")
+    p.add_argument("--registry", help="score through this registry's back end and store the chosen threshold and the "
+                                      "calibration in it (locked: later enrolls keep them)")
+    p.add_argument("--prior", type=float, default=0.5, help="target prior of the calibration fit (default 0.5)")
     p.add_argument("--max-nontarget", type=int, default=200000)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -269,16 +412,16 @@ def _cmd_eval_verification(a) -> int:
     if a.max_nontarget < 1:
         raise SpkidError(f"eval-verification --max-nontarget {a.max_nontarget}: must be >= 1")
     r = eval_verification(a.checkpoint, a.data_dir, far=a.far, max_nontarget=a.max_nontarget, device=a.device,
-                          progress=not a.quiet)
+                          progress=not a.quiet, registry=a.registry, prior=a.prior)
     print(f"{r['n_speakers']} unseen speakers, {r['n_utterances']} utterances, {r['n_target']} target / "
-          f"{r['n_nontarget']} non-target trials")
+          f"{r['n_nontarget']} non-target trials; scores: {r['scoring']}")
     print(f"EER {100 * r['eer']:.2f}%  minDCF(p=0.01) {r['min_dcf']:.4f}  threshold {r['threshold']:.4f} "
           f"({r['threshold_source']})")
+    stored = ("" if r["cllr_stored"] is None else
+              f"  Cllr {r['cllr_stored']:.4f} with the stored calibration ({r['stored_calibration_source']})")
+    print(f"Cllr {r['cllr']:.4f} (calibrated on these trials)  minCllr {r['min_cllr']:.4f}{stored}")
     if a.registry:
-        from spkid.scoring.speaker_db import SpeakerDB
-        with SpeakerDB.open(a.registry) as reg:
-            reg.set_threshold(r["threshold"], r["threshold_source"])
-        print(f"stored threshold in {a.registry}")
+        print(f"stored threshold and calibration in {a.registry} (locked: enroll keeps them)")
     return 0
 
 
@@ -329,16 +472,23 @@ COMMANDS = {"train": (_add_train, _cmd_train), "predict": (_add_predict, _cmd_pr
             "evaluate": (_add_evaluate, _cmd_evaluate), "prepare": (_add_prepare, _cmd_prepare),
             "demo": (_add_demo, _cmd_demo), "embed": (_add_embed, _cmd_embed), "enroll": (_add_enroll, _cmd_enroll),
             "identify": (_add_identify, _cmd_identify), "verify": (_add_verify, _cmd_verify),
-            "eval-verification": (_add_eval_verification, _cmd_eval_verification),
+            "eval-verification": (_add_eval_verification, _cmd_eval_verification), "adapt": (_add_adapt, _cmd_adapt),
             "export": (_add_export, _cmd_export), "report": (_add_report, _cmd_report)}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spkid", description="speaker identification toolkit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add, _ in COMMANDS.values():
+    for name, (add, _) in COMMANDS.items():
         add(sub)
+        if name in _AUDIO_COMMANDS:
+            sub.choices[name].add_argument("--no-vad", action="store_true",
+                                           help="audio input: use whole files (no speech detection)")
     return parser
+
+
+# commands that read audio files: Silero VAD keeps only the speech unless --no-vad (train has its own flag)
+_AUDIO_COMMANDS = ("prepare", "predict", "embed", "enroll", "identify", "verify", "adapt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     args = build_parser().parse_args(argv)
     args.argv = argv                  # for commands that re-launch themselves (train --nproc)
+    if args.command in _AUDIO_COMMANDS:
+        from spkid.scoring import model as scoring_model
+        scoring_model.VAD_DEFAULT = not args.no_vad
     previous = _sigterm_as_interrupt()
     try:
         return COMMANDS[args.command][1](args)

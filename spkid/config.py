@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from spkid.audio.augment import WaveAugmentConfig
 from spkid.errors import ConfigError
 
 
@@ -36,6 +37,7 @@ class FeatureConfig:
 
 @dataclass
 class DataConfig:
+    source: str = "features"          # features: an HW4 directory of .pt tensors | audio: speaker folders or a list
     val_per_speaker: int = 2          # whole utterances held out per speaker (stratified, seeded)
     crop_frames: int = 200            # training crop length (frames); shorter utterances are used whole
     crop_min_frames: int = 0          # >0: crop length drawn uniformly from [crop_min_frames, crop_frames] per batch
@@ -43,7 +45,9 @@ class DataConfig:
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(WaveAugmentConfig):
+    """Waveform augmentation of audio training (the fields of ``spkid.audio.augment.WaveAugmentConfig``: noise,
+    rooms, speed, band limits, telephone, codecs) and SpecAugment on features (any input)."""
     spec_time_masks: int = 0          # SpecAugment: number of time masks per training crop
     spec_time_width: int = 20         # ... each up to this many frames
     spec_freq_masks: int = 0          # number of frequency masks per crop
@@ -100,6 +104,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0                  # torch CPU threads (0: leave torch's default)
     log_tensorboard: bool = False     # also write metrics.jsonl's scalars to RUN_DIR/tensorboard (needs tensorboard)
+    init: str = ""                    # fine-tuning: start from this checkpoint (all but the head; spkid train --init)
+    freeze: int = 0                   # fine-tuning: keep the subsampling and the first N encoder blocks fixed
 
 
 @dataclass
@@ -140,7 +146,7 @@ class RunConfig:
         return cfg
 
 
-_CHOICES = {"model.norm": ("global", "cmn", "none"), "model.subsample": (1, 2, 4), "model.pos_enc": ("rope", "none"),
+_CHOICES = {"data.source": ("features", "audio"), "model.norm": ("global", "cmn", "none"), "model.subsample": (1, 2, 4), "model.pos_enc": ("rope", "none"),
             "train.amp": ("none", "bf16", "fp16", "auto")}
 
 
@@ -164,8 +170,15 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
         out.append(("train.margin_warmup", f"model.head={m.head!r} has no margin"))
     if "attention" not in ENCODERS.uses(m.encoder) or m.attention != "adaptive":
         out.append(("train.span_penalty", "only adaptive attention has spans"))
+    if not t.init:
+        out.append(("train.freeze", "train.init is empty (freezing needs a trained checkpoint to start from)"))
     if t.average_last == 0:
         out.append(("train.average_every", "train.average_last is 0 (no weight averaging)"))
+    if cfg.data.source == "features":            # no waveforms: only SpecAugment applies
+        for f in dataclasses.fields(WaveAugmentConfig):
+            out.append((f"augment.{f.name}", "data.source='features' has no waveforms to augment"))
+    elif a.p_speed == 0:
+        out += [("augment.speed_slow", "augment.p_speed is 0"), ("augment.speed_fast", "augment.p_speed is 0")]
     if a.spec_time_masks == 0:
         out.append(("augment.spec_time_width", "augment.spec_time_masks is 0"))
     if a.spec_freq_masks == 0:
@@ -192,6 +205,13 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         if value != default:
             raise ConfigError(f"{source}: {key}={value!r} would be ignored: {why} (leave it at {default!r})")
     m, d, t, fe, i = cfg.model, cfg.data, cfg.train, cfg.features, cfg.infer
+    try:
+        cfg.augment.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    if d.source == "audio" and fe.sample_rate != 16000:
+        raise ConfigError(f"{source}: data.source='audio' decodes and detects speech at 16 kHz; features.sample_rate "
+                          f"must be 16000, got {fe.sample_rate}")
     if m.attention == "full" and m.attention_params:
         raise ConfigError(f"{source}: model.attention_params={m.attention_params} would be ignored: full attention "
                           "has no parameters")
@@ -221,7 +241,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     for key, value in (("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip),
                        ("train.warmup_steps", t.warmup_steps), ("train.max_minutes", t.max_minutes),
                        ("train.val_every", t.val_every), ("train.val_minutes", t.val_minutes),
-                       ("train.threads", t.threads), ("model.margin", m.margin), ("train.span_penalty", t.span_penalty)):
+                       ("train.threads", t.threads), ("model.margin", m.margin), ("train.span_penalty", t.span_penalty),
+                       ("train.freeze", t.freeze)):
         if not 0 <= value < float("inf"):
             raise ConfigError(f"{source}: {key} must be >= 0 and finite, got {value}")
     if i.window < 0 or i.hop < 0 or i.max_frames < 16 or i.batch_frames < 1:

@@ -78,7 +78,7 @@ class _Item:
 
 
 def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input: str | os.PathLike | None = None,
-            workers: int = 0, dtype: torch.dtype = torch.float32, min_seconds: float = 0.1, features=None,
+            workers: int = 0, dtype: torch.dtype = torch.float32, min_seconds: float = 0.1, features=None, vad: bool = True,
             progress: bool = True) -> PrepareReport:
     """Compute log-mel features for every usable file of ``input`` (and ``test_input``) into ``out_dir``.
 
@@ -90,7 +90,8 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input:
         dtype: dtype of the saved tensors (``torch.float32`` or ``torch.float16``).
         min_seconds: files shorter than this are skipped.
         features: the log-mel definition (a ``FeatureConfig``; the HW4 one when None). ``features.json`` in
-            ``out_dir`` records it; a re-run with another definition recomputes every file.
+            ``out_dir`` records it (and ``vad``); a re-run with another definition recomputes every file.
+        vad: keep only the speech Silero VAD detects; a file with less than ``min_seconds`` of speech is skipped.
         progress: show a tqdm bar on stderr.
     Raises ``DataError`` naming the file for a missing input, an input without speaker folders or audio,
     a malformed CSV line, or when no training file at all is usable.
@@ -109,20 +110,20 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, test_input:
     refuse_overwriting_inputs(outputs, sources)
     with DirLock(out_dir):
         return _prepare(input, out_dir, items, test_items, test_input, skipped, workers, dtype, min_seconds, features,
-                        progress)
+                        progress, vad)
 
 
 def _prepare(input, out_dir: Path, items, test_items, test_input, skipped, workers, dtype, min_seconds, features,
-             progress) -> PrepareReport:
+             progress, vad) -> PrepareReport:
     if features is None:
         from spkid.config import FeatureConfig
         features = FeatureConfig()
-    definition = json.dumps(dataclasses.asdict(features), sort_keys=True)
+    definition = json.dumps({**dataclasses.asdict(features), "vad": vad}, sort_keys=True)
     def_path = out_dir / "features.json"
     reuse = def_path.is_file() and def_path.read_text().strip() == definition
     _write_text(def_path, definition + "\n")
 
-    results = _run(items + test_items, out_dir, dtype, min_seconds, workers, progress, features, reuse)
+    results = _run(items + test_items, out_dir, dtype, min_seconds, workers, progress, features, reuse, vad)
     report = PrepareReport(out_dir=out_dir, report_path=out_dir / REPORT_NAME, skipped=skipped)
     speakers: dict[str, list[tuple[str, int]]] = {}
     test_utts: list[tuple[str, int]] = []
@@ -263,7 +264,7 @@ def _init_worker() -> None:
 
 
 def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float, features,
-             reuse: bool) -> tuple[str, int | str]:
+             reuse: bool, vad: bool) -> tuple[str, int | str]:
     """One file -> ``("computed"|"reused", mel_len)`` or ``("skipped", reason)``."""
     existing = _load_existing(out, path, dtype, features.n_mels) if reuse else None
     if existing is not None:
@@ -277,6 +278,12 @@ def _process(path: Path, out: Path, dtype: torch.dtype, min_seconds: float, feat
         return "skipped", "too large to decode in memory"
     if wav.shape[0] < min_seconds * sr:
         return "skipped", f"too short ({wav.shape[0] / sr:.3f} s < {min_seconds:g} s)"
+    if vad and sr == 16000:                                                   # Silero runs at 16 kHz
+        from spkid.audio.vad import keep_speech
+        speech, seconds = keep_speech(wav)
+        if seconds < max(min_seconds, 0.1):
+            return "skipped", f"only {seconds:.2f} s of speech found (--no-vad keeps whole files)"
+        wav = speech
     feats = logmel(wav, features).to(dtype).clone()                          # (S,) -> (T, F), own storage
     atomic_write(out, lambda tmp: torch.save(feats, tmp), fsync=False)
     return "computed", int(feats.shape[0])
@@ -299,12 +306,12 @@ def _load_existing(out: Path, src: Path, dtype: torch.dtype, n_mels: int) -> int
 
 
 def _run(items: list[_Item], out_dir: Path, dtype: torch.dtype, min_seconds: float, workers: int,
-         progress: bool, features, reuse: bool) -> list[tuple[str, int | str]]:
+         progress: bool, features, reuse: bool, vad: bool) -> list[tuple[str, int | str]]:
     n_workers = min(workers or os.cpu_count() or 1, max(len(items), 1))
     results: list[tuple[str, int | str]] = [("skipped", "not processed")] * len(items)
     if n_workers <= 1:
         for i, it in enumerate(tqdm(items, desc="prepare", unit="file", disable=not progress)):
-            results[i] = _process(it.path, out_dir / it.feature_path, dtype, min_seconds, features, reuse)
+            results[i] = _process(it.path, out_dir / it.feature_path, dtype, min_seconds, features, reuse, vad)
         return results
     # fork (where it exists) starts workers without re-importing torch, which costs seconds per worker;
     # as in torch's DataLoader, the forked workers run torch single-threaded, so the parent's thread
@@ -313,7 +320,7 @@ def _run(items: list[_Item], out_dir: Path, dtype: torch.dtype, min_seconds: flo
     ctx = multiprocessing.get_context(method)
     pool = cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker)
     try:
-        futures = {pool.submit(_process, it.path, out_dir / it.feature_path, dtype, min_seconds, features, reuse): i
+        futures = {pool.submit(_process, it.path, out_dir / it.feature_path, dtype, min_seconds, features, reuse, vad): i
                    for i, it in enumerate(items)}
         with tqdm(total=len(items), desc="prepare", unit="file", disable=not progress) as bar:
             for fut in cf.as_completed(futures):

@@ -79,7 +79,7 @@ def evaluate_test(model, test_dir: str | Path, answers: str | Path | None, *, pr
                             f"(e.g. {unknown[0]!r}); closed-set scoring needs training speakers")
         true = np.array([index[ans[i]] for i in ids], dtype=np.int64)
     emb = _embed(model, fs.feats)
-    probs = class_scores(model.net, emb, model.device)
+    probs = class_scores(model.net, emb, model.device, len(model.speakers))
     fe = model.cfg.features
     return TestEval(ids, list(model.speakers), np.array([f.shape[0] for f in fs.feats], dtype=np.int64),
                     fe.hop / fe.sample_rate, F.normalize(emb, dim=-1).numpy(), probs.numpy(), true)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import spkid.runtime  # noqa: F401  first: spkid/__init__ imports this module, runtime sets OMP_WAIT_POLICY before torch
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,16 +36,18 @@ def _windows(t: int, window: int, hop: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def embed_features(net: SpeakerNet, feats: Sequence[torch.Tensor], cfg: InferConfig,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
+                   device: torch.device | str = "cpu", *, runner=None) -> torch.Tensor:
     """Per-utterance embeddings ``(N, E)`` (not normalised) for features ``[(T_i, F)]``.
 
     Whole utterances unless ``cfg.window > 0`` or ``T_i > cfg.max_frames``; then the mean over windows.
+    ``runner(x (B, T, F), lengths (B,)) -> (B, E)`` replaces ``net.embed`` for each batch (ONNX Runtime:
+    ``spkid.scoring.onnx_runtime.OrtEmbedder``); batching and windowing stay the same.
     """
     with flush_denormal():
-        return _embed(net, feats, cfg, device)
+        return _embed(net, feats, cfg, device, runner)
 
 
-def _embed(net, feats, cfg: InferConfig, device) -> torch.Tensor:
+def _embed(net, feats, cfg: InferConfig, device, runner=None) -> torch.Tensor:
     was_training = net.training
     net.eval()
     segs, owner = [], []
@@ -61,7 +64,7 @@ def _embed(net, feats, cfg: InferConfig, device) -> torch.Tensor:
     out = torch.zeros(len(segs), net.embed_dim)
     for idx in length_buckets([s.shape[0] for s in segs], cfg.batch_frames):
         x, lengths = pad_batch([segs[i] for i in idx])
-        out[idx] = net.embed(x.to(device), lengths.to(device)).float().cpu()
+        out[idx] = (runner or net.embed)(x.to(device), lengths.to(device)).float().cpu()
     owner_t = torch.tensor(owner)
     emb = torch.zeros(len(feats), net.embed_dim).index_add_(0, owner_t, out)
     emb /= torch.bincount(owner_t, minlength=len(feats)).clamp(min=1)[:, None]
@@ -70,13 +73,20 @@ def _embed(net, feats, cfg: InferConfig, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def class_scores(net: SpeakerNet, emb: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Embeddings ``(N, E)`` -> class probabilities ``(N, n_speakers)``."""
+def class_scores(net: SpeakerNet, emb: torch.Tensor, device: torch.device | str = "cpu",
+                 n_speakers: int | None = None) -> torch.Tensor:
+    """Embeddings ``(N, E)`` -> class probabilities ``(N, n_speakers)`` over the first ``n_speakers`` classes (the
+    real speakers; speed-perturbed copies trained as extra classes are left out)."""
     was_training = net.training
     net.eval()
-    probs = torch.softmax(net.classify(emb.to(device)).float(), dim=-1).cpu()
+    logits = net.classify(emb.to(device)).float()
+    probs = torch.softmax(logits[:, :n_speakers] if n_speakers else logits, dim=-1).cpu()
     net.train(was_training)
     return probs
+
+
+VAD_DEFAULT = True      # speech detection on audio files; the CLI's --no-vad turns it off for the whole command
+MIN_SPEECH_S = 0.25     # seconds of detected speech an audio file must have
 
 
 class Model:
@@ -84,19 +94,37 @@ class Model:
 
     Inputs (``inputs`` below) are a sequence of items, each a path (``.pt`` features or an audio file), a
     ``(T, n_mels)`` feature array/tensor, or a 1-D waveform array/tensor at the model's ``features.sample_rate`` (16 kHz by default).
+
+    ``runtime="onnx"`` runs the network through ONNX Runtime on the CPU (``spkid.scoring.onnx_runtime``: exported
+    once, cached beside the checkpoint; ``quantize=True``: dynamic int8 weights) with ``threads`` intra-op threads
+    (0: the free cores); ``"torch"`` (default) runs it eagerly on ``device``.
     """
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+    def __init__(self, path: str | Path, device: str = "auto", *, runtime: str = "torch", threads: int = 0,
+                 quantize: bool = False, vad: bool | None = None):
+        from spkid.scoring.onnx_runtime import check_runtime
         self.path = Path(path)
+        self.runtime = check_runtime(runtime)
+        self.quantize = quantize
+        if quantize and runtime != "onnx":
+            raise SpkidError("int8 quantisation needs runtime onnx")
         ckpt = load_checkpoint(self.path)
         self.cfg: RunConfig = checkpoint_config(ckpt, self.path)
         self.speakers: list[str] = list(ckpt["speakers"])
-        self.device = resolve_device(device)
-        self.net = build_checked(self.cfg, len(self.speakers), ckpt["model"], self.path)
+        if runtime == "onnx" and device not in ("auto", "cpu"):
+            raise SpkidError(f"--runtime onnx runs on the CPU, not {device!r}; use --runtime torch for a GPU")
+        self.device = resolve_device("cpu" if runtime == "onnx" else device)
+        n_classes = int(ckpt.get("n_classes", len(self.speakers)))
+        self.net = build_checked(self.cfg, n_classes, ckpt["model"], self.path)
         self.net.to(self.device).eval()
         self.model_id = model_fingerprint(ckpt["model"])
         # EER threshold on the run's validation trials (training speakers), when the run validated
         self.val_eer_threshold: float | None = ckpt.get("val_eer_threshold")
+        self.vad = VAD_DEFAULT if vad is None else vad   # audio files: keep only the detected speech
+        self.runner = None                     # the batch function replacing net.embed (ONNX Runtime), or None
+        if runtime == "onnx":
+            from spkid.scoring.onnx_runtime import OrtEmbedder, ensure_onnx
+            self.runner = OrtEmbedder(ensure_onnx(self.path, self.model_id, quantize=quantize), threads)
 
     # -- inputs ---------------------------------------------------------------------------------------------
     def features(self, inputs) -> list[torch.Tensor]:
@@ -112,7 +140,15 @@ class Model:
             if path.suffix == ".pt":
                 return load_tensor(path, n_mels)
             from spkid.audio.io import load_audio
-            return self._logmel(load_audio(path, self.cfg.features.sample_rate), str(path))
+            wav = load_audio(path, self.cfg.features.sample_rate)
+            if self.vad and self.cfg.features.sample_rate == 16000:       # Silero runs at 16 kHz
+                from spkid.audio.vad import keep_speech
+                speech, seconds = keep_speech(wav)
+                if seconds < MIN_SPEECH_S:
+                    raise DataError(f"{path}: only {seconds:.2f} s of speech found (need {MIN_SPEECH_S} s); "
+                                    "--no-vad uses the whole file")
+                wav = speech
+            return self._logmel(wav, str(path))
         x = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item).float()
         if x.dim() == 2 and x.shape[1] == n_mels and x.shape[0] >= 1:
             if not torch.isfinite(x).all():
@@ -129,15 +165,17 @@ class Model:
         return logmel(wav.float(), self.cfg.features)
 
     # -- outputs --------------------------------------------------------------------------------------------
+    def embed_raw(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Embeddings ``(N, E)``, not normalised, of features ``[(T_i, n_mels)]`` through this model's runtime."""
+        return embed_features(self.net, feats, self.cfg.infer, self.device, runner=self.runner)
+
     def embed(self, inputs) -> torch.Tensor:
         """L2-normalised embeddings ``(N, E)``."""
-        emb = embed_features(self.net, self.features(inputs), self.cfg.infer, self.device)
-        return F.normalize(emb, dim=-1)
+        return F.normalize(self.embed_raw(self.features(inputs)), dim=-1)
 
     def scores(self, inputs) -> torch.Tensor:
         """Class probabilities ``(N, n_speakers)``, columns in ``self.speakers`` order."""
-        return class_scores(self.net, embed_features(self.net, self.features(inputs), self.cfg.infer, self.device),
-                            self.device)
+        return class_scores(self.net, self.embed_raw(self.features(inputs)), self.device, len(self.speakers))
 
     def predict(self, inputs) -> list[str]:
         """The most likely training speaker for each input."""
@@ -149,9 +187,11 @@ class Model:
         return float(e[0] @ e[1])
 
 
-def load(checkpoint: str | Path, device: str = "auto") -> Model:
-    """Load a checkpoint for inference: ``m = spkid.load("runs/a/best.ckpt"); m.predict(["x.wav"])``."""
-    return Model(checkpoint, device)
+def load(checkpoint: str | Path, device: str = "auto", *, runtime: str = "torch", threads: int = 0,
+         quantize: bool = False) -> Model:
+    """Load a checkpoint for inference: ``m = spkid.load("runs/a/best.ckpt"); m.predict(["x.wav"])``;
+    ``spkid.load(path, runtime="onnx")`` runs it through ONNX Runtime on the CPU."""
+    return Model(checkpoint, device, runtime=runtime, threads=threads, quantize=quantize)
 
 
 def ensemble_scores(models: Sequence[Model], feats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -162,6 +202,6 @@ def ensemble_scores(models: Sequence[Model], feats: Sequence[torch.Tensor]) -> t
             raise SpkidError(f"{m.path}: speaker list differs from {first.path}; cannot ensemble")
     total = None
     for m in models:
-        p = class_scores(m.net, embed_features(m.net, feats, m.cfg.infer, m.device), m.device)
+        p = class_scores(m.net, m.embed_raw(feats), m.device, len(m.speakers))
         total = p if total is None else total + p
     return total / len(models)

@@ -3,9 +3,12 @@
 Keys: ``spkid`` (format version), ``config`` (resolved RunConfig as a dict, features included), ``speakers``
 (names by class id), ``model`` (state dict), ``optimizer``, ``average`` (state of the weight average, or None),
 ``step``, ``elapsed`` (training seconds so far), ``rng`` (torch CPU/CUDA and Python generator states) and
-``rng_ranks`` (one per DDP rank, when several), ``best_val``, ``val_acc``, ``val_eer``, ``val_eer_threshold``
+``rng_ranks`` (one per DDP rank, when several), ``n_classes`` (head size: more than the speakers with speed
+perturbation, whose extra classes inference ignores), ``best_val``, ``val_acc``, ``val_eer``, ``val_eer_threshold``
 (after a validation), ``device``, ``amp`` (the precision that ran), ``data_fingerprint`` (speakers and index of
-the training data). Inference needs only ``spkid``, ``config``, ``speakers`` and ``model``.
+the training data), and in a finished run's checkpoints ``cohort`` (training speakers' mean embeddings with the
+source ``DomainStats``) and ``calibration`` (score -> LLR on validation pairs; ``spkid.training.cohort``).
+Inference needs only ``spkid``, ``config``, ``speakers`` and ``model``.
 """
 from __future__ import annotations
 
@@ -144,7 +147,7 @@ def training_state(cfg: RunConfig, speakers: list[str], model, opt, avg, *, step
     return {"config": cfg.to_dict(), "speakers": list(speakers), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "average": avg.state_dict() if avg is not None else None,
             "step": step, "elapsed": elapsed, "rng": rng_state(), "best_val": best_val, **val,
-            "device": str(device), "amp": amp, "data_fingerprint": data_fingerprint(speakers, data.utts),
+            "device": str(device), "amp": amp, "data_fingerprint": data.fingerprint, "n_classes": data.n_classes,
             **({"rng_ranks": rng_ranks} if rng_ranks and len(rng_ranks) > 1 else {})}
 
 

@@ -1,6 +1,7 @@
 """``spkid train``: the training loop (read it top to bottom, as nanoGPT's ``train.py``).
 
-One batch travels: ``CropSampler.batch(step)`` (``spkid.data.sampler``) -> ``SpeakerNet(x, lengths, labels)``
+One batch travels: ``sampler.batch(step)`` (``spkid.data.sampler.CropSampler`` for features, ``AudioCropSampler``
+for audio; chosen in ``data.py``) -> ``SpeakerNet(x, lengths, labels)``
 (``spkid.models.speaker_net``) -> logits -> cross-entropy here. Schedules live in ``schedules.py``, validation
 in ``validation.py``, the checkpoint dict in ``checkpoint.py``, DDP glue in ``distributed.py``.
 """
@@ -18,15 +19,16 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from spkid.config import RunConfig
-from spkid.data.features import load_train_features
-from spkid.data.sampler import CropSampler, split_per_speaker
 from spkid.errors import ConfigError, SpkidError
 from spkid.fileio import RunDir, atomic_write
 from spkid.models import build_model
 from spkid.runtime import flush_denormal, resolve_amp, resolve_device
 from spkid.training import distributed as dist
-from spkid.training.checkpoint import (data_fingerprint, load_resume_state, load_weights, rng_state, save_checkpoint, set_rng_state,
+from spkid.training.checkpoint import (load_resume_state, load_weights, rng_state, save_checkpoint, set_rng_state,
                                        training_state)
+from spkid.training.cohort import finish_checkpoints
+from spkid.training.data import load_train_data
+from spkid.training.finetune import freeze, load_init, train_mode
 from spkid.training.schedules import Schedule
 from spkid.training.validation import validate
 
@@ -49,8 +51,11 @@ class TrainingDiverged(SpkidError):
 
 
 def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: bool = False,
-          progress: bool = True, cache_dir: str | Path | None = None, stop_after: int = 0) -> TrainResult | None:
-    """Train on an HW4-format directory; writes ``config.json``, ``metrics.jsonl``, ``last.ckpt``, ``best.ckpt``.
+          progress: bool = True, cache_dir: str | Path | None = None, stop_after: int = 0,
+          vad: bool = True) -> TrainResult | None:
+    """Train on an HW4 directory (``data.source = "features"``) or on audio (``"audio"``: speaker folders or a
+    ``path,speaker`` list; ``vad`` keeps only detected speech); writes ``config.json``, ``metrics.jsonl``,
+    ``last.ckpt``, ``best.ckpt``.
 
     ``stop_after > 0`` ends this invocation after that step (checkpoint saved, schedule unchanged), for
     sessions shorter than the run; ``resume=True`` continues from ``last.ckpt``. Returns None on DDP ranks > 0.
@@ -60,11 +65,11 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
         if int(os.environ.get("RANK", "0")) == 0:     # rank 0 owns the folder: a fresh run needs an empty one
             stack.enter_context(RunDir(out_dir, fresh=not resume))
         return _train(Path(data_dir), out_dir, cfg, resume=resume, progress=progress, cache_dir=cache_dir,
-                      stop_after=stop_after)
+                      stop_after=stop_after, vad=vad)
 
 
 def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progress: bool, cache_dir,
-           stop_after: int) -> TrainResult | None:
+           stop_after: int, vad: bool) -> TrainResult | None:
     t = cfg.train
     # -- system --------------------------------------------------------------------------------------------------
     device = resolve_device(t.device)
@@ -81,26 +86,22 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
     torch.manual_seed(t.seed)
 
     # -- data ----------------------------------------------------------------------------------------------------
-    data = load_train_features(data_dir, cfg.features.n_mels, progress=progress and main, cache_dir=cache_dir)
+    data = load_train_data(data_dir, cfg, rank=rank, progress=progress and main, cache_dir=cache_dir, vad=vad)
     if ckpt is not None and list(ckpt["speakers"]) != data.speakers:
         raise SpkidError(f"{out_dir / 'last.ckpt'}: the run was trained on other speakers than {data_dir} "
                          f"({len(ckpt['speakers'])} vs {len(data.speakers)} names, or another order); "
                          "resume with the run's own data directory")
-    if ckpt is not None and ckpt.get("data_fingerprint") != data_fingerprint(data.speakers, data.utts):
+    if ckpt is not None and ckpt.get("data_fingerprint") != data.fingerprint:
         raise SpkidError(f"{out_dir / 'last.ckpt'}: {data_dir} is not the data the run was trained on (its "
                          "utterance list differs); resume with the run's own data directory")
-    train_idx, val_idx = split_per_speaker(data.utts, cfg.data.val_per_speaker, t.seed)
-    spk_id = {s: i for i, s in enumerate(data.speakers)}
-    labels = [spk_id[u.speaker] for u in data.utts]
-    train_feats = [data.feats[i] for i in train_idx]
-    val_feats, val_labels = [data.feats[i] for i in val_idx], [labels[i] for i in val_idx]
-    sampler = CropSampler(train_feats, [labels[i] for i in train_idx], batch_size=cfg.data.batch_size,
-                          crop_frames=cfg.data.crop_frames, crop_min_frames=cfg.data.crop_min_frames,
-                          seed=t.seed, rank=rank)
+    sampler, val_feats, val_labels = data.sampler, data.val_feats, data.val_labels
 
     # -- model, optimiser, weight average -------------------------------------------------------------------------
-    model = build_model(cfg, len(data.speakers))
-    model.set_input_stats(*feature_stats(train_feats))
+    model = build_model(cfg, data.n_classes)
+    model.set_input_stats(*data.stats)
+    if t.init and ckpt is None:                       # fine-tuning: every weight but the head from a trained model
+        load_init(model, cfg)
+    frozen = freeze(model, t.freeze)                  # [] unless train.freeze: these stay fixed and in eval mode
     model.to(device)
     if world > 1:       # each rank its own dropout/SpecAugment stream (the weights are rank 0's: DDP broadcasts them)
         torch.manual_seed(t.seed * 1_000_003 + rank)
@@ -130,7 +131,7 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
         nonlocal val, best_val
         if not val_feats:
             return
-        val = validate(model, val_feats, val_labels, cfg.infer, device)
+        val = validate(model, val_feats, val_labels, cfg.infer, device, n_speakers=len(data.speakers))
         log.write(step=step, elapsed=round(elapsed, 2), **val)
         if best_val is None or val["val_acc"] > best_val:
             best_val = val["val_acc"]
@@ -152,7 +153,7 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
     bar = tqdm(total=t.steps if sched.budget_s <= 0 else None, initial=step, disable=not (progress and main),
                desc="train", unit="step", dynamic_ncols=True)
     interrupted, last_val_time, run_loss, run_acc = False, elapsed, 0.0, 0.0
-    model.train()
+    train_mode(model, frozen)
     start = time.perf_counter() - elapsed
     try:
         while True:
@@ -197,7 +198,7 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
                 t.val_minutes > 0 and elapsed - last_val_time >= t.val_minutes * 60)
             if main and due_val:
                 run_validation()
-                model.train()
+                train_mode(model, frozen)
             if due_val:
                 last_val_time = elapsed       # on every rank: due_val must agree, or the barriers below mismatch
             if step % t.ckpt_every == 0:
@@ -218,7 +219,9 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
             if avg is not None and finished and int(avg.n_averaged) > 0:
                 model.load_state_dict(avg.module.state_dict())   # the final model is the average of the last snapshots
             run_validation()
-        save_checkpoint(out_dir / "last.ckpt", snapshot(rng_ranks))
+        # a finished run's checkpoints carry the training-speaker cohort and a calibration (spkid.training.cohort)
+        extras = finish_checkpoints(model, data, cfg, device, out_dir / "best.ckpt") if finished else {}
+        save_checkpoint(out_dir / "last.ckpt", {**snapshot(rng_ranks), **extras})
     log.close()
     dist.barrier_if(True)
     dist.teardown()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -15,7 +16,11 @@ import torch
 
 from spkid.audio.io import load_audio
 from spkid.data import prepare as prepare_mod
-from spkid.data.prepare import PrepareReport, prepare
+from spkid.data.prepare import PrepareReport
+from spkid.data.prepare import prepare as prepare_with_vad
+
+# These tests are about formats, keys, reuse and atomicity: whole files (speech detection has its own test below).
+prepare = functools.partial(prepare_with_vad, vad=False)
 from spkid.errors import DataError
 from spkid.audio.frontend import logmel
 from spkid.audio.synth import synth_corpus
@@ -260,3 +265,17 @@ def test_outputs_are_atomic(corpus, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare(corpus.train_dir, fresh, workers=1, progress=False)
     assert not list(fresh.glob("uttr-*.pt")) and not [p for p in fresh.iterdir() if p.name.startswith(".") and p.name != ".spkid-lock"]
+
+
+def test_speech_detection_trims_silence_and_skips_files_without_speech(tmp_path):
+    from spkid.audio.synth import make_voice, synth_utterance
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in" / "spk"
+    src.mkdir(parents=True)
+    speech = synth_utterance(make_voice(rng), rng, 16000, 1.5)
+    sf.write(src / "padded.wav", np.concatenate([np.zeros(32000), speech, np.zeros(32000)]), 16000)
+    sf.write(src / "silence.wav", np.zeros(32000), 16000)
+    r = prepare_with_vad(tmp_path / "in", tmp_path / "out", workers=1, progress=False)
+    assert [k for k, _ in r.skipped] == ["spk/silence.wav"] and "s of speech found" in r.skipped[0][1]
+    (only,) = json.loads((tmp_path / "out" / "metadata.json").read_text())["speakers"]["spk"]
+    assert only["mel_len"] < 1.5 * 100 + 60            # 4 s of silence padding mostly gone (1.5 s of speech)

@@ -86,9 +86,10 @@ def _edit_json(path: Path, fn) -> None:
 
 
 def _voice(sr: int, seconds: float = 0.5, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Speech-like audio (a synthetic talker: glottal source, formants, phones), which speech detection keeps."""
+    from spkid.audio.synth import make_voice, synth_utterance
     rng = np.random.default_rng(seed)
-    t = np.arange(int(sr * seconds)) / sr
-    x = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(t.size)
+    x = synth_utterance(make_voice(rng), rng, sr, max(seconds, 0.6))[: max(1, int(sr * seconds))].astype(np.float64)
     return np.stack([x, 0.5 * x], axis=1) if channels == 2 else x
 
 

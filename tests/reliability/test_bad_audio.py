@@ -21,20 +21,47 @@ def _odd_but_valid_audio(folder: Path) -> list[str]:
 
 
 def test_silent_stereo_8k_44k_float_and_very_short_audio_predict_and_embed(model, tmp_path, capsys):
-    names = _odd_but_valid_audio(tmp_path / "audio")
-    rc, _, err = _cli(capsys, "predict", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "p.csv", "--quiet")
+    names = _odd_but_valid_audio(tmp_path / "audio")          # silent and 1-sample files: whole files (--no-vad)
+    rc, _, err = _cli(capsys, "predict", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "p.csv", "--quiet",
+                      "--no-vad")
     assert rc == 0, err
     rows = list(csv.reader(open(tmp_path / "p.csv")))
     assert rows[0] == ["Id", "Category"] and sorted(r[0] for r in rows[1:]) == names
     assert all(r[1] in model["speakers"] for r in rows[1:])
-    rc, _, err = _cli(capsys, "embed", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "e.npz")
+    rc, _, err = _cli(capsys, "embed", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "e.npz", "--no-vad")
     assert rc == 0, err
     z = np.load(tmp_path / "e.npz")
     assert sorted(z["ids"].tolist()) == names
     assert np.isfinite(z["embeddings"]).all() and np.allclose(np.linalg.norm(z["embeddings"], axis=1), 1, atol=1e-5)
     rc, out, err = _cli(capsys, "enroll", tmp_path / "reg.db", "odd", tmp_path / "audio", "--checkpoint",
-                        model["ckpt"])
+                        model["ckpt"], "--no-vad")
     assert rc == 0 and f"enrolled odd: {len(names)} utterance(s)" in out, err
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "enroll"])
+def test_with_speech_detection_a_file_without_speech_is_a_one_line_error(model, tmp_path, capsys, command):
+    quiet = tmp_path / "in" / "quiet.wav"
+    quiet.parent.mkdir()
+    sf.write(quiet, 0.01 * np.random.default_rng(0).standard_normal(16000 * 2), 16000)   # 2 s of faint hiss
+    args = {"predict": ["predict", model["ckpt"], quiet.parent, "-o", tmp_path / "p.csv"],
+            "embed": ["embed", model["ckpt"], quiet.parent, "-o", tmp_path / "e.npz"],
+            "enroll": ["enroll", tmp_path / "r.db", "x", quiet, "--checkpoint", model["ckpt"]]}[command]
+    rc, _, err = _cli(capsys, *args)
+    _one_line_error(rc, err, "quiet.wav", "s of speech found", "--no-vad")
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "e.npz").exists() and not (tmp_path / "r.db").exists()
+
+
+def test_speech_detection_removes_silence_padding(model, tmp_path):
+    import spkid
+    m = spkid.load(model["ckpt"], "cpu")
+    speech = _voice(16000, seconds=1.5, seed=3)
+    padded = np.concatenate([np.zeros(32000), speech[:12000], np.zeros(16000), speech[12000:], np.zeros(32000)])
+    sf.write(tmp_path / "s.wav", speech, 16000)
+    sf.write(tmp_path / "p.wav", padded, 16000)
+    f_speech, f_padded = m.features([tmp_path / "s.wav", tmp_path / "p.wav"])
+    assert abs(f_padded.shape[0] - f_speech.shape[0]) < 0.4 * f_speech.shape[0]     # 5 s of silence mostly gone
+    m.vad = False
+    assert m.features([tmp_path / "p.wav"])[0].shape[0] > 4 * f_speech.shape[0]
 
 
 def test_valid_audio_in_a_real_process_leaves_stderr_empty(model, tmp_path):
@@ -94,7 +121,8 @@ def test_predict_folder_with_one_broken_file_fails_whole(model, tmp_path, capsys
     """A Kaggle CSV needs every row: predict names the bad file instead of silently dropping it."""
     _odd_but_valid_audio(tmp_path / "audio")
     (tmp_path / "audio" / "zz_bad.wav").write_text("nope")
-    rc, _, err = _cli(capsys, "predict", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "p.csv", "--quiet")
+    rc, _, err = _cli(capsys, "predict", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "p.csv", "--quiet",
+                      "--no-vad")
     _one_line_error(rc, err, f"{tmp_path / 'audio' / 'zz_bad.wav'}: not readable as audio")
     assert not (tmp_path / "p.csv").exists()
 
@@ -108,7 +136,7 @@ def test_prepare_skips_bad_audio_processes_the_rest_and_warns(tmp_path, capsys):
         _broken_audio(tmp_path / "in" / "spk01", case).rename(tmp_path / "in" / "spk01" / f"{case}.wav")
     sf.write(tmp_path / "in" / "spk01" / "ok.wav", _voice(16000), 16000)
     out = tmp_path / "out"
-    rc, stdout, err = _cli(capsys, "prepare", tmp_path / "in", out, "--workers", "1", "--quiet")
+    rc, stdout, err = _cli(capsys, "prepare", tmp_path / "in", out, "--workers", "1", "--quiet", "--no-vad")
     assert rc == 2 and "4 skipped" in stdout
     assert err.strip().splitlines() == [f"spkid: warning: skipped 4 file(s), reasons in {out / 'prepare_report.txt'}"]
     report = (out / "prepare_report.txt").read_text()

@@ -1,0 +1,130 @@
+"""Speech detection (spkid.audio.vad): silence around and inside speech is removed, speech is kept, noise and
+silence alone give ~0 s; the segment rules on hand-made probabilities; config errors."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED
+from spkid.audio.synth import make_voice, synth_utterance
+from spkid.audio.vad import (FRAME, VadConfig, _session, keep_speech, segments_from_probs, speech_probs,
+                             speech_segments)
+from spkid.errors import ConfigError
+
+SR = 16000
+AUDIO = SHARED / "data" / "speechocean762-audio"
+needs_audio = pytest.mark.skipif(not AUDIO.is_dir(), reason="../shared/data/speechocean762-audio not present")
+
+
+def _synthetic_speech(seed: int, seconds: float = 2.5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return synth_utterance(make_voice(rng), rng, SR, seconds).astype(np.float32)
+
+
+def _padded(speech: np.ndarray, seed: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """2 s silence, speech, 1 s silence, speech, 2 s silence (a -70 dB noise floor, as in a quiet room).
+    Returns the signal and the two speech spans in samples."""
+    rng = np.random.default_rng(seed)
+    floor = lambda n: (rng.standard_normal(n) * 3e-4).astype(np.float32)   # noqa: E731
+    parts = [floor(2 * SR), speech, floor(SR), speech, floor(2 * SR)]
+    a = 2 * SR
+    spans = [(a, a + len(speech)), (a + len(speech) + SR, a + 2 * len(speech) + SR)]
+    return np.concatenate(parts), spans
+
+
+def _check_silence_removed(speech: np.ndarray, seed: int, cfg: VadConfig) -> None:
+    x, spans = _padded(speech, seed)
+    segs = speech_segments(x, cfg)
+    assert segs, "no speech found"
+    pad = cfg.pad_ms * SR // 1000
+    slack = pad + 3 * FRAME                               # padding plus ~0.1 s of detector latency at the edges
+    covered = np.zeros(len(x), dtype=bool)
+    for s, e in segs:
+        covered[s:e] = True
+    # silence well away from speech is gone: the first 2 s, the last 2 s and the middle second, minus slack
+    assert not covered[: spans[0][0] - slack].any()
+    assert not covered[spans[1][1] + slack:].any()
+    assert not covered[spans[0][1] + slack: spans[1][0] - slack].any()
+    # the speech is kept: what the detector finds in the speech alone is covered in the padded signal too
+    alone = speech_segments(speech, cfg)
+    kept_alone = sum(e - s for s, e in alone)
+    for off in (spans[0][0], spans[1][0]):
+        inside = sum(covered[off + s: off + e].sum() for s, e in alone)
+        assert inside >= 0.95 * kept_alone
+    y, seconds = keep_speech(torch.from_numpy(x), cfg)
+    assert y.shape == (sum(e - s for s, e in segs),) and seconds == pytest.approx(y.shape[0] / SR)
+    assert seconds <= 2 * len(speech) / SR + 4 * slack / SR             # at most the speech plus its padding
+    assert seconds >= 0.9 * 2 * kept_alone / SR
+
+
+def test_synthetic_speech_keeps_speech_and_drops_silence():
+    cfg = VadConfig()
+    for seed in (0, 2, 4):
+        speech = _synthetic_speech(seed)
+        assert keep_speech(speech, cfg)[1] > 0.8 * len(speech) / SR       # the synthetic voice is speech to Silero
+        _check_silence_removed(speech, seed, cfg)
+
+
+@needs_audio
+def test_real_speech_keeps_speech_and_drops_silence():
+    from spkid.audio.io import load_audio
+    files = sorted(AUDIO.glob("*/*.flac"))[::40][:4]
+    assert files
+    for k, f in enumerate(files):
+        speech = load_audio(f).numpy()
+        _check_silence_removed(speech, k, VadConfig())
+
+
+def test_noise_and_silence_have_no_speech():
+    rng = np.random.default_rng(0)
+    white = rng.standard_normal(5 * SR).astype(np.float32) * 0.1
+    brown = np.cumsum(rng.standard_normal(5 * SR)).astype(np.float32)
+    brown = 0.1 * (brown - brown.mean()) / brown.std()
+    hum = (0.2 * np.sin(2 * np.pi * 50 * np.arange(5 * SR) / SR)).astype(np.float32)
+    for name, x in (("silence", np.zeros(5 * SR, np.float32)), ("white", white), ("brown", brown), ("hum", hum)):
+        y, seconds = keep_speech(x)
+        assert seconds < 0.3, name
+    assert keep_speech(np.zeros(0, np.float32))[1] == 0.0
+    assert speech_probs(np.zeros(0, np.float32)).shape == (0,)
+
+
+def test_segment_rules_on_given_probabilities():
+    cfg = VadConfig(threshold=0.5, min_speech_ms=250, min_silence_ms=200, pad_ms=0)
+    f = FRAME                                                # 32 ms per frame
+    p = np.zeros(100, np.float32)
+    p[10:30] = 0.9                                           # 640 ms of speech
+    p[30:34] = 0.1                                           # 128 ms pause: too short to end the segment
+    p[34:50] = 0.9
+    p[50:52] = 0.45                                          # between the thresholds: still speech (hysteresis)
+    p[52:60] = 0.1                                           # 256 ms pause: ends it at frame 52
+    p[70:74] = 0.9                                           # 128 ms burst: shorter than min_speech, dropped
+    p[90:] = 0.8                                             # speech running to the end
+    n = 100 * f
+    assert segments_from_probs(p, n, cfg) == [(10 * f, 52 * f), (90 * f, n)]
+    padded = segments_from_probs(p, n, VadConfig(threshold=0.5, min_speech_ms=250, min_silence_ms=200, pad_ms=100))
+    assert padded == [(10 * f - 1600, 52 * f + 1600), (90 * f - 1600, n)]
+    # padding that makes two segments touch merges them
+    q = np.zeros(40, np.float32)
+    q[5:15] = q[22:32] = 0.9
+    merged = segments_from_probs(q, 40 * f, VadConfig(min_speech_ms=100, min_silence_ms=100, pad_ms=150))
+    assert merged == [(5 * f - 2400, 32 * f + 2400)]
+
+
+def test_config_errors_and_model_cache():
+    for bad in (VadConfig(threshold=1.5), VadConfig(min_speech_ms=-1), VadConfig(pad_ms=-5), VadConfig(threads=0)):
+        with pytest.raises(ConfigError):
+            bad.validate()
+    with pytest.raises(ValueError):
+        speech_segments(np.zeros((2, 100), np.float32))
+    assert _session(1) is _session(1)                        # loaded once per process
+
+
+def test_one_minute_takes_well_under_a_second():
+    x = np.tile(_synthetic_speech(1, 3.0), 20)[: 60 * SR]
+    speech_segments(x)                                       # warm up
+    t = time.perf_counter()
+    speech_segments(x)
+    assert time.perf_counter() - t < 1.5                     # measured ~0.1 s on one thread; generous for CI load
