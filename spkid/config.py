@@ -52,6 +52,9 @@ class AugmentConfig(WaveAugmentConfig):
     spec_time_width: int = 20         # ... each up to this many frames
     spec_freq_masks: int = 0          # number of frequency masks per crop
     spec_freq_width: int = 6          # ... each up to this many mel bands
+    feat_eq: float = 0.0              # features: probability of a random smooth equaliser on the log-mel (channel)
+    feat_eq_db: float = 10.0          # ... up to this many dB
+    feat_band_drop: float = 0.0       # features: probability of losing the bands above a random cutoff (low-pass)
 
 
 @dataclass
@@ -179,6 +182,8 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
             out.append((f"augment.{f.name}", "data.source='features' has no waveforms to augment"))
     elif a.p_speed == 0:
         out += [("augment.speed_slow", "augment.p_speed is 0"), ("augment.speed_fast", "augment.p_speed is 0")]
+    if a.feat_eq == 0:
+        out.append(("augment.feat_eq_db", "augment.feat_eq is 0"))
     if a.spec_time_masks == 0:
         out.append(("augment.spec_time_width", "augment.spec_time_masks is 0"))
     if a.spec_freq_masks == 0:
@@ -209,6 +214,9 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         cfg.augment.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    a = cfg.augment
+    if not (0 <= a.feat_eq <= 1 and 0 <= a.feat_band_drop <= 1 and 0 <= a.feat_eq_db <= 40):
+        raise ConfigError(f"{source}: augment.feat_eq and feat_band_drop must be in [0, 1], feat_eq_db in [0, 40]")
     if d.source == "audio" and fe.sample_rate != 16000:
         raise ConfigError(f"{source}: data.source='audio' decodes and detects speech at 16 kHz; features.sample_rate "
                           f"must be 16000, got {fe.sample_rate}")

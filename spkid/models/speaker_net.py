@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -70,6 +72,39 @@ class SpecAugment(nn.Module):
         return x * keep
 
 
+class ChannelAugment(nn.Module):
+    """Training only, on raw log-mel ``(B, T, F)`` before normalisation: the feature-domain version of channel
+    augmentation for inputs without audio (HW4 tensors). Per utterance, with probability ``p_eq`` a random smooth
+    equaliser (three cosines over the bands, up to ``eq_db`` dB) is added to the log power; with probability
+    ``p_drop`` the bands above a random cutoff (40-95% of the range: a low-pass, as telephone and codecs) are set to
+    the power floor, as the front end computes them for audio that has no energy there."""
+
+    def __init__(self, p_eq: float, eq_db: float, p_drop: float, floor: float):
+        super().__init__()
+        self.p_eq, self.eq_nepers, self.p_drop = p_eq, eq_db * math.log(10) / 10, p_drop
+        self.floor_log = math.log(floor)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if not self.training or (self.p_eq == 0 and self.p_drop == 0):
+            return x
+        B, T, F = x.shape
+        bands = torch.arange(F, device=x.device, dtype=torch.float32)                  # (F,)
+        if self.p_eq > 0:
+            on = (torch.rand(B, 1, device=x.device) < self.p_eq).float()
+            amp = torch.rand(B, 3, 1, device=x.device) * 2 - 1                          # (B, 3, 1)
+            phase = torch.rand(B, 3, 1, device=x.device) * 2 * math.pi
+            j = torch.arange(1, 4, device=x.device, dtype=torch.float32)[None, :, None]
+            curve = (amp * torch.cos(math.pi * j * bands / max(F - 1, 1) + phase)).sum(1)  # (B, F)
+            curve = curve / curve.abs().amax(1, keepdim=True).clamp(min=1e-6) * torch.rand(B, 1, device=x.device)
+            x = x + (on * curve * self.eq_nepers)[:, None, :].to(x.dtype)
+        if self.p_drop > 0:
+            on = torch.rand(B, 1, device=x.device) < self.p_drop
+            cut = (0.4 + 0.55 * torch.rand(B, 1, device=x.device)) * F                 # (B, 1) band index
+            drop = on & (bands[None, :] >= cut)                                          # (B, F)
+            x = x.masked_fill(drop[:, None, :], self.floor_log)
+        return zero_pad(x, valid)
+
+
 class Subsample(nn.Module):
     """Input projection ``(B, T, F)`` -> ``(B, T', D)``: a Linear (factor 1) or stride-2 Conv1d layers (2 or 4).
 
@@ -111,6 +146,7 @@ class SpeakerNet(nn.Module):
         super().__init__()
         m, a, n_mels = cfg.model, cfg.augment, cfg.features.n_mels
         self.norm = InputNorm(m.norm, n_mels)
+        self.channel = ChannelAugment(a.feat_eq, a.feat_eq_db, a.feat_band_drop, cfg.features.floor)
         self.augment = SpecAugment(a.spec_time_masks, a.spec_time_width, a.spec_freq_masks, a.spec_freq_width)
         self.subsample = Subsample(n_mels, m.d_model, m.subsample)
         self.encoder = ENCODERS.build(m.encoder, m)
@@ -123,7 +159,7 @@ class SpeakerNet(nn.Module):
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, T, F)`` log-mel, ``lengths`` ``(B,)`` frames -> embedding ``(B, E)`` (not normalised)."""
         valid = valid_mask(lengths, x.shape[1])
-        x = self.augment(self.norm(x, valid), lengths)     # (B, T, F)
+        x = self.augment(self.norm(self.channel(x, valid), valid), lengths)     # (B, T, F)
         x, lengths = self.subsample(x, lengths)            # (B, T', D); lengths now in subsampled frames
         valid = valid_mask(lengths, x.shape[1])
         x = self.encoder(x, valid)                         # (B, T', D) (tdnn: (B, T', agg_dim))
