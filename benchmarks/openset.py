@@ -19,6 +19,18 @@
 
 Everything is written to ``WORK/result.json``; the markdown section is printed and, with ``--write``, replaces
 the text between ``<!-- openset:start -->`` and ``<!-- openset:end -->`` in that file (appended if absent).
+
+``--cross-domain`` (issue 16) runs the cross-domain protocol instead, after the same step 2 (or ``--checkpoint``):
+
+    python benchmarks/openset.py --cross-domain --minutes 10 --threads 2 --write docs/openset.md
+    python benchmarks/openset.py --cross-domain --checkpoint runs/openset/run/last.ckpt --write docs/openset.md
+
+The model enrolls and identifies speakers of FSDD, the demo's synthetic voices and held-out speechocean762
+speakers whose Opus audio is degraded (room + noise + telephone), through the registry's own back end with each
+piece switched on in turn (``benchmarks/backend_transfer.py``: ``REGISTRY_SETTINGS``, ``run_registry``); then
+``spkid train WORK/degraded --init CKPT`` for ``--ft-minutes`` (3) against ``spkid train WORK/degraded`` from
+scratch for ``--scratch-minutes`` (10) on those new speakers. ``WORK/crossdomain.json`` holds every number;
+``--write`` replaces the ``<!-- crossdomain:start -->`` block. ``--quick``: a few clips and steps (the test).
 """
 from __future__ import annotations
 
@@ -71,8 +83,17 @@ def write_view(data: Path, out: Path, utts, test_utts=(), answers: dict | None =
         write_predictions(out / "answers.csv", [u.feature_path for u in test_utts],
                           [answers[u.feature_path] for u in test_utts])
     for u in list(utts) + list(test_utts):
-        (out / u.feature_path).symlink_to((data / u.feature_path).resolve())
+        _link(data / u.feature_path, out / u.feature_path)
     return out
+
+
+def _link(src: Path, dst: Path) -> None:
+    """A hard link to a shared feature file (spkid refuses feature paths that resolve outside their data
+    directory, so no symlink); a copy where the file system cannot link."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def make_views(data: Path, work: Path, split: Split) -> tuple[Path, Path]:
@@ -90,12 +111,14 @@ def make_views(data: Path, work: Path, split: Split) -> tuple[Path, Path]:
 
 
 def train_model(view: Path, run: Path, *, minutes: float, threads: int, seed: int, steps: int = 0,
-                preset: str = "default") -> Path:
+                preset: str | None = "default", init: Path | None = None) -> Path:
     """``python -m spkid train`` in a subprocess (``OMP_NUM_THREADS=threads``); returns ``run/last.ckpt``."""
     if run.exists():
         shutil.rmtree(run)
     budget = ["--steps", str(steps)] if steps else ["--max-minutes", str(minutes)]
-    cmd = [sys.executable, "-m", "spkid", "train", str(view), "--out", str(run), "--config", preset, *budget,
+    init_args = ["--init", str(init)] if init else []    # fine-tuning: the preset must be the checkpoint's own
+    config = ["--config", preset] if preset else []      # None: the CLI's default (with --init: the checkpoint's)
+    cmd = [sys.executable, "-m", "spkid", "train", str(view), "--out", str(run), *config, *init_args, *budget,
            "--seed", str(seed), "--quiet", "--set", f"train.threads={threads}"]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, cwd=ROOT)
@@ -305,6 +328,124 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(new)
 
 
+# -- the cross-domain protocol (issue 16): implemented in benchmarks/backend_transfer.py ---------------------------
+
+XD_START, XD_END = "<!-- crossdomain:start -->", "<!-- crossdomain:end -->"
+
+
+@dataclass(frozen=True)
+class CrossDomainScale:
+    """How much of each domain the protocol uses (``FULL`` for the report, ``QUICK`` for the test)."""
+    fsdd: tuple[int, int, int]            # enroll, query, folder clips per FSDD speaker
+    synth: tuple[int, int, int, int]      # voices in the protocol, voices in the folder, enroll, query clips per voice
+    degraded: tuple[int, int, int, int]   # protocol speakers, folder speakers, enroll, query clips per speaker
+    strangers: tuple[int, int, int]       # strangers per fold: fsdd, synth, degraded
+    max_folds: int
+
+
+FULL = CrossDomainScale(fsdd=(10, 40, 20), synth=(20, 20, 10, 20), degraded=(40, 10, 5, 10), strangers=(2, 5, 10),
+                        max_folds=15)
+QUICK = CrossDomainScale(fsdd=(5, 3, 3), synth=(8, 3, 5, 3), degraded=(8, 2, 4, 3), strangers=(2, 2, 2), max_folds=2)
+
+
+def _load_bt():
+    import importlib.util
+    if "backend_transfer" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("backend_transfer", ROOT / "benchmarks" / "backend_transfer.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod                 # dataclasses look their module up while being built
+        spec.loader.exec_module(mod)
+    return sys.modules["backend_transfer"]
+
+
+def cross_domain(ckpt: Path, split: Split, work: Path, scale: CrossDomainScale, *, seed: int = 0) -> dict:
+    """Enroll / identify / verify on FSDD, synthetic voices and degraded held-out speakers with each back-end piece
+    switched on in turn (``backend_transfer.REGISTRY_SETTINGS``, the registry's own code). Also writes the degraded
+    clips' features to ``work/degraded`` (HW4) for the fine-tuning comparison."""
+    import dataclasses
+    from spkid.scoring.backend import checkpoint_extras
+    from spkid.scoring.model import load
+    bt = _load_bt()
+    model = load(ckpt, "cpu")
+    cohort, _ = checkpoint_extras(ckpt)
+    thr = 0.5 if model.val_eer_threshold is None else float(model.val_eer_threshold)
+    n_prot, n_fold = scale.degraded[:2]
+    sub = dataclasses.replace(split, enrolled=split.enrolled[:n_prot], impostors=split.impostors[:n_fold])
+    t0 = time.perf_counter()
+    emb = bt.embed_cross_domain(model, work, split=sub, fsdd_clips=sum(scale.fsdd),
+                                synth_speakers=scale.synth[0], synth_clips=sum(scale.synth[2:]),
+                                synth_folder=scale.synth[1], degraded_clips=sum(scale.degraded[2:]), seed=seed)
+    embed_s = time.perf_counter() - t0
+    settings = [st for st in bt.REGISTRY_SETTINGS if st.cohort != "checkpoint" or cohort is not None]
+    data = {d: (*emb[d], k) for d, k in zip(("fsdd", "synth", "degraded"), scale.strangers)}
+    enroll = {"fsdd": scale.fsdd[0], "synth": scale.synth[2], "degraded": scale.degraded[2]}
+    test = {"fsdd": scale.fsdd[1], "synth": scale.synth[3], "degraded": scale.degraded[3]}
+    report = bt.run_registry(data, cohort, thr, n_enroll=enroll, n_test=test, max_folds=scale.max_folds, seed=seed,
+                             settings=settings)
+    return {"checkpoint": str(ckpt), "checkpoint_threshold": thr, "checkpoint_cohort": cohort is not None,
+            "embed_seconds": embed_s, "domains": report, "targets": bt.targets(report),
+            "finetune_data": str(work / "degraded")}
+
+
+def finetune_comparison(ckpt: Path, data: Path, work: Path, *, ft_minutes: float, scratch_minutes: float,
+                        threads: int, seed: int, preset: str, ft_steps: int = 0, scratch_steps: int = 0) -> dict:
+    """Fine-tune ``ckpt`` on the new speakers of ``data`` for ``ft_minutes`` vs train on them from scratch for
+    ``scratch_minutes`` (``*_steps`` instead, for the quick mode); validation accuracy / EER on their held-out
+    utterances (``data.val_per_speaker`` per speaker)."""
+    from spkid.training.checkpoint import load_checkpoint
+    out = {}
+    for name, init, minutes, steps in (("fine-tune", ckpt, ft_minutes, ft_steps),
+                                       ("from scratch", None, scratch_minutes, scratch_steps)):
+        last = train_model(data, work / ("ft" if init else "scratch"), minutes=minutes, threads=threads, seed=seed,
+                           steps=steps, preset=preset, init=init)
+        ck = load_checkpoint(last)
+        out[name] = {"minutes": minutes if not steps else None, "steps": ck["step"], "elapsed_s": ck["elapsed"],
+                     "val_acc": ck.get("val_acc"), "val_eer": ck.get("val_eer"),
+                     "speakers": len(ck["speakers"]), "checkpoint": str(last)}
+    return out
+
+
+def render_cross_domain(r: dict) -> str:
+    bt = _load_bt()
+    lines = ["## Across domains: enroll, identify, reject strangers (issue 16)", "",
+             f"`benchmarks/openset.py --cross-domain`: the model `{Path(r['checkpoint']).parent.name}` (trained on "
+             "speechocean762 speakers only) enrolls and identifies speakers of other domains through the registry's "
+             "own code (`spkid.scoring.backend`), each back-end piece switched on in turn. \"identified\": the right "
+             "speaker and accepted; \"strangers rejected\": never-enrolled speakers answered unknown, at the "
+             "threshold `spkid enroll` stores (estimated from the enrollment clips; the first row: the checkpoint's "
+             f"validation EER threshold {r['checkpoint_threshold']:.4f}). EER / minDCF (p_target 0.01): every query "
+             "against every enrolled speaker; Cllr: with the calibration the registry fits on its enrollment trials. "
+             "Mean over folds.", "", bt.render_registry(r["domains"]), "**Targets**", ""]
+    lines += [f"- {t}" for t in r["targets"]]
+    ft = r.get("finetune")
+    if ft:
+        lines += ["", f"**Fine-tuning vs. training from scratch** on the degraded held-out speakers "
+                  f"({ft['fine-tune']['speakers']} speakers; validation: 2 held-out clips each):", "",
+                  "| run | budget | steps | validation accuracy | validation EER |", "|---|---|---|---|---|"]
+        for name, v in ft.items():
+            budget = f"{v['minutes']:g} min" if v["minutes"] else f"{v['steps']} steps"
+            acc = "-" if v["val_acc"] is None else f"{100 * v['val_acc']:.1f}%"
+            e = "-" if v["val_eer"] is None else f"{100 * v['val_eer']:.1f}%"
+            lines.append(f"| {name} | {budget} | {v['steps']} | {acc} | {e} |")
+        a, b = ft["fine-tune"]["val_acc"], ft["from scratch"]["val_acc"]
+        if a is not None and b is not None:
+            lines += ["", f"- Fine-tuning beats training from scratch: {'met' if a > b else 'not met'} "
+                          f"({100 * a:.1f}% vs {100 * b:.1f}%)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_marked(path: Path, text: str, start: str, end: str, title: str = "# Results\n") -> None:
+    """Replace the text between ``start`` and ``end`` in ``path`` (append the block if absent)."""
+    old = path.read_text() if path.exists() else title
+    block = f"{start}\n{text}{end}"
+    if start in old and end in old and old.index(start) < old.index(end):
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget (default 10)")
@@ -321,6 +462,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="default", help="training preset (default: the default recipe)")
     ap.add_argument("--device", default="cpu", help="device for verification/identification (speed is always CPU)")
     ap.add_argument("--speed-seconds", type=float, default=3.0, help="time each embedding-speed mode at least this long")
+    ap.add_argument("--cross-domain", action="store_true",
+                    help="the cross-domain protocol (issue 16): FSDD, synthetic voices, degraded held-out speakers; "
+                         "each back-end piece in turn; fine-tuning vs training from scratch on the new speakers")
+    ap.add_argument("--quick", action="store_true", help="--cross-domain on a few clips and steps (the test)")
+    ap.add_argument("--ft-minutes", type=float, default=3.0, help="--cross-domain: fine-tuning budget (default 3)")
+    ap.add_argument("--scratch-minutes", type=float, default=10.0,
+                    help="--cross-domain: from-scratch budget on the new speakers (default 10)")
+    ap.add_argument("--no-finetune", action="store_true", help="--cross-domain: skip the two training runs")
     a = ap.parse_args(argv)
     data = Path(a.data)
     if not (data / "metadata.json").is_file():
@@ -344,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ckpt = train_model(view_train, work / "run", minutes=a.minutes, threads=a.threads, seed=a.seed,
                            steps=a.steps, preset=a.config)
+    if a.cross_domain:
+        return _cross_domain_main(a, ckpt, split, work)
     result = evaluate(ckpt, view_train, view_held, split, work, n_enroll=a.enroll, seed=a.seed, device=a.device,
                       speed_seconds=a.speed_seconds)
     result["data"] = data.name
@@ -353,6 +504,30 @@ def main(argv: list[str] | None = None) -> int:
     if a.write:
         write_section(Path(a.write), text)
         print(f"wrote the openset section of {a.write}")
+    return 0
+
+
+def _cross_domain_main(a, ckpt: Path, split: Split, work: Path) -> int:
+    from spkid.training.checkpoint import checkpoint_config, load_checkpoint
+    if not (DATA.parent / "fsdd").is_dir() or not (DATA.parent / "speechocean762-opus").is_dir():
+        print(f"skipped: {DATA.parent}/fsdd or speechocean762-opus not found")
+        return 0
+    r = cross_domain(ckpt, split, work, QUICK if a.quick else FULL, seed=a.seed)
+    if not a.no_finetune:
+        from spkid.config import presets
+        preset = checkpoint_config(load_checkpoint(ckpt), ckpt).name       # the base run's recipe, when a preset
+        preset = preset if preset in presets() else None
+        steps = (6, 12) if a.quick else (0, 0)
+        r["finetune"] = finetune_comparison(ckpt, Path(r["finetune_data"]), work, ft_minutes=a.ft_minutes,
+                                            scratch_minutes=a.scratch_minutes, threads=a.threads, seed=a.seed,
+                                            preset=preset, ft_steps=steps[0], scratch_steps=steps[1])
+    r["quick"] = a.quick
+    (work / "crossdomain.json").write_text(json.dumps(r, indent=1))
+    text = render_cross_domain(r)
+    print(text)
+    if a.write:
+        write_marked(Path(a.write), text, XD_START, XD_END, "# Open set across domains\n")
+        print(f"wrote the cross-domain section of {a.write}")
     return 0
 
 

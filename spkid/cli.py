@@ -243,6 +243,9 @@ def _add_demo(sub) -> None:
 
 def _cmd_demo(a) -> int:
     from spkid.demo import run_demo
+    if a.speakers < 2 or a.steps < 1 or not a.minutes > 0:
+        raise SpkidError(f"demo: need --speakers >= 2, --steps >= 1 and --minutes > 0, got {a.speakers}, {a.steps}, "
+                         f"{a.minutes}")
     r = run_demo(a.out, minutes=a.minutes, steps=a.steps, n_speakers=a.speakers, seed=a.seed, progress=not a.quiet)
     print(f"demo: {r.n_speakers} synthetic speakers, {r.n_train} training / {r.n_test} held-out utterances")
     print(f"validation accuracy {r.val_acc:.4f}, held-out test accuracy {r.test_acc:.4f}")

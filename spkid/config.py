@@ -257,6 +257,9 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: infer.window/hop must be >= 0, infer.max_frames >= 16, infer.batch_frames >= 1")
     if t.steps < 1:
         raise ConfigError(f"{source}: train.steps must be >= 1, got {t.steps}")
+    blocks = m.n_layers + (1 if m.encoder == "tdnn" else 0)          # a TDNN's stem counts as its first block
+    if t.freeze > blocks:
+        raise ConfigError(f"{source}: train.freeze={t.freeze}: the encoder has only {blocks} blocks to freeze")
     f_max = fe.f_max or fe.sample_rate / 2
     if fe.sample_rate < 1000 or fe.n_fft < 16 or not 1 <= fe.hop <= fe.n_fft or fe.floor <= 0:
         raise ConfigError(f"{source}: features: need sample_rate >= 1000, n_fft >= 16, 1 <= hop <= n_fft, floor > 0")

@@ -27,7 +27,21 @@ class DemoResult:
     report: Path | None = None      # report.html (None when the report extra is not installed)
 
 
-def run_demo(out: str | Path, *, minutes: float = 3.0, steps: int = 1200, n_speakers: int = 16, seed: int = 0,
+def demo_config(*, steps: int = 1200, seed: int = 0, minutes: float = 0.0):
+    """The demo's training configuration: the ``demo`` preset made independent of the machine's load.
+
+    The same steps give the same checkpoint on any load: no time budget (with one, the learning-rate schedule
+    follows the clock, and a busy machine ends the run after fewer steps), validation by steps only (time-based
+    validations add best-checkpoint candidates at load-dependent steps) and one torch thread (the thread count
+    changes the floating-point summation order, so 1 vs 2 threads train different weights; an automatic count
+    would follow the load). ``minutes > 0`` restores a time cap, and with it the dependence on speed.
+    """
+    return apply_overrides(load_config("demo"), [f"train.steps={steps}", f"train.seed={seed}",
+                                                 f"train.max_minutes={minutes}", "train.val_minutes=0",
+                                                 "train.threads=1"])
+
+
+def run_demo(out: str | Path, *, minutes: float = 0.0, steps: int = 1200, n_speakers: int = 16, seed: int = 0,
              progress: bool = True) -> DemoResult:
     from spkid.data.hw4 import read_answers_csv
     from spkid.data.prepare import prepare
@@ -46,8 +60,7 @@ def run_demo(out: str | Path, *, minutes: float = 3.0, steps: int = 1200, n_spea
             raise SpkidError(f"{run}: exists and was not made by spkid (no {MARKER}); move it away or choose another "
                              "--out")
         shutil.rmtree(run)
-    cfg = apply_overrides(load_config("demo"), [f"train.max_minutes={minutes}", f"train.steps={steps}",
-                                                f"train.seed={seed}"])
+    cfg = demo_config(steps=steps, seed=seed, minutes=minutes)
     result = train(feats, run, cfg, progress=progress)
     pred_csv = out / "predictions.csv"
     predict([str(result.best or result.last)], feats, pred_csv, device="cpu", progress=progress)

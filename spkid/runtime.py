@@ -3,20 +3,27 @@
 Threads: on a CPU that other programs share, more OpenMP threads than free cores is the worst case. Every
 parallel region of a step ends at a barrier that waits for the slowest thread, and a thread the kernel has
 descheduled for a busy core holds the barrier for a whole scheduler slice (milliseconds), hundreds of times a
-step (measured in ``docs/scaling.md``: a ``demo`` step goes from 0.05 s to 1-3 s). ``resolve_threads(0)`` counts
-the cores that are actually free (the affinity mask, minus what ``/proc/stat`` and the load average show busy).
+step. Worse, libgomp (torch's OpenMP) lets a waiting thread spin for a while (``GOMP_SPINCOUNT``, milliseconds)
+before it sleeps, so idle threads burn the cores that the busy ones and the neighbours need (``docs/scaling.md``:
+a ``demo`` step at 2 threads beside other programs took 1.8 s spinning, 0.14 s sleeping). So: importing this
+module sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy (libgomp reads it once, when torch loads
+it: ``spkid`` imports this module before torch), and ``resolve_threads(0)`` counts the cores that are actually
+free (the affinity mask, minus what ``/proc/stat`` and the load average show busy).
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import threading
-import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")        # before torch loads libgomp; see the module doc
 
-from spkid.errors import SpkidError
+import contextlib  # noqa: E402
+import math  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from spkid.errors import SpkidError  # noqa: E402
 
 _lock = threading.Lock()
 _depth = 0
@@ -120,7 +127,7 @@ def busy_cores(sample_s: float = 0.25) -> float:
                 now += 1.0 - (idle1 - idle0) / (total1 - total0)
     try:
         load = os.getloadavg()[0] * len(cpus) / (os.cpu_count() or len(cpus))
-    except OSError:
+    except (OSError, AttributeError):                        # not available (Windows)
         load = 0.0
     return min(float(len(cpus)), max(now, load))
 

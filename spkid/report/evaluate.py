@@ -47,6 +47,8 @@ class RegistryInfo:
     threshold_source: str
     model_id: str
     n_speakers: int
+    on_cosines: bool = True          # False: the registry scores through domain statistics / AS-norm (other scale)
+    scoring: str = "raw cosine"
 
 
 def _embed(model, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -111,4 +113,6 @@ def read_registry(path: str | Path) -> RegistryInfo:
     from spkid.scoring.speaker_db import SpeakerDB
 
     with SpeakerDB.open(path) as reg:
-        return RegistryInfo(Path(path), reg.threshold, reg.threshold_source, reg.model_id, len(reg.speakers()))
+        backend = reg.backend()
+        return RegistryInfo(Path(path), reg.threshold, reg.threshold_source, reg.model_id, len(reg.speakers()),
+                            backend.raw, backend.describe())

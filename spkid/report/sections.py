@@ -164,7 +164,10 @@ def verification_section(trials: TrialsEval | None, registry: RegistryInfo | Non
             [f"minDCF (P_target={v.p_target:g})", round(v.min_dcf, 4), round(v.dcf_threshold, 4),
              round(v.dcf_point[0], 4), round(v.dcf_point[1], 4)]]
     notes = []
-    if registry is not None:
+    if registry is not None and not registry.on_cosines:
+        notes.append(f"{registry.path}: threshold {registry.threshold:.4f} ({registry.threshold_source}) is on the "
+                     f"registry's own scores ({registry.scoring}), not on these cosines; not drawn.")
+    elif registry is not None:
         fa, miss = analysis.operating_point(s, y, registry.threshold)
         lines["registry threshold"] = registry.threshold
         points["registry"] = (fa, miss)

@@ -34,12 +34,22 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, check_lengths=(17, 1
                               output_names=["embedding", "logits"], dynamo=False, opset_version=17,
                               dynamic_axes={"feats": {0: "batch", 1: "frames"}, "lengths": {0: "batch"},
                                             "embedding": {0: "batch"}, "logits": {0: "batch"}})
+        _stamp(tmp, model.model_id)      # which weights: the ONNX cache of --runtime onnx checks it
         worst = parity(tmp, wrapped, n_mels, check_lengths, ort)
         if worst > tol:
             raise SpkidError(f"{out}: exported model differs from PyTorch by {worst:.2e} (> {tol:g}); not written")
         write.worst = worst
     atomic_write(out, write)
     return write.worst
+
+
+def _stamp(path, model_id: str) -> None:
+    """Record the checkpoint's ``model_fingerprint`` in the graph's metadata (``spkid_model_id``)."""
+    import onnx
+    from spkid.scoring.onnx_runtime import MODEL_ID_KEY, set_metadata
+    m = onnx.load(str(path))
+    set_metadata(m, {MODEL_ID_KEY: model_id})
+    onnx.save(m, str(path))
 
 
 def parity(onnx_path, wrapped, n_mels: int, lengths, ort) -> float:

@@ -7,6 +7,7 @@ fingerprint and refuses embeddings from another model.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +16,29 @@ import torch
 from spkid.fileio import atomic_write, refuse_overwriting_inputs
 from spkid.errors import DataError, SpkidError
 from spkid.data.scan import gather
+from spkid.scoring.backend import COHORT_KINDS, DEFAULT_COHORT_WITHOUT_FOLDER, DEFAULT_TOP_N
 from spkid.scoring.model import Model, load
 
-def embed_files(checkpoint: str | Path, sources, out: str | Path, *, device: str = "auto") -> int:
-    """Write L2-normalised embeddings of ``sources`` to ``out`` (``.npz``: ids, embeddings; ``.pt``: same dict)."""
+def embed_files(checkpoint: str | Path, sources, out: str | Path, *, device: str = "auto", runtime: str = "torch",
+                threads: int = 0, quantize: bool = False, nproc: int = 0) -> int:
+    """Write L2-normalised embeddings of ``sources`` to ``out`` (``.npz``: ids, embeddings; ``.pt``: same dict).
+
+    ``runtime="onnx"``: through ONNX Runtime on the CPU (``threads`` intra-op threads, 0: the free cores);
+    ``nproc > 1``: in ``nproc`` processes, resumable shard by shard after a crash (``spkid.scoring.shards``).
+    """
     out = Path(out)
     if out.suffix not in (".npz", ".pt"):
         raise SpkidError(f"{out}: output must end in .npz or .pt")
-    model = load(checkpoint, device)
+    model = load(checkpoint, "cpu" if nproc > 1 else device, runtime=runtime, threads=threads, quantize=quantize)
     ids, items = gather(sources)
-    emb = model.embed(items)                                   # (N, E)
+    run = None
+    if nproc > 1:
+        from spkid.scoring.shards import item_lengths, run_sharded
+        run = run_sharded("embed", [model], items, item_lengths(items, model.cfg.features.n_mels), out,
+                          nproc=nproc, device=device, threads=threads)
+        emb = run.values                                       # (N, E)
+    else:
+        emb = model.embed(items)                               # (N, E)
 
     def write(tmp):
         if out.suffix == ".npz":
@@ -33,6 +47,9 @@ def embed_files(checkpoint: str | Path, sources, out: str | Path, *, device: str
         else:
             torch.save({"ids": ids, "embeddings": emb, "model_id": model.model_id}, tmp)
     atomic_write(out, write)
+    if run is not None:
+        from spkid.scoring.shards import remove_shards
+        remove_shards(run)
     return len(ids)
 
 
@@ -43,37 +60,207 @@ def default_threshold(model: Model) -> tuple[float, str]:
     return 0.5, "default 0.5"
 
 
-def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | None = None,
-           device: str = "auto") -> tuple[int, str]:
-    """Add ``files`` of speaker ``name``; returns ``(utterances now enrolled for name, registry checkpoint)``."""
-    from spkid.scoring.speaker_db import SpeakerDB
-    registry = Path(registry)
-    refuse_overwriting_inputs([registry], [*([checkpoint] if checkpoint else []), *gather(files)[1]])
-    reg_ctx = None
-    if registry.exists():
-        reg_ctx = SpeakerDB.open(registry)
-        model = load(checkpoint or reg_ctx.checkpoint, device)
+MIN_CLIP_SECONDS = 1.0                # an enrollment clip with less audio than this is flagged
+
+
+@dataclass(frozen=True)
+class ClipFlag:
+    """An enrollment clip flagged at enroll: ``reason`` ``outlier`` (``value`` = its robust z-score against the
+    speaker's other clips) or ``short`` (``value`` = seconds of audio); ``refused``: left out of the registry."""
+
+    source: str
+    reason: str
+    value: float
+    refused: bool
+
+    def describe(self) -> str:
+        what = (f"far from the speaker's other clips (z = {self.value:.1f})" if self.reason == "outlier" else
+                f"only {self.value:.2f} s of audio (under {MIN_CLIP_SECONDS:g} s)")
+        return f"{self.source}: {what}; {'refused' if self.refused else 'kept'}"
+
+
+@dataclass
+class EnrollResult:
+    """What ``enroll`` did: ``n_utterances`` now enrolled for ``name`` (``added`` by this call), clips flagged,
+    the registry's operating point afterwards (``threshold.clips_needed > 0``: still the checkpoint's fallback),
+    and the domain adaptation done in the same step (``adaptation``, or None)."""
+
+    name: str
+    n_utterances: int
+    added: int
+    checkpoint: str
+    flags: list[ClipFlag]
+    threshold: object                # speaker_db.ThresholdState
+    adaptation: str | None = None
+
+
+@dataclass
+class AdaptResult:
+    """What ``adapt`` stored: ``source`` (where the statistics and cohort came from), the registry's operating
+    point afterwards, and ``replaced_locked`` (the source of a locked threshold that no longer applied)."""
+
+    source: str
+    threshold: object                # speaker_db.ThresholdState
+    replaced_locked: str | None = None
+
+
+def _item_sources(items) -> list[str]:
+    return [str(Path(i).resolve()) if isinstance(i, Path) else i for i in items]
+
+
+def _check_same_model(reg, model: Model) -> None:
+    if model.model_id != reg.model_id:
+        raise SpkidError(f"{reg.path}: registry holds embeddings of model {reg.model_id}, {model.path} is model "
+                         f"{model.model_id} (use a registry per model, or re-enroll)")
+
+
+def _registry_model(reg, checkpoint, device):
+    """The model that embeds for an existing registry (``checkpoint`` or the registry's own), checked against it."""
+    model = load(checkpoint or reg.checkpoint, device)
+    _check_same_model(reg, model)
+    return model
+
+
+def domain_adaptation(model: Model, folder, *, whiten: bool = False, cohort: str | None = None,
+                      top_n: int = DEFAULT_TOP_N):
+    """``(DomainStats | None, cohort, source)`` for a folder of unlabelled clips of the target domain.
+
+    ``folder`` None: no domain statistics. ``cohort``: ``folder`` (the folder's adapted embeddings, default when
+    there is a folder), ``checkpoint`` (the training speakers stored in the checkpoint) or ``none`` (default
+    without a folder: measured to hurt across domains, ``backend.DEFAULT_COHORT_WITHOUT_FOLDER``).
+    """
+    from spkid.scoring.norm import ASNorm, DomainStats
+    cohort = cohort or ("folder" if folder is not None else DEFAULT_COHORT_WITHOUT_FOLDER)
+    if cohort not in COHORT_KINDS:
+        raise SpkidError(f"cohort {cohort!r} unknown; choose one of {', '.join(COHORT_KINDS)}")
+    if cohort == "folder" and folder is None:
+        raise SpkidError("a folder cohort needs a folder of the new domain's clips")
+    if whiten and folder is None:
+        raise SpkidError("--whiten needs a folder of the new domain's clips (its covariance)")
+    if top_n < 2:
+        raise SpkidError(f"AS-norm top-n {top_n}: must be >= 2")
+    if folder is None:
+        domain, parts = None, []
     else:
-        if checkpoint is None:
-            raise SpkidError(f"{registry}: new registry: give --checkpoint to say which model embeds")
-        model = load(checkpoint, device)
-    ids, items = gather(files)
-    emb = model.embed(items)        # before creating a new registry: a bad file must leave no registry behind
+        _, items = gather(folder)
+        if len(items) < 2:
+            raise DataError(f"{folder}: domain statistics need at least 2 clips, found {len(items)}")
+        emb = model.embed(items).numpy().astype(np.float64)
+        domain = DomainStats.fit(emb, whiten=whiten)
+        parts = [f"{'centred and whitened' if whiten else 'centred'} on {len(items)} clips of {folder}"]
+    if cohort == "folder":
+        norm = ASNorm(domain.apply(emb), top_n)
+        parts.append(f"AS-norm cohort: those {len(items)} clips (top {top_n})")
+    elif cohort == "checkpoint":
+        from spkid.scoring.backend import checkpoint_extras
+        if checkpoint_extras(model.path)[0] is None:
+            raise SpkidError(f"{model.path}: has no training-speaker cohort (trained by an older spkid)")
+        norm = "checkpoint"
+        parts.append(f"AS-norm cohort: the training speakers of {model.path.name} (top {top_n})")
+    else:
+        norm = None
+    return domain, norm, "; ".join(parts) or "none (raw embeddings)"
+
+
+def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | None = None, device: str = "auto",
+           on_outlier: str = "keep", domain=None, whiten: bool = False, cohort: str | None = None,
+           top_n: int = DEFAULT_TOP_N) -> EnrollResult:
+    """Add ``files`` of speaker ``name``, then re-estimate the registry's operating point.
+
+    Clips with under ``MIN_CLIP_SECONDS`` of audio, or far from the speaker's other clips (robust z below
+    ``-EnrollConfig.outlier_z``, ``enrollment.flag_outliers``), are flagged; ``on_outlier="refuse"`` leaves
+    them out. ``domain``: a folder of unlabelled clips of the target domain, adapted to in the same step
+    (``adapt``). Returns the facts (``EnrollResult``); the caller decides what to print.
+    """
+    import torch.nn.functional as F
+    from spkid.scoring.enrollment import flag_outliers
+    from spkid.scoring.speaker_db import SpeakerDB
+    if on_outlier not in ("keep", "refuse"):
+        raise SpkidError(f"--on-outlier {on_outlier!r}: choose keep or refuse")
+    registry = Path(registry)
+    refuse_overwriting_inputs([registry], [*([checkpoint] if checkpoint else []), *gather(files)[1],
+                                           *(gather(domain)[1] if domain is not None else [])])
+    reg_ctx = None
+    try:
+        if registry.exists():
+            reg_ctx = SpeakerDB.open(registry)
+            model = _registry_model(reg_ctx, checkpoint, device)
+        else:
+            if checkpoint is None:
+                raise SpkidError(f"{registry}: new registry: give --checkpoint to say which model embeds")
+            model = load(checkpoint, device)
+        ids, items = gather(files)
+        feats = model.features(items)   # before creating a new registry: a bad file must leave no registry behind
+        emb = F.normalize(model.embed_raw(feats), dim=-1).numpy()
+        sources = _item_sources(items)
+        adaptation = None
+        if domain is not None or cohort is not None or whiten:
+            adaptation = domain_adaptation(model, domain, whiten=whiten, cohort=cohort, top_n=top_n)
+    except BaseException:
+        if reg_ctx is not None:
+            reg_ctx.close()
+        raise
     if reg_ctx is None:
         threshold, source = default_threshold(model)
         reg_ctx = SpeakerDB.create(registry, model_id=model.model_id, checkpoint=str(Path(checkpoint).resolve()),
-                                  embed_dim=model.net.embed_dim, threshold=threshold, threshold_source=source)
+                                   embed_dim=model.net.embed_dim, threshold=threshold, threshold_source=source)
     with reg_ctx as reg:
-        n = reg.enroll(name, emb, [str(Path(i).resolve()) if isinstance(i, Path) else i for i in items],
-                       model_id=model.model_id)
-        return n, reg.checkpoint
+        if adaptation is not None:
+            reg.set_adaptation(*adaptation[:2], adaptation[2], top_n=top_n)
+        hop_s = model.cfg.features.hop / model.cfg.features.sample_rate
+        flags = [ClipFlag(src, "short", f.shape[0] * hop_s, on_outlier == "refuse")
+                 for src, f in zip(sources, feats) if f.shape[0] * hop_s < MIN_CLIP_SECONDS]
+        kept = {src for src, _ in zip(sources, emb)} - {fl.source for fl in flags if fl.refused}
+        old = [(s, e) for n, srcs, c in reg.clips() if n == name for s, e in zip(srcs, c) if s not in set(sources)]
+        new = [(s, e) for s, e in zip(sources, emb) if s in kept]
+        both = old + new
+        if len(both) >= 3:
+            adapted = reg.backend("registry").adapt(np.stack([e for _, e in both]))
+            flagged, z = flag_outliers(adapted, reg.enroll_config)
+            short = {fl.source for fl in flags}
+            flags += [ClipFlag(s, "outlier", float(zk), on_outlier == "refuse")
+                      for (s, _), f, zk in zip(both[len(old):], flagged[len(old):], z[len(old):])
+                      if f and s not in short]
+        refused = {fl.source for fl in flags if fl.refused}
+        new = [(s, e) for s, e in new if s not in refused]
+        if not new:
+            raise DataError(f"{registry}: nothing enrolled for {name!r}: every clip was refused "
+                            f"({'; '.join(fl.describe() for fl in flags)})")
+        n = reg.enroll(name, np.stack([e for _, e in new]), [s for s, _ in new], model_id=model.model_id)
+        return EnrollResult(name, n, len(new), reg.checkpoint, flags, reg.threshold_state(),
+                            adaptation[2] if adaptation is not None else None)
 
 
-def identify(registry: str | Path, files, *, top_k: int = 1, device: str = "auto") -> list[tuple]:
-    """Rows ``(file, speaker | "unknown", score)``; with ``top_k > 1`` also the runners-up ``(file, spk, score)``."""
+def registry_threshold(registry: str | Path):
+    """The threshold ``identify`` decides with, its source and the scores it is on (``speaker_db.ThresholdState``)."""
     from spkid.scoring.speaker_db import SpeakerDB
     with SpeakerDB.open(registry) as reg:
-        model = load(reg.checkpoint, device)
+        return reg.threshold_state()
+
+
+def adapt(registry: str | Path, folder=None, *, whiten: bool = False, cohort: str | None = None,
+          top_n: int = DEFAULT_TOP_N, device: str = "auto") -> AdaptResult:
+    """Adapt a registry to its target domain: ``DomainStats`` of ``folder`` (unlabelled clips; ``whiten``
+    optional) and an AS-norm cohort (default: the folder's clips); every later score uses them. No folder and no
+    cohort: back to raw embeddings. The operating point is re-estimated (a locked threshold is replaced)."""
+    from spkid.scoring.speaker_db import SpeakerDB
+    with SpeakerDB.open(registry) as reg:
+        model = _registry_model(reg, None, device)
+        domain, norm, source = domain_adaptation(model, folder, whiten=whiten, cohort=cohort, top_n=top_n)
+        was = reg.threshold_source if reg.threshold_locked else None
+        reg.set_adaptation(domain, norm, source, top_n=top_n)
+        return AdaptResult(source, reg.refresh_threshold(), was)
+
+
+def identify(registry: str | Path, files, *, top_k: int = 1, device: str = "auto", runtime: str = "torch",
+             threads: int = 0) -> list[tuple]:
+    """Rows ``(file, speaker | "unknown", score)``; with ``top_k > 1`` also the runners-up ``(file, spk, score)``.
+
+    ``runtime="onnx"`` embeds through ONNX Runtime (the registry's embeddings may come from either runtime:
+    they agree within 1e-4)."""
+    from spkid.scoring.speaker_db import SpeakerDB
+    with SpeakerDB.open(registry) as reg:
+        model = load(reg.checkpoint, device, runtime=runtime, threads=threads)
         if model.model_id != reg.model_id:
             raise SpkidError(f"{registry}: checkpoint {reg.checkpoint} has changed since enrollment "
                              f"(model {model.model_id} != {reg.model_id}); re-enroll")
@@ -91,42 +278,120 @@ def identify(registry: str | Path, files, *, top_k: int = 1, device: str = "auto
     return rows
 
 
-def verify(checkpoint: str | Path, a, b, *, threshold: float | None = None, device: str = "auto") -> tuple[float, bool, float]:
-    """``(cosine score, same speaker?, threshold used)`` for two files."""
+@dataclass
+class VerifyResult:
+    """``score`` (cosine, or the registry's back-end score), ``same`` (score >= threshold), ``threshold`` and its
+    ``threshold_source``; ``probability`` of "same speaker" under ``prior`` when a calibration on these scores
+    exists (``calibration_source`` says which trials it was fitted on); ``scoring``: the back end in words."""
+
+    score: float
+    same: bool
+    threshold: float
+    threshold_source: str
+    scoring: str
+    probability: float | None = None
+    prior: float = 0.5
+    calibration_source: str | None = None
+
+
+def _check_prior(prior: float) -> float:
+    if not 0.0 < prior < 1.0:
+        raise SpkidError(f"--prior {prior}: must be in (0, 1)")
+    return float(prior)
+
+
+def verify(checkpoint: str | Path, a, b, *, threshold: float | None = None, device: str = "auto",
+           registry: str | Path | None = None, prior: float = 0.5) -> VerifyResult:
+    """Score two files: cosine of their embeddings, or with ``registry`` its back end (domain statistics, AS-norm)
+    and its threshold. A calibration (the registry's, else the checkpoint's for raw cosines) adds the probability
+    of "same speaker" under ``prior``."""
+    from spkid.scoring.backend import Backend, checkpoint_extras
+    from spkid.scoring.speaker_db import SpeakerDB
+    prior = _check_prior(prior)
     model = load(checkpoint, device)
-    if threshold is None:
-        threshold, _ = default_threshold(model)
-    if not math.isfinite(threshold):
-        raise SpkidError(f"verify --threshold {threshold}: must be a finite number")
-    score = model.verify(Path(a), Path(b))
+    cal = None
+    if registry is not None:
+        with SpeakerDB.open(registry) as reg:
+            _check_same_model(reg, model)
+            backend = reg.backend()
+            thr, source = reg.threshold, f"registry: {reg.threshold_source}"
+            cal = reg.calibration if reg.threshold_scale == "registry" else None
+    else:
+        backend = Backend()
+        thr, source = default_threshold(model)
+    if cal is None and backend.raw:
+        cal = checkpoint_extras(checkpoint)[1]
+    if threshold is not None:
+        thr, source = threshold, "--threshold"
+    if not math.isfinite(thr):
+        raise SpkidError(f"verify --threshold {thr}: must be a finite number")
+    emb = model.embed([Path(a), Path(b)]).numpy().astype(np.float64)
+    if not np.all(np.isfinite(emb)):
+        raise SpkidError(f"{checkpoint}: the model embeds {a} or {b} as NaN/Inf; the checkpoint is corrupt or diverged")
+    score = float(backend.pair_scores(emb[:1], emb[1:])[0, 0])
     if not math.isfinite(score):
         raise SpkidError(f"{checkpoint}: the model scores {a} against {b} as {score} (not finite); the checkpoint is "
                          "corrupt or diverged")
-    return score, score >= threshold, threshold
+    prob = float(cal.calibration.probability(np.array([score]), prior)[0]) if cal is not None else None
+    return VerifyResult(score, score >= thr, float(thr), source, backend.describe(pairs=True), prob, prior,
+                        cal.source if cal is not None else None)
 
 
 def eval_verification(checkpoint: str | Path, data_dir: str | Path, *, far: float | None = None,
-                      max_nontarget: int = 200_000, device: str = "auto", progress: bool = True) -> dict:
-    """EER and minDCF (p_target 0.01) on trials among speakers of ``data_dir`` that the model never saw.
+                      max_nontarget: int = 200_000, device: str = "auto", progress: bool = True,
+                      registry: str | Path | None = None, prior: float = 0.5) -> dict:
+    """EER, minDCF (p_target 0.01), Cllr and minCllr on trials among speakers of ``data_dir`` the model never saw.
 
     ``data_dir`` is an HW4 directory (``metadata.json`` + ``mapping.json``); its speakers that are in the
-    checkpoint's training list are left out. The threshold is the EER point, or the one at false-accept rate ``far``.
+    checkpoint's training list are left out. The threshold is the EER point, or the one at false-accept rate
+    ``far``; a calibration (score -> LLR, ``prior``) is fitted on the trials: ``cllr`` is the Cllr of that fit
+    (on the trials it was fitted on), ``min_cllr`` the best any monotone calibration reaches, ``cllr_stored`` the
+    Cllr of the calibration already stored (checkpoint or registry) when there is one. With ``registry`` the
+    scores go through its back end (domain statistics, AS-norm) and the threshold and calibration are stored in
+    it, locked (enroll keeps them).
     """
     from spkid.data.features import load_train_features
-    from spkid.scoring.metrics import eer, make_trials, min_dcf, score_trials, threshold_at_far
+    from spkid.scoring.backend import Backend, StoredCalibration, checkpoint_extras
+    from spkid.scoring.calibration import Calibration, cllr, min_cllr
+    from spkid.scoring.metrics import eer, make_trials, min_dcf, threshold_at_far
+    from spkid.scoring.speaker_db import SpeakerDB
+    prior = _check_prior(prior)
     model = load(checkpoint, device)
-    data = load_train_features(data_dir, model.cfg.features.n_mels, progress=progress)
-    seen = set(model.speakers)
-    keep = [i for i, u in enumerate(data.utts) if u.speaker not in seen]
-    if not keep:
-        raise DataError(f"{data_dir}: every speaker here was seen in training; verification needs unseen speakers")
-    labels = [data.utts[i].speaker for i in keep]
-    emb = model.embed([data.feats[i] for i in keep]).numpy()
-    i_idx, j_idx, target = make_trials(labels, max_nontarget=max_nontarget)
-    scores = score_trials(emb, i_idx, j_idx)
-    e, t_eer = eer(scores, target)
-    dcf, _ = min_dcf(scores, target, p_target=0.01)
-    thr = threshold_at_far(scores, target, far) if far is not None else t_eer
-    return {"eer": e, "min_dcf": dcf, "threshold": thr, "threshold_source": f"far={far}" if far is not None else "eer",
+    reg = SpeakerDB.open(registry) if registry is not None else None
+    try:
+        if reg is not None:
+            _check_same_model(reg, model)
+        backend = reg.backend("registry") if reg is not None else Backend()
+        data = load_train_features(data_dir, model.cfg.features.n_mels, progress=progress)
+        seen = set(model.speakers)
+        keep = [i for i, u in enumerate(data.utts) if u.speaker not in seen]
+        if not keep:
+            raise DataError(f"{data_dir}: every speaker here was seen in training; verification needs unseen speakers")
+        labels = [data.utts[i].speaker for i in keep]
+        emb = model.embed([data.feats[i] for i in keep]).numpy()
+        i_idx, j_idx, target = make_trials(labels, max_nontarget=max_nontarget)
+        if not target.any() or target.all():
+            raise DataError(f"{data_dir}: verification needs same-speaker and different-speaker pairs "
+                            f"({int(target.sum())} target, {int((~target).sum())} non-target)")
+        scores = backend.trial_scores(emb, i_idx, j_idx)
+        e, t_eer = eer(scores, target)
+        dcf, _ = min_dcf(scores, target, p_target=0.01)
+        thr = threshold_at_far(scores, target, far) if far is not None else t_eer
+        cal = StoredCalibration(Calibration.fit(scores, target, prior=prior),
+                                f"eval-verification trials of {Path(data_dir).name} ({len(set(labels))} speakers)")
+        stored = (reg.calibration if reg is not None and reg.threshold_scale == "registry"
+                  else checkpoint_extras(checkpoint)[1] if backend.raw else None)
+        source = f"far={far}" if far is not None else "eer"
+        if reg is not None:
+            reg.set_threshold(thr, f"{source} on {Path(data_dir).name}", locked=True, scale="registry")
+            reg.set_calibration(cal)
+    finally:
+        if reg is not None:
+            reg.close()
+    return {"eer": e, "min_dcf": dcf, "threshold": thr, "threshold_source": source,
+            "cllr": cllr(cal.calibration.llr(scores), target), "min_cllr": max(0.0, min_cllr(scores, target)),
+            "cllr_stored": cllr(stored.calibration.llr(scores), target) if stored is not None else None,
+            "stored_calibration_source": stored.source if stored is not None else None,
+            "calibration": cal.to_dict(), "scoring": backend.describe(pairs=True), "registry": str(registry) if registry else None,
             "n_speakers": len(set(labels)), "n_utterances": len(keep), "n_target": int(target.sum()),
             "n_nontarget": int((~target).sum())}

@@ -22,15 +22,50 @@ def gather_inputs(models, source: str | Path, progress: bool = True) -> tuple[li
     return ids, models[0].features(items)
 
 
+def gather_paths(models, source: str | Path) -> tuple[list[str], list[Path], list[int]]:
+    """``(ids, files, lengths)`` as ``gather_inputs`` names them, without reading features: for ``--nproc``
+    (lengths: ``mel_len`` from ``testdata.json``, else a size-based proxy that only balances the shards)."""
+    from spkid.data.hw4 import read_testdata
+    from spkid.data.scan import gather
+    from spkid.errors import DataError
+    from spkid.scoring.shards import item_lengths
+    src = Path(source)
+    n_mels = models[0].cfg.features.n_mels
+    if src.is_dir() and (src / "testdata.json").is_file():
+        file_mels, utts = read_testdata(src)
+        if file_mels != n_mels:
+            raise DataError(f"{src / 'testdata.json'}: n_mels is {file_mels}, the model expects {n_mels}")
+        return [u.feature_path for u in utts], [src / u.feature_path for u in utts], [u.mel_len for u in utts]
+    ids, items = gather(src)
+    if src.is_file():
+        ids = [src.name]
+    return ids, items, item_lengths(items, n_mels)
+
+
 def predict(checkpoints: list[str], source: str | Path, output: str | Path, *, device: str = "auto",
-            window: int | None = None, progress: bool = True) -> int:
-    """Predict every test item with the mean probability of ``checkpoints``; returns the number of rows."""
-    models = [load(c, device) for c in checkpoints]
+            window: int | None = None, progress: bool = True, runtime: str = "torch", threads: int = 0,
+            quantize: bool = False, nproc: int = 0) -> int:
+    """Predict every test item with the mean probability of ``checkpoints``; returns the number of rows.
+
+    ``runtime="onnx"``: ONNX Runtime on the CPU with ``threads`` intra-op threads (0: the free cores).
+    ``nproc > 1``: ``nproc`` processes, resumable shard by shard (``spkid.scoring.shards``).
+    """
+    sharded = nproc > 1
+    models = [load(c, "cpu" if sharded else device, runtime=runtime, threads=threads, quantize=quantize)
+              for c in checkpoints]
     for m in models:
         if window is not None:
             m.cfg.infer.window = window
-    ids, feats = gather_inputs(models, source, progress)
-    probs = ensemble_scores(models, feats)
+    if sharded:
+        from spkid.scoring.shards import remove_shards, run_sharded
+        ids, items, lengths = gather_paths(models, source)
+        run = run_sharded("scores", models, items, lengths, output, nproc=nproc, device=device, threads=threads)
+        probs = run.values
+    else:
+        ids, feats = gather_inputs(models, source, progress)
+        probs = ensemble_scores(models, feats)
     speakers = models[0].speakers
     write_predictions(output, ids, [speakers[i] for i in probs.argmax(-1).tolist()])
+    if sharded:
+        remove_shards(run)
     return len(ids)

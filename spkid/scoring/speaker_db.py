@@ -4,9 +4,16 @@ Backs ``spkid enroll REGISTRY NAME FILES...`` and ``spkid identify REGISTRY FILE
 
 Tables:
 
-- ``meta(key, value)``: ``format``, ``schema_version``, ``model_id`` (a fingerprint of the model
+- ``meta(key, value)``: ``format``, ``schema_version`` (2), ``model_id`` (a fingerprint of the model
   weights that made every stored embedding), ``checkpoint``, ``embed_dim``, ``threshold``,
-  ``threshold_source`` (how the threshold was chosen, e.g. ``eer`` or ``far=0.01``).
+  ``threshold_source`` (how the threshold was chosen: the enrollment estimate, ``eer``, ``far=0.01``...),
+  ``threshold_locked`` (``1``: set by ``eval-verification --registry`` or by hand; enroll never replaces it),
+  ``threshold_scale`` (``registry``: on the scores of this registry's back end; ``raw``: on raw cosines, the
+  checkpoint's fallback while too few clips are enrolled), ``fallback_threshold`` / ``fallback_source`` (that
+  checkpoint default), and as JSON: ``enroll_config`` (``EnrollConfig``: centroid / best / top-k mean scoring,
+  threshold rule, outlier rule), ``domain`` (``DomainStats`` or null), ``cohort`` (``{"kind": "none"}``,
+  ``{"kind": "checkpoint", "top_n": N}`` or ``{"kind": "folder", "top_n": N, "cohort": [[...]]}``),
+  ``adaptation`` (where the domain statistics and cohort came from), ``calibration`` (score -> LLR, or null).
 - ``utterances(speaker, source, embedding)``: one row per enrolled utterance, keyed by
   ``(speaker, source)``; ``embedding`` is ``E`` little-endian float32 values.
 
@@ -14,10 +21,15 @@ Embeddings of different models live in different spaces, so a registry holds one
 and ``enroll`` refuses any other. Each write is one transaction: an error part-way through
 leaves the registry as it was.
 
+Scoring (``identify``/``decide``): ``domain.apply`` -> ``Gallery(...).scores`` (``spkid.scoring.backend``) ->
+compare with the stored threshold. A registry of schema 1 is refused: re-enroll its speakers.
+
 Shapes: ``embeddings`` are ``(N, E)`` (any scale, normalised here); centroids are ``(K, E)``.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import sqlite3
@@ -28,14 +40,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spkid.errors import DataError
+from spkid.errors import ConfigError, DataError
 from spkid.fileio import current_umask
+from spkid.scoring.backend import Backend, StoredCalibration, default_enroll_config
+from spkid.scoring.enrollment import EnrollConfig
 
 FORMAT = "spkid-registry"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 UNKNOWN = "unknown"                                 # decide()'s answer below the threshold; not enrollable
 _BLOB_DTYPE = np.dtype("<f4")
 LOCK_WAIT_S = 5.0                                   # how long a reader/writer waits for another writer
+
+_META_KEYS = ("model_id", "checkpoint", "embed_dim", "threshold", "threshold_source", "threshold_locked",
+              "threshold_scale", "fallback_threshold", "fallback_source", "enroll_config", "domain", "cohort",
+              "adaptation", "calibration")
+SCALES = ("registry", "raw")
+MAX_ESTIMATE_CLIPS = 3000                            # enrollment clips the threshold estimate uses at most
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,14 +93,21 @@ class SpeakerDB:
         self.path = path
         self._conn = conn
         self._meta = self._read_meta()
+        self._checkpoint_cohort = None              # the checkpoint's AS-norm cohort, read when first needed
 
     # opening ---------------------------------------------------------------------------------
 
     @classmethod
     def create(cls, path, *, model_id: str, checkpoint: str, embed_dim: int, threshold: float,
-               threshold_source: str = "manual") -> "SpeakerDB":
-        """Create a new, empty registry file; an existing file is an error."""
+               threshold_source: str = "manual", enroll_config: EnrollConfig | None = None) -> "SpeakerDB":
+        """Create a new, empty registry file; an existing file is an error.
+
+        ``threshold`` is the fallback on raw cosines (the checkpoint's validation EER point) used until the
+        registry holds enough enrollment clips to estimate its own; ``enroll_config`` defaults to
+        ``backend.default_enroll_config()`` (top-3 mean scoring).
+        """
         path = Path(path)
+        enroll_config = enroll_config or default_enroll_config()
         if not model_id:
             raise ValueError("model_id must be a non-empty string")
         if embed_dim < 1:
@@ -108,7 +135,12 @@ class SpeakerDB:
                         ("format", FORMAT), ("schema_version", str(SCHEMA_VERSION)),
                         ("model_id", model_id), ("checkpoint", str(checkpoint)),
                         ("embed_dim", str(int(embed_dim))), ("threshold", repr(float(threshold))),
-                        ("threshold_source", threshold_source),
+                        ("threshold_source", threshold_source), ("threshold_locked", "0"),
+                        ("threshold_scale", "raw"), ("fallback_threshold", repr(float(threshold))),
+                        ("fallback_source", threshold_source),
+                        ("enroll_config", json.dumps(dataclasses.asdict(enroll_config))),
+                        ("domain", "null"), ("cohort", json.dumps({"kind": "none"})), ("adaptation", ""),
+                        ("calibration", "null"),
                     ])
             finally:
                 conn.close()
@@ -149,12 +181,12 @@ class SpeakerDB:
 
     @classmethod
     def open_or_create(cls, path, *, model_id: str, checkpoint: str, embed_dim: int, threshold: float,
-                       threshold_source: str = "manual") -> "SpeakerDB":
+                       threshold_source: str = "manual", enroll_config: EnrollConfig | None = None) -> "SpeakerDB":
         """Open ``path`` if it exists (its stored meta wins), else create it with these values."""
         if Path(path).exists():
             return cls.open(path)
         return cls.create(path, model_id=model_id, checkpoint=checkpoint, embed_dim=embed_dim,
-                          threshold=threshold, threshold_source=threshold_source)
+                          threshold=threshold, threshold_source=threshold_source, enroll_config=enroll_config)
 
     def _read_meta(self) -> dict[str, str]:
         try:
@@ -168,11 +200,13 @@ class SpeakerDB:
         meta = dict(rows)
         if meta.get("format") != FORMAT:
             raise DataError(f"{self.path}: not a spkid registry (meta format is {meta.get('format')!r})")
+        if meta.get("schema_version") == "1":
+            raise DataError(f"{self.path}: registry schema version 1 (made by an older spkid, without domain "
+                            "statistics or its own threshold); re-enroll its speakers into a new registry")
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise DataError(f"{self.path}: registry schema version {meta.get('schema_version')}, "
                                              f"this spkid reads version {SCHEMA_VERSION}")
-        missing = [k for k in ("model_id", "checkpoint", "embed_dim", "threshold", "threshold_source")
-                   if k not in meta]
+        missing = [k for k in _META_KEYS if k not in meta]
         if missing:
             raise DataError(f"{self.path}: corrupt registry: meta lacks {', '.join(missing)}")
         try:
@@ -182,6 +216,15 @@ class SpeakerDB:
         if not math.isfinite(threshold) or dim < 1:
             raise DataError(f"{self.path}: corrupt registry: threshold {meta['threshold']!r} / embed_dim "
                             f"{meta['embed_dim']!r} must be a finite number / a positive integer")
+        try:
+            fallback = float(meta["fallback_threshold"])
+        except (TypeError, ValueError):
+            fallback = math.nan
+        if (not math.isfinite(fallback) or meta["threshold_scale"] not in SCALES
+                or meta["threshold_locked"] not in ("0", "1")):
+            raise DataError(f"{self.path}: corrupt registry: fallback_threshold {meta['fallback_threshold']!r}, "
+                            f"threshold_scale {meta['threshold_scale']!r} or threshold_locked "
+                            f"{meta['threshold_locked']!r} is not valid")
         return meta
 
     def close(self) -> None:
@@ -215,21 +258,161 @@ class SpeakerDB:
     def threshold_source(self) -> str:
         return self._meta["threshold_source"]
 
-    def set_threshold(self, value: float, source: str) -> None:
-        """Store a new decision threshold and how it was chosen (e.g. ``"eer"``, ``"far=0.01"``)."""
+    @property
+    def threshold_locked(self) -> bool:
+        """True when the threshold was set by ``eval-verification --registry`` or by hand: enroll keeps it."""
+        return self._meta["threshold_locked"] == "1"
+
+    @property
+    def threshold_scale(self) -> str:
+        """``registry``: the threshold is on this registry's back-end scores; ``raw``: on raw cosines (fallback)."""
+        return self._meta["threshold_scale"]
+
+    @property
+    def fallback(self) -> tuple[float, str]:
+        """The checkpoint's threshold on raw cosines and its source, used while too few clips are enrolled."""
+        return float(self._meta["fallback_threshold"]), self._meta["fallback_source"]
+
+    def set_threshold(self, value: float, source: str, *, locked: bool = True, scale: str = "registry") -> None:
+        """Store a decision threshold and how it was chosen (e.g. ``"eer"``, ``"far=0.01"``).
+
+        ``locked`` (default: a threshold set from outside is kept by later enrolls); ``scale``: ``registry`` (on
+        this registry's back-end scores) or ``raw`` (raw cosines).
+        """
         _check_threshold(value)
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        self._write_meta({"threshold": repr(float(value)), "threshold_source": source,
+                          "threshold_locked": "1" if locked else "0", "threshold_scale": scale})
+
+    def unlock_threshold(self) -> None:
+        """Let the next ``refresh_threshold`` (every enroll) estimate the threshold from the enrollment clips."""
+        self._write_meta({"threshold_locked": "0"})
+
+    def _write_meta(self, values: dict[str, str]) -> None:
         with _transaction(self._conn, self.path):
-            self._conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                                   [(repr(float(value)), "threshold"), (source, "threshold_source")])
-        self._meta["threshold"], self._meta["threshold_source"] = repr(float(value)), source
+            self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                   [(k, v) for k, v in values.items()])
+        self._meta.update(values)
+        self._checkpoint_cohort = None
+
+    def _json(self, key: str):
+        try:
+            return json.loads(self._meta[key])
+        except json.JSONDecodeError:
+            raise DataError(f"{self.path}: corrupt registry: meta {key!r} is not valid JSON") from None
+
+    @property
+    def enroll_config(self) -> EnrollConfig:
+        """How speakers are scored (centroid / best clip / top-k mean), the threshold rule and the outlier rule."""
+        d = self._json("enroll_config")
+        try:
+            return EnrollConfig(**d)
+        except (TypeError, ConfigError) as e:
+            raise DataError(f"{self.path}: corrupt registry: enroll_config ({e})") from None
+
+    def set_enroll_config(self, cfg: EnrollConfig) -> None:
+        self._write_meta({"enroll_config": json.dumps(dataclasses.asdict(cfg))})
+
+    @property
+    def domain(self):
+        """The target domain's ``DomainStats`` (``spkid adapt``), or None."""
+        from spkid.scoring.norm import DomainStats
+        d = self._json("domain")
+        if d is None:
+            return None
+        try:
+            return DomainStats.from_dict(d)
+        except DataError as e:
+            raise DataError(f"{self.path}: corrupt registry: {e}") from None
+
+    @property
+    def cohort_kind(self) -> str:
+        """``none`` | ``checkpoint`` (the training speakers stored in the checkpoint) | ``folder`` (domain clips)."""
+        d = self._json("cohort")
+        kind = d.get("kind") if isinstance(d, dict) else None
+        if kind not in ("none", "checkpoint", "folder"):
+            raise DataError(f"{self.path}: corrupt registry: cohort kind {kind!r}")
+        return kind
+
+    @property
+    def adaptation(self) -> str:
+        """Where the domain statistics and cohort came from ("" when the registry is not adapted)."""
+        return self._meta["adaptation"]
+
+    def cohort(self):
+        """The ``ASNorm`` this registry scores with, or None (a checkpoint cohort is read from the checkpoint)."""
+        from spkid.scoring.norm import ASNorm
+        kind = self.cohort_kind
+        d = self._json("cohort")
+        if kind == "none":
+            return None
+        if kind == "folder":
+            try:
+                return ASNorm.from_dict(d)
+            except DataError as e:
+                raise DataError(f"{self.path}: corrupt registry: {e}") from None
+        if getattr(self, "_checkpoint_cohort", None) is None:
+            from spkid.scoring.backend import checkpoint_extras
+            cohort, _ = checkpoint_extras(self.checkpoint)
+            if cohort is None:
+                raise DataError(f"{self.path}: the registry uses the checkpoint cohort, but {self.checkpoint} has "
+                                "none (trained by an older spkid); run spkid adapt again without --cohort checkpoint")
+            self._checkpoint_cohort = cohort.asnorm(centred=self.domain is not None, top_n=int(d.get("top_n", 50)))
+        return self._checkpoint_cohort
+
+    def set_adaptation(self, domain, cohort, source: str, *, top_n: int = 50) -> None:
+        """Store domain statistics (``DomainStats`` or None) and the AS-norm cohort: an ``ASNorm`` built from the
+        domain's clips, ``"checkpoint"`` or None; ``source`` says where they came from. A locked threshold was
+        chosen on other scores, so it is unlocked (call ``refresh_threshold`` next)."""
+        from spkid.scoring.norm import ASNorm
+        if cohort is None:
+            c = {"kind": "none"}
+        elif isinstance(cohort, str):
+            if cohort != "checkpoint":
+                raise ValueError(f"cohort must be an ASNorm, 'checkpoint' or None, got {cohort!r}")
+            c = {"kind": "checkpoint", "top_n": int(top_n)}
+        elif isinstance(cohort, ASNorm):
+            if cohort.cohort.shape[1] != self.embed_dim:
+                raise DataError(f"{self.path}: cohort is {cohort.cohort.shape[1]}-dim, the registry {self.embed_dim}-dim")
+            c = {"kind": "folder", **cohort.to_dict()}
+        else:
+            raise ValueError(f"cohort must be an ASNorm, 'checkpoint' or None, got {type(cohort).__name__}")
+        if domain is not None and domain.mean.size != self.embed_dim:
+            raise DataError(f"{self.path}: domain statistics are {domain.mean.size}-dim, the registry {self.embed_dim}-dim")
+        self._write_meta({"domain": json.dumps(None if domain is None else domain.to_dict()), "cohort": json.dumps(c),
+                          "adaptation": source, "threshold_locked": "0"})
+
+    @property
+    def calibration(self) -> StoredCalibration | None:
+        """Score -> log-likelihood-ratio calibration on this registry's scores, with the trials it came from."""
+        d = self._json("calibration")
+        if d is None:
+            return None
+        try:
+            return StoredCalibration.from_dict(d)
+        except DataError as e:
+            raise DataError(f"{self.path}: corrupt registry: {e}") from None
+
+    def set_calibration(self, cal: StoredCalibration | None) -> None:
+        self._write_meta({"calibration": json.dumps(None if cal is None else cal.to_dict())})
+
+    def backend(self, scale: str | None = None) -> Backend:
+        """The scoring pipeline of ``scale`` (default: the threshold's): ``registry`` = domain statistics + cohort +
+        scoring mode; ``raw`` = the scoring mode on raw cosines (what the checkpoint's fallback threshold is for)."""
+        scale = scale or self.threshold_scale
+        if scale == "raw":
+            return Backend(self.enroll_config, None, None)
+        return Backend(self.enroll_config, self.domain, self.cohort())
 
     # speakers --------------------------------------------------------------------------------
 
     def enroll(self, name: str, embeddings, sources: list[str], *, model_id: str) -> int:
         """Add utterance embeddings ``(N, E)`` of speaker ``name``, one per ``sources`` entry.
 
-        A source the speaker already has is replaced, others are added (re-enrolling updates).
-        Returns the speaker's utterance count afterwards.
+        A source the speaker already has is replaced, others are added (re-enrolling updates), and the operating
+        point is re-estimated (``refresh_threshold``) in the same transaction. Returns the speaker's utterance count
+        afterwards.
         """
         if model_id != self.model_id:
             raise DataError(f"{self.path}: registry holds embeddings of model {self.model_id}, "
@@ -259,6 +442,9 @@ class SpeakerDB:
                 self._conn.execute("INSERT OR REPLACE INTO utterances (speaker, source, embedding) VALUES (?, ?, ?)",
                                    (name, src, _to_blob(row)))
             (count,) = self._conn.execute("SELECT COUNT(*) FROM utterances WHERE speaker = ?", (name,)).fetchone()
+            meta = self._refreshed()                # the new operating point commits with the clips, or neither
+            self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+        self._meta.update(meta)
         return int(count)
 
     def speakers(self) -> list[tuple[str, int]]:
@@ -271,8 +457,11 @@ class SpeakerDB:
         """Delete a speaker and all their utterances; returns how many utterances went."""
         with _transaction(self._conn, self.path):
             n = self._conn.execute("DELETE FROM utterances WHERE speaker = ?", (name,)).rowcount
-        if n == 0:
-            raise DataError(f"{self.path}: no enrolled speaker {name!r}")
+            if n == 0:
+                raise DataError(f"{self.path}: no enrolled speaker {name!r}")
+            meta = self._refreshed()
+            self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+        self._meta.update(meta)
         return int(n)
 
     def centroids(self) -> tuple[list[str], np.ndarray]:
@@ -294,19 +483,41 @@ class SpeakerDB:
             return [], np.zeros((0, self.embed_dim), dtype=np.float32)
         return names, _normalise(np.stack(sums)).astype(np.float32)
 
+    def clips(self) -> list[tuple[str, list[str], np.ndarray]]:
+        """``[(name, sources, (n_k, E) float64 L2-normalised embeddings)]`` per speaker, sorted by name, then source."""
+        rows = self._conn.execute(
+            "SELECT speaker, source, embedding FROM utterances ORDER BY speaker, source").fetchall()
+        out: list[tuple[str, list[str], list[np.ndarray]]] = []
+        for speaker, source, blob in rows:
+            v = np.frombuffer(blob, dtype=_BLOB_DTYPE).astype(np.float64)
+            if v.size != self.embed_dim or not np.all(np.isfinite(v)) or not np.any(v):
+                raise DataError(f"{self.path}: corrupt embedding for {speaker!r}/{source!r}: "
+                                f"{v.size} values (expected {self.embed_dim}), zero or not finite")
+            if not out or out[-1][0] != speaker:
+                out.append((speaker, [], []))
+            out[-1][1].append(source)
+            out[-1][2].append(v / np.linalg.norm(v))
+        return [(name, sources, np.stack(vecs)) for name, sources, vecs in out]
+
     # scoring ---------------------------------------------------------------------------------
 
     def _scores(self, embeddings) -> tuple[list[str], np.ndarray]:
+        """Speaker names and ``(M, K)`` scores through the back end of the threshold's scale."""
         x = _as_matrix(embeddings, "embeddings")
         if x.shape[1] != self.embed_dim:
             raise DataError(f"{self.path}: registry holds {self.embed_dim}-dim embeddings, got {x.shape[1]}-dim")
-        names, cents = self.centroids()
-        if not names:
+        clips = self.clips()
+        if not clips:
             raise DataError(f"{self.path}: no speakers enrolled")
-        return names, _normalise(x.astype(np.float64)) @ cents.astype(np.float64).T   # (M, E) x (E, K) -> (M, K)
+        names = [name for name, _, _ in clips]
+        return names, self.backend().scores([c for _, _, c in clips], x.astype(np.float64))
 
     def identify(self, embeddings, top_k: int = 1) -> list[list[tuple[str, float]]]:
-        """For each of ``(M, E)`` embeddings, the ``min(top_k, K)`` best ``(speaker, cosine)``, best first."""
+        """For each of ``(M, E)`` embeddings, the ``min(top_k, K)`` best ``(speaker, score)``, best first.
+
+        Scores come from ``backend()``: adapted to the domain, the speaker's clips scored by the registry's mode
+        (top-3 mean by default), AS-normed when the registry has a cohort.
+        """
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         names, scores = self._scores(embeddings)
@@ -318,10 +529,86 @@ class SpeakerDB:
         return out
 
     def decide(self, embeddings) -> list[tuple[str, float]]:
-        """Best ``(speaker, cosine)`` per embedding, or ``("unknown", cosine)`` when below the threshold."""
+        """Best ``(speaker, score)`` per embedding, or ``("unknown", score)`` when below the threshold."""
         thr = self.threshold
         best = [ranked[0] for ranked in self.identify(embeddings, top_k=1)]
         return [(spk if score >= thr else UNKNOWN, score) for spk, score in best]
+
+    # operating point -------------------------------------------------------------------------
+
+    def threshold_state(self) -> "ThresholdState":
+        """The threshold ``decide`` uses, where it came from, and how many more clips an estimate needs."""
+        from spkid.scoring.enrollment import clips_needed
+        needed = 0
+        if self.threshold_scale == "raw" and not self.threshold_locked:
+            needed = clips_needed([n for _, n in self.speakers()], self.enroll_config)
+        return ThresholdState(self.threshold, self.threshold_source, self.threshold_locked, self.threshold_scale,
+                              needed, self.backend().describe(), self.enroll_config.min_clips)
+
+    def refresh_threshold(self) -> "ThresholdState":
+        """Re-estimate the operating point from the enrollment clips (unless the threshold is locked).
+
+        With enough clips (``enrollment.clips_needed``): ``estimate_threshold`` on the registry's back end, and a
+        calibration fitted on the same enrollment trials; otherwise the checkpoint's fallback on raw cosines.
+        ``enroll`` and ``remove`` do this inside their own transaction.
+        """
+        values = self._refreshed()
+        if values:
+            self._write_meta(values)
+        return self.threshold_state()
+
+    def _refreshed(self) -> dict[str, str]:
+        """The meta values ``refresh_threshold`` writes (reads the clips through this connection: inside an open
+        transaction, its own uncommitted rows count); {} when the threshold is locked."""
+        from spkid.scoring.backend import operating_point
+        if self.threshold_locked:
+            return {}
+        clips = _subsample([c for _, _, c in self.clips()], MAX_ESTIMATE_CLIPS)
+        op, stored, _ = operating_point(self.backend("registry"), clips)
+        if op is None:
+            thr, source = self.fallback
+            return {"threshold": repr(thr), "threshold_source": source, "threshold_scale": "raw",
+                    "calibration": "null"}
+        return {"threshold": repr(float(op.threshold)), "threshold_source": op.source,
+                "threshold_scale": "registry", "calibration": json.dumps(stored.to_dict())}
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdState:
+    """What ``decide`` compares with: ``threshold`` and its ``source``; ``locked`` (kept by enroll); ``scale``
+    (``registry`` or ``raw``); ``clips_needed`` (> 0: the fallback is in use until this many more clips are
+    enrolled); ``scoring`` (the back end, in words)."""
+
+    threshold: float
+    source: str
+    locked: bool
+    scale: str
+    clips_needed: int
+    scoring: str
+    min_clips: int = 20
+
+    def describe(self, with_needed: bool = True) -> str:
+        """One line: which threshold, from where, on which scores (and how many clips an estimate still needs)."""
+        kind = "locked" if self.locked else "estimated" if self.scale == "registry" else "fallback"
+        line = f"threshold {self.threshold:.4f} ({kind}: {self.source}; scores: {self.scoring})"
+        if with_needed and self.clips_needed > 0:
+            line += (f"; {self.clips_needed} more enrollment clip{'s' if self.clips_needed != 1 else ''} needed "
+                     "for this registry's own threshold")
+        return line
+
+
+def _subsample(clips: list[np.ndarray], cap: int) -> list[np.ndarray]:
+    """At most about ``cap`` clips in all, each speaker keeping its share (and at least 2): the threshold estimate
+    scores every clip against every other one, ``(n, n)``."""
+    total = sum(len(c) for c in clips)
+    if total <= cap:
+        return clips
+    rng = np.random.default_rng(0)
+    out = []
+    for c in clips:
+        keep = min(len(c), max(2, int(np.ceil(cap * len(c) / total))))
+        out.append(c[np.sort(rng.choice(len(c), keep, replace=False))])
+    return out
 
 
 def _check_threshold(value: float) -> None:

@@ -128,12 +128,17 @@ def launch_command(argv: list[str], nproc: int) -> list[str]:
 
 
 def launch_env(nproc: int, env: dict | None = None) -> dict:
-    """Environment for the workers: ``OMP_NUM_THREADS`` = cores // nproc unless the caller set it.
+    """Environment for the workers: ``OMP_NUM_THREADS`` = free cores // nproc and ``OMP_WAIT_POLICY=PASSIVE``
+    unless the caller set them.
 
-    (torchrun itself would pin every worker to 1 thread; on a CPU this splits the cores between the ranks.)
+    (torchrun itself would pin every worker to 1 thread; on a CPU this splits the cores that other programs leave
+    free between the ranks, and OpenMP threads sleep instead of spinning at barriers: ``spkid.runtime``.)
     """
+    from spkid.runtime import free_cores
     env = dict(os.environ if env is None else env)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // nproc)))
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, free_cores() // nproc))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 

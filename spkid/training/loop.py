@@ -28,7 +28,8 @@ from spkid.training.checkpoint import (load_resume_state, load_weights, rng_stat
                                        training_state)
 from spkid.training.cohort import finish_checkpoints
 from spkid.training.data import load_train_data
-from spkid.training.finetune import freeze, load_init, train_mode
+from spkid.training.finetune import (PROTOTYPE_MAX, PROTOTYPE_PER_SPEAKER, freeze, init_head_from_prototypes,
+                                    load_init, train_mode)
 from spkid.training.schedules import Schedule
 from spkid.training.validation import validate
 
@@ -101,6 +102,9 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
     model.set_input_stats(*data.stats)
     if t.init and ckpt is None:                       # fine-tuning: every weight but the head from a trained model
         load_init(model, cfg)
+        if data.train_utterances is not None:         # the new head starts at the new speakers' mean embeddings
+            init_head_from_prototypes(model, *data.train_utterances(PROTOTYPE_PER_SPEAKER, PROTOTYPE_MAX), cfg.infer,
+                                      "cpu")
     frozen = freeze(model, t.freeze)                  # [] unless train.freeze: these stay fixed and in eval mode
     model.to(device)
     if world > 1:       # each rank its own dropout/SpecAugment stream (the weights are rank 0's: DDP broadcasts them)

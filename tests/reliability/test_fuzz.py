@@ -104,8 +104,10 @@ def test_random_json_indexes_read_or_name_the_file(tmp_path_factory, meta, mappi
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(["format", "schema_version", "model_id", "checkpoint", "embed_dim", "threshold",
-                            "threshold_source"]),
-       value=st.one_of(st.text(max_size=8), st.sampled_from(["nan", "inf", "-1", "0", "1e999", "", "2"])))
+                            "threshold_source", "threshold_locked", "threshold_scale", "fallback_threshold",
+                            "enroll_config", "domain", "cohort", "calibration"]),
+       value=st.one_of(st.text(max_size=8), st.sampled_from(["nan", "inf", "-1", "0", "1e999", "", "2", "1", "[]",
+                                                             "null", '{"kind": 3}', '{"a": 1}'])))
 def test_random_registry_meta_opens_or_names_the_file(tmp_path_factory, key, value):
     import sqlite3
 
@@ -121,6 +123,12 @@ def test_random_registry_meta_opens_or_names_the_file(tmp_path_factory, key, val
     except DataError as e:
         assert str(e).startswith(str(reg)) and "\n" not in str(e)
     else:
-        assert db.threshold == db.threshold and db.embed_dim >= 1       # finite threshold, positive width
-        db.speakers()
-        db.close()
+        try:
+            assert db.threshold == db.threshold and db.embed_dim >= 1       # finite threshold, positive width
+            db.speakers()
+            db.threshold_state()                                             # parses the JSON meta (schema 2)
+            db.calibration
+        except DataError as e:
+            assert str(e).startswith(str(reg)) and "\n" not in str(e)
+        finally:
+            db.close()

@@ -96,7 +96,7 @@ def test_eval_verification_on_unseen_speakers(trained, tmp_path, capsys):
     assert 0 <= eer < 50                                           # better than chance on unseen speakers
     from spkid.scoring.speaker_db import SpeakerDB
     with SpeakerDB.open(reg) as g:
-        assert g.threshold_source == "eer"
+        assert g.threshold_source.startswith("eer") and g.threshold_locked   # "eer on DATA", kept by enroll
     assert main(["eval-verification", str(trained["ckpt"]), str(trained["seen"]["root"]), "--quiet"]) == 1
     assert "every speaker here was seen in training" in capsys.readouterr().err
 

@@ -6,6 +6,7 @@ import torch
 
 import spkid.scoring.speaker_db as registry_mod
 from spkid.errors import DataError
+from spkid.scoring.enrollment import EnrollConfig
 from spkid.scoring.speaker_db import SpeakerDB
 
 
@@ -18,9 +19,10 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _create(tmp_path, threshold=0.5, name="reg.sqlite"):
+def _create(tmp_path, threshold=0.5, name="reg.sqlite", scoring="centroid"):
     return SpeakerDB.create(tmp_path / name, model_id=MODEL, checkpoint="runs/a/best.pt",
-                           embed_dim=E, threshold=threshold, threshold_source="eer")
+                           embed_dim=E, threshold=threshold, threshold_source="eer",
+                           enroll_config=EnrollConfig(scoring=scoring))
 
 
 def _speaker(seed, n, spread=0.05):
@@ -102,7 +104,9 @@ def test_open_other_sqlite_database(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, needle", [
-    ("schema_version", "2", "registry schema version 2, this spkid reads version 1"),
+    ("schema_version", "3", "registry schema version 3, this spkid reads version 2"),
+    ("schema_version", "1", "registry schema version 1 (made by an older spkid, without domain statistics or its "
+                            "own threshold); re-enroll its speakers into a new registry"),
     ("format", "something-else", "not a spkid registry (meta format is 'something-else')"),
 ])
 def test_open_wrong_meta(tmp_path, key, value, needle):
