@@ -6,6 +6,7 @@
     model.embed(["a.wav"])                         # -> (1, E) L2-normalised
     model.verify("a.wav", "b.wav")                 # -> cosine score
 """
+import spkid.runtime  # noqa: F401  (first: sets the OpenMP wait policy before torch starts its threads)
 from spkid.scoring.model import Model, load
 
 __all__ = ["Model", "load"]

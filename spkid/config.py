@@ -105,7 +105,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     device: str = "auto"
-    threads: int = 0                  # torch CPU threads (0: leave torch's default)
+    threads: int = 0                  # torch CPU threads (0: the free cores, spkid.runtime.resolve_threads)
     log_tensorboard: bool = False     # also write metrics.jsonl's scalars to RUN_DIR/tensorboard (needs tensorboard)
     init: str = ""                    # fine-tuning: start from this checkpoint (all but the head; spkid train --init)
     freeze: int = 0                   # fine-tuning: keep the subsampling and the first N encoder blocks fixed

@@ -5,7 +5,7 @@ parallel region of a step ends at a barrier that waits for the slowest thread, a
 descheduled for a busy core holds the barrier for a whole scheduler slice (milliseconds), hundreds of times a
 step. Worse, libgomp (torch's OpenMP) lets a waiting thread spin for a while (``GOMP_SPINCOUNT``, milliseconds)
 before it sleeps, so idle threads burn the cores that the busy ones and the neighbours need (``docs/scaling.md``:
-a ``demo`` step at 2 threads beside other programs took 1.8 s spinning, 0.14 s sleeping). So: importing this
+a ``demo`` step at 2 threads beside two CPU-bound programs took 2.9 s spinning, 0.19 s sleeping). So: importing this
 module sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy (libgomp reads it once, when torch loads
 it: ``spkid`` imports this module before torch), and ``resolve_threads(0)`` counts the cores that are actually
 free (the affinity mask, minus what ``/proc/stat`` and the load average show busy).

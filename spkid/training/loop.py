@@ -22,7 +22,7 @@ from spkid.config import RunConfig
 from spkid.errors import ConfigError, SpkidError
 from spkid.fileio import RunDir, atomic_write
 from spkid.models import build_model
-from spkid.runtime import flush_denormal, resolve_amp, resolve_device
+from spkid.runtime import flush_denormal, resolve_amp, resolve_device, use_threads
 from spkid.training import distributed as dist
 from spkid.training.checkpoint import (load_resume_state, load_weights, rng_state, save_checkpoint, set_rng_state,
                                        training_state)
@@ -80,8 +80,7 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
                           "use train.amp=bf16 or none")
     rank, world = dist.setup(device)              # NCCL for CUDA, gloo for CPU
     main = rank == 0
-    if t.threads > 0:
-        torch.set_num_threads(t.threads)
+    use_threads(t.threads)                        # 0: the cores nobody else is using (spkid.runtime)
     device = dist.device_for_rank(device, rank)
     ckpt = load_resume_state(out_dir / "last.ckpt", cfg) if resume else None
     torch.manual_seed(t.seed)
