@@ -129,7 +129,7 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, *, fresh: bool):
-        self.path, self.fresh, self._lock = Path(path), fresh, None
+        self.path, self.fresh, self._lock, self._created = Path(path), fresh, None, False
 
     def __enter__(self) -> "RunDir":
         p = self.path
@@ -143,6 +143,7 @@ class RunDir:
                                  "or choose another --out")
         if not self.fresh and not (p / MARKER).is_file():
             raise SpkidError(f"{p}: not a spkid run folder (no {MARKER}); nothing to resume")
+        self._created = not p.exists()
         self._lock = DirLock(p).__enter__()
         try:
             (p / MARKER).touch()
@@ -151,10 +152,15 @@ class RunDir:
             raise SpkidError(f"{p}: cannot create run folder: {e.strerror or e}") from None
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type=None, *exc) -> None:
         if self._lock is not None:
             self._lock.__exit__()       # releases the lock
             self._lock = None
+        # a run that failed before writing anything leaves no folder behind (only one spkid made just now)
+        if exc_type is not None and self._created and {x.name for x in self.path.iterdir()} <= {MARKER, LOCK}:
+            for name in (MARKER, LOCK):
+                (self.path / name).unlink(missing_ok=True)
+            self.path.rmdir()
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -35,9 +35,10 @@ class TrainData:
 
 
 def looks_like_audio(path: str | Path) -> bool:
-    """An HW4 directory has ``metadata.json``; a list file or a folder without it is audio input."""
+    """A list file, or a folder holding none of the HW4 index files, is audio input."""
     p = Path(path)
-    return p.is_file() or (p.is_dir() and not (p / "metadata.json").exists())
+    hw4 = ("metadata.json", "mapping.json", "testdata.json")
+    return p.is_file() or (p.is_dir() and not any((p / n).exists() for n in hw4))
 
 
 def load_train_data(data_dir: Path, cfg, *, rank: int = 0, progress: bool = True, cache_dir=None,

@@ -73,6 +73,7 @@ def test_ensemble_of_different_speaker_lists_refused(model, tmp_path, capsys):
 def test_resume_from_inference_only_checkpoint_refused(model, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
+    (run / ".spkid-run").touch()                       # a run folder spkid made, holding a stripped checkpoint
     ck = torch.load(model["ckpt"], map_location="cpu", weights_only=True)
     del ck["optimizer"]
     torch.save(ck, run / "last.ckpt")

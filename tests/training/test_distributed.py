@@ -38,7 +38,8 @@ def digest(tensors):
     for t in tensors:
         h.update(t.detach().float().contiguous().numpy().tobytes())
     return h.hexdigest()
-_save, _batch, _build, _teardown = T.save_checkpoint, T.CropSampler.batch, T.build_model, T.dist.teardown
+import spkid.data.sampler as S
+_save, _batch, _build, _teardown = T.save_checkpoint, S.CropSampler.batch, T.build_model, T.dist.teardown
 def save(path, state):
     spy(kind="save", name=os.path.basename(path), step=state["step"])
     _save(path, state)
@@ -52,7 +53,7 @@ def build(*a, **k):
 def teardown():
     spy(kind="final", digest=digest(NET[-1].state_dict().values()))
     _teardown()
-T.save_checkpoint, T.CropSampler.batch, T.build_model, T.dist.teardown = save, batch, build, teardown
+T.save_checkpoint, S.CropSampler.batch, T.build_model, T.dist.teardown = save, batch, build, teardown
 from spkid.cli import main
 sys.exit(main())
 """
