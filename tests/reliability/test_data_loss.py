@@ -23,6 +23,32 @@ def test_export_refuses_to_overwrite_its_checkpoint(model, tmp_path, capsys):
     assert ckpt.read_bytes() == before
 
 
+def test_predict_embed_identify_refuse_outputs_that_are_inputs(model, tmp_path, capsys):
+    ckpt = tmp_path / "m.ckpt"
+    shutil.copy(model["ckpt"], ckpt)
+    data = tmp_path / "hw4"
+    shutil.copytree(model["root"], data)
+    index = (data / "testdata.json").read_bytes()
+    rc, _, err = _cli(capsys, "predict", ckpt, data, "-o", data / "testdata.json", "--quiet")
+    _one_line_error(rc, err, "testdata.json", "is also an input")
+    feature = next(data.glob("uttr-*.pt"))
+    rc, _, err = _cli(capsys, "predict", ckpt, data, "-o", feature, "--quiet")
+    _one_line_error(rc, err, "is also an input")
+    rc, _, err = _cli(capsys, "predict", ckpt, data, "-o", ckpt, "--quiet")
+    _one_line_error(rc, err, "is also an input")
+    rc, _, err = _cli(capsys, "embed", ckpt, feature, "-o", feature)
+    _one_line_error(rc, err, "is also an input")
+    assert (data / "testdata.json").read_bytes() == index and ckpt.read_bytes() == Path(model["ckpt"]).read_bytes()
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _voice(16000, seconds=1.0), 16000)
+    reg = tmp_path / "r.db"
+    assert _cli(capsys, "enroll", reg, "alice", wav, "--checkpoint", ckpt)[0] == 0
+    before = reg.read_bytes()
+    rc, _, err = _cli(capsys, "identify", reg, wav, "-o", reg)
+    _one_line_error(rc, err, "is also an input")
+    assert reg.read_bytes() == before
+
+
 def test_enroll_refuses_a_registry_path_that_is_an_input(model, tmp_path, capsys):
     wav = tmp_path / "a.wav"
     sf.write(wav, _voice(16000), 16000)
