@@ -84,3 +84,21 @@ def test_a_locked_registry_is_called_locked(model, tmp_path, capsys, monkeypatch
         holder.execute("ROLLBACK")
         holder.close()
     SpeakerDB.open(reg).close()
+
+
+def test_a_read_only_place_is_one_line_for_outputs_and_run_folders(model, tmp_path, capsys, monkeypatch):
+    """The tests run as root, for whom permissions do not apply: the read-only filesystem is simulated at the
+    system calls spkid makes (EROFS from creating files and folders)."""
+    import errno
+
+    import spkid.fileio as fileio
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", read_only)
+    rc, _, err = _cli(capsys, "predict", model["ckpt"], model["root"], "-o", tmp_path / "p.csv", "--quiet")
+    _one_line_error(rc, err, "p.csv", "Read-only file system")
+    monkeypatch.setattr(fileio.os, "open", read_only)
+    rc, _, err = _cli(capsys, "train", model["root"], "--out", tmp_path / "run", "--config", "tiny", "--steps", "2",
+                      "--quiet")
+    _one_line_error(rc, err, "run", "Read-only file system")
