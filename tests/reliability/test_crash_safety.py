@@ -88,6 +88,12 @@ def test_sigkill_then_resume_gives_identical_weights(reference, tmp_path, mode, 
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]            # resume removed the stale temp
 
 
+def _default_sigint():
+    # a test run started in the background inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child the disposition a terminal would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_sigint_saves_checkpoint_exits_130_and_resume_finishes(tmp_path, sig):
     """Ctrl-C, and SIGTERM as docker stop or Slurm preemption send it, save a resumable checkpoint."""
@@ -96,7 +102,7 @@ def test_sigint_saves_checkpoint_exits_130_and_resume_finishes(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "spkid", "train", str(root), "--out", str(run), "--config",
                              "tiny", "--steps", "100000", "--set", "train.ckpt_every=1000000", "--device", "cpu",
                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env=_env())
+                            env=_env(), preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 90
         while not (run / "metrics.jsonl").exists():              # first written at step 25: training is under way
