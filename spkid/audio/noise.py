@@ -109,13 +109,8 @@ class NoiseBank:
                     progress: bool = False) -> "NoiseBank":
         """Every audio file under ``folder`` (at most ``max_files``, a seeded random choice), resampled to 16 kHz,
         each scaled to unit RMS. Raises ``DataError`` when the folder holds no usable audio."""
-        from spkid.data.scan import scan
-        files = scan(folder)
-        if not files:
-            raise DataError(f"{folder}: no audio files in this noise folder")
-        if len(files) > max_files:
-            pick = np.random.default_rng(seed).choice(len(files), max_files, replace=False)
-            files = [files[i] for i in sorted(pick)]
+        from spkid.data.scan import sample
+        files = sample(folder, max_files, seed, "noise")
         chunks, names = [], []
         for f in tqdm(files, desc="noise", unit="file", disable=not progress):
             try:

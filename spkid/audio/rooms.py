@@ -120,13 +120,8 @@ class RirBank:
                     progress: bool = False) -> "RirBank":
         """Measured or simulated responses from audio files under ``folder`` (resampled to 16 kHz; at most
         ``max_files``, a seeded random choice). Raises ``DataError`` when none is usable."""
-        from spkid.data.scan import scan
-        files = scan(folder)
-        if not files:
-            raise DataError(f"{folder}: no audio files in this impulse-response folder")
-        if len(files) > max_files:
-            pick = np.random.default_rng(seed).choice(len(files), max_files, replace=False)
-            files = [files[i] for i in sorted(pick)]
+        from spkid.data.scan import sample
+        files = sample(folder, max_files, seed, "impulse-response")
         rirs, info = [], []
         for f in tqdm(files, desc="rirs", unit="file", disable=not progress):
             try:

@@ -47,3 +47,16 @@ def gather(sources, *, features: bool = True) -> tuple[list[str], list[Path]]:
         else:
             raise DataError(f"{src}: file or folder not found")
     return ids, items
+
+
+def sample(folder: str | os.PathLike, max_files: int, seed: int, what: str) -> list[Path]:
+    """``scan(folder)``, at most ``max_files`` of them (a seeded random choice, in path order); an empty folder is
+    a ``DataError`` naming ``what`` it should hold (e.g. "noise", "impulse-response")."""
+    files = scan(folder)
+    if not files:
+        raise DataError(f"{folder}: no audio files in this {what} folder")
+    if len(files) > max_files:
+        import numpy as np
+        pick = np.random.default_rng(seed).choice(len(files), max_files, replace=False)
+        files = [files[i] for i in sorted(pick)]
+    return files
