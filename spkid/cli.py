@@ -183,34 +183,10 @@ def _cmd_predict(a) -> int:
         raise SpkidError("predict: give at least one CHECKPOINT and an INPUT")
     if a.window is not None and a.window < 1:
         raise SpkidError(f"predict --window {a.window}: must be >= 1 frame")
-    _refuse_output_over_inputs(a.output, a.inputs[:-1], [a.inputs[-1]])
     n = predict(a.inputs[:-1], a.inputs[-1], a.output, device=a.device, window=a.window, progress=not a.quiet,
                 quantize=a.int8, nproc=a.nproc, **_inference_args(a))
     print(f"wrote {n} predictions to {a.output}")
     return 0
-
-
-def _refuse_output_over_inputs(output, files: list, sources: list) -> None:
-    """An output path may not name a checkpoint, registry, or any file the command reads from ``sources`` (an HW4
-    directory's index and feature files, or the files of folders)."""
-    from spkid.data.hw4 import read_metadata, read_testdata
-    from spkid.data.scan import gather
-    from spkid.fileio import refuse_overwriting_inputs
-    inputs = [Path(f) for f in files]
-    for src in map(Path, sources):
-        if src.is_dir() and (src / "testdata.json").is_file():
-            inputs += [src / n for n in ("testdata.json", "metadata.json", "mapping.json")]
-            for reader in (read_testdata, read_metadata):   # the training features too: the user's data
-                try:
-                    inputs += [src / u.feature_path for u in reader(src)[1]]
-                except SpkidError:
-                    pass                               # the command itself names what is wrong with it
-        elif src.exists():
-            try:
-                inputs += gather(src)[1]
-            except SpkidError:
-                pass
-    refuse_overwriting_inputs([output], inputs)
 
 
 def _cmd_evaluate(a) -> int:
@@ -293,7 +269,6 @@ def _add_embed(sub) -> None:
 
 def _cmd_embed(a) -> int:
     from spkid.scoring.openset import embed_files
-    _refuse_output_over_inputs(a.output, [a.checkpoint], a.inputs)
     n = embed_files(a.checkpoint, a.inputs, a.output, device=a.device, quantize=a.int8, nproc=a.nproc,
                     **_inference_args(a))
     print(f"wrote {n} embeddings to {a.output}")
@@ -387,7 +362,9 @@ def _cmd_identify(a) -> int:
     if a.top_k < 1:
         raise SpkidError(f"identify --top-k {a.top_k}: must be >= 1")
     if a.output:
-        _refuse_output_over_inputs(a.output, [a.registry], a.files)
+        from spkid.data.scan import input_files
+        from spkid.fileio import refuse_overwriting_inputs
+        refuse_overwriting_inputs([a.output], [a.registry, *input_files(a.files)])
     rows = identify(a.registry, a.files, top_k=a.top_k, device=a.device, **_inference_args(a))
     from spkid.scoring.openset import registry_threshold
     _print_threshold(registry_threshold(a.registry))      # which threshold decided, and where it came from

@@ -60,3 +60,28 @@ def sample(folder: str | os.PathLike, max_files: int, seed: int, what: str) -> l
         pick = np.random.default_rng(seed).choice(len(files), max_files, replace=False)
         files = [files[i] for i in sorted(pick)]
     return files
+
+
+def input_files(sources) -> list[Path]:
+    """Every file a command reads from ``sources``: an HW4 directory's index and listed feature files (test and
+    training: the user's data), else the files ``gather`` finds. Sources that cannot be read contribute nothing here:
+    the command itself names what is wrong with them. For ``fileio.refuse_overwriting_inputs``."""
+    from spkid.data.hw4 import read_metadata, read_testdata
+    files: list[Path] = []
+    for src in [sources] if isinstance(sources, (str, os.PathLike)) else sources:
+        src = Path(src)
+        if src.is_dir() and (src / "testdata.json").is_file():
+            files += [src / n for n in ("testdata.json", "metadata.json", "mapping.json")]
+            for reader in (read_testdata, read_metadata):
+                try:
+                    files += [src / u.feature_path for u in reader(src)[1]]
+                except DataError:
+                    pass
+        elif src.exists():
+            try:
+                files += gather(src)[1]
+            except DataError:
+                pass
+        else:
+            files.append(src)
+    return files

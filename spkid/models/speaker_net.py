@@ -155,6 +155,8 @@ class SpeakerNet(nn.Module):
         self.embed_dim = m.embed_dim if m.embed_dim > 0 else self.pool.out_dim
         self.head = HEADS.build(m.head, m, self.embed_dim, n_speakers)
         self.n_mels = n_mels
+        # found once, not on every training step (a plain tuple: not registered twice as submodules)
+        self._span_modules = tuple(x for x in self.modules() if hasattr(x, "span_loss"))
 
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, T, F)`` log-mel, ``lengths`` ``(B,)`` frames -> embedding ``(B, E)`` (not normalised)."""
@@ -189,7 +191,7 @@ class SpeakerNet(nn.Module):
 
     def aux_loss(self) -> torch.Tensor | None:
         """Regularisers the parts ask for (adaptive attention spans: mean span, frames), or None."""
-        spans = [m.span_loss() for m in self.modules() if hasattr(m, "span_loss")]
+        spans = [m.span_loss() for m in self._span_modules]
         return sum(spans) / len(spans) if spans else None
 
 

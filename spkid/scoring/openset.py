@@ -15,7 +15,7 @@ import torch
 
 from spkid.fileio import atomic_write, refuse_overwriting_inputs
 from spkid.errors import DataError, SpkidError
-from spkid.data.scan import gather
+from spkid.data.scan import gather, input_files
 from spkid.scoring.backend import COHORT_KINDS, DEFAULT_COHORT_WITHOUT_FOLDER, DEFAULT_TOP_N
 from spkid.scoring.model import Model, load
 
@@ -29,6 +29,7 @@ def embed_files(checkpoint: str | Path, sources, out: str | Path, *, device: str
     out = Path(out)
     if out.suffix not in (".npz", ".pt"):
         raise SpkidError(f"{out}: output must end in .npz or .pt")
+    refuse_overwriting_inputs([out], [checkpoint, *input_files(sources)])
     model = load(checkpoint, "cpu" if nproc > 1 else device, runtime=runtime, threads=threads, quantize=quantize)
     ids, items = gather(sources)
     run = None

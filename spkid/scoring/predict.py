@@ -50,6 +50,9 @@ def predict(checkpoints: list[str], source: str | Path, output: str | Path, *, d
     ``runtime="onnx"``: ONNX Runtime on the CPU with ``threads`` intra-op threads (0: the free cores).
     ``nproc > 1``: ``nproc`` processes, resumable shard by shard (``spkid.scoring.shards``).
     """
+    from spkid.data.scan import input_files
+    from spkid.fileio import refuse_overwriting_inputs
+    refuse_overwriting_inputs([output], [*checkpoints, *input_files(source)])
     sharded = nproc > 1
     models = [load(c, "cpu" if sharded else device, runtime=runtime, threads=threads, quantize=quantize)
               for c in checkpoints]

@@ -204,7 +204,7 @@ class SpeakerDB:
             raise DataError(f"{self.path}: registry schema version 1 (made by an older spkid, without domain "
                             "statistics or its own threshold); re-enroll its speakers into a new registry")
         if meta.get("schema_version") != str(SCHEMA_VERSION):
-            raise DataError(f"{self.path}: registry schema version {meta.get('schema_version')}, "
+            raise DataError(f"{self.path}: registry schema version {_shown(meta.get('schema_version'))}, "
                                              f"this spkid reads version {SCHEMA_VERSION}")
         missing = [k for k in _META_KEYS if k not in meta]
         if missing:
@@ -302,6 +302,16 @@ class SpeakerDB:
         except json.JSONDecodeError:
             raise DataError(f"{self.path}: corrupt registry: meta {key!r} is not valid JSON") from None
 
+    def _decoded(self, key: str, from_dict):
+        """``from_dict`` of meta ``key`` (JSON), None when unset; a malformed value names this registry."""
+        d = self._json(key)
+        if d is None:
+            return None
+        try:
+            return from_dict(d)
+        except DataError as e:
+            raise DataError(f"{self.path}: corrupt registry: {e}") from None
+
     @property
     def enroll_config(self) -> EnrollConfig:
         """How speakers are scored (centroid / best clip / top-k mean), the threshold rule and the outlier rule."""
@@ -318,13 +328,7 @@ class SpeakerDB:
     def domain(self):
         """The target domain's ``DomainStats`` (``spkid adapt``), or None."""
         from spkid.scoring.norm import DomainStats
-        d = self._json("domain")
-        if d is None:
-            return None
-        try:
-            return DomainStats.from_dict(d)
-        except DataError as e:
-            raise DataError(f"{self.path}: corrupt registry: {e}") from None
+        return self._decoded("domain", DomainStats.from_dict)
 
     @property
     def cohort_kind(self) -> str:
@@ -344,21 +348,17 @@ class SpeakerDB:
         """The ``ASNorm`` this registry scores with, or None (a checkpoint cohort is read from the checkpoint)."""
         from spkid.scoring.norm import ASNorm
         kind = self.cohort_kind
-        d = self._json("cohort")
         if kind == "none":
             return None
         if kind == "folder":
-            try:
-                return ASNorm.from_dict(d)
-            except DataError as e:
-                raise DataError(f"{self.path}: corrupt registry: {e}") from None
+            return self._decoded("cohort", ASNorm.from_dict)
         if getattr(self, "_checkpoint_cohort", None) is None:
             from spkid.scoring.backend import checkpoint_extras
             cohort, _ = checkpoint_extras(self.checkpoint)
             if cohort is None:
                 raise DataError(f"{self.path}: the registry uses the checkpoint cohort, but {self.checkpoint} has "
                                 "none (trained by an older spkid); run spkid adapt again without --cohort checkpoint")
-            self._checkpoint_cohort = cohort.asnorm(centred=self.domain is not None, top_n=int(d.get("top_n", 50)))
+            self._checkpoint_cohort = cohort.asnorm(centred=self.domain is not None, top_n=int(self._json("cohort").get("top_n", 50)))
         return self._checkpoint_cohort
 
     def set_adaptation(self, domain, cohort, source: str, *, top_n: int = 50) -> None:
@@ -386,13 +386,7 @@ class SpeakerDB:
     @property
     def calibration(self) -> StoredCalibration | None:
         """Score -> log-likelihood-ratio calibration on this registry's scores, with the trials it came from."""
-        d = self._json("calibration")
-        if d is None:
-            return None
-        try:
-            return StoredCalibration.from_dict(d)
-        except DataError as e:
-            raise DataError(f"{self.path}: corrupt registry: {e}") from None
+        return self._decoded("calibration", StoredCalibration.from_dict)
 
     def set_calibration(self, cal: StoredCalibration | None) -> None:
         self._write_meta({"calibration": json.dumps(None if cal is None else cal.to_dict())})
@@ -609,6 +603,11 @@ def _subsample(clips: list[np.ndarray], cap: int) -> list[np.ndarray]:
         keep = min(len(c), max(2, int(np.ceil(cap * len(c) / total))))
         out.append(c[np.sort(rng.choice(len(c), keep, replace=False))])
     return out
+
+
+def _shown(value) -> str:
+    """A meta value as it reads, or its repr when it holds a newline or other unprintable characters (one line)."""
+    return value if isinstance(value, str) and value.isprintable() else repr(value)
 
 
 def _check_threshold(value: float) -> None:
