@@ -139,12 +139,19 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "RunConfig":
+    def from_dict(cls, d: dict, source: str = "config", *, stored: bool = False) -> "RunConfig":
+        """``d`` over the defaults, validated. ``stored``: ``d`` is a finished run's own record (a checkpoint's
+        config), where settings the run did not read hold the defaults of the spkid that wrote it; they are set to
+        today's defaults instead of being refused, so a changed default never makes an old checkpoint unloadable."""
         cfg = cls.__new__(cls)
         base = RunConfig()
         for f in dataclasses.fields(cls):
             setattr(cfg, f.name, copy.deepcopy(getattr(base, f.name)))
         _merge(cfg, d, source, prefix="")
+        if stored:
+            for key, _ in unused_settings(cfg):
+                section, name = key.split(".")
+                setattr(getattr(cfg, section), name, _default(section, name))
         validate(cfg, source)
         return cfg
 
@@ -180,8 +187,11 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
     if cfg.data.source == "features":            # no waveforms: only SpecAugment applies
         for f in dataclasses.fields(WaveAugmentConfig):
             out.append((f"augment.{f.name}", "data.source='features' has no waveforms to augment"))
-    elif a.p_speed == 0:
-        out += [("augment.speed_slow", "augment.p_speed is 0"), ("augment.speed_fast", "augment.p_speed is 0")]
+    else:
+        if a.p_speed == 0:
+            out += [("augment.speed_slow", "augment.p_speed is 0"), ("augment.speed_fast", "augment.p_speed is 0")]
+        if a.p_pause == 0:
+            out.append(("augment.pause_max", "augment.p_pause is 0"))
     if a.feat_eq == 0:
         out.append(("augment.feat_eq_db", "augment.feat_eq is 0"))
     if a.spec_time_masks == 0:

@@ -90,7 +90,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def checkpoint_config(ckpt: dict, path: str | Path) -> RunConfig:
     try:
-        return RunConfig.from_dict(ckpt["config"], f"{path} (config)")
+        return RunConfig.from_dict(ckpt["config"], f"{path} (config)", stored=True)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
 

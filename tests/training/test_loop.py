@@ -50,6 +50,26 @@ def test_resume_refuses_other_model_config(hw4, tmp_path):
         train(hw4["root"], tmp_path / "r", _cfg("train.steps=8", "model.d_model=48"), progress=False, resume=True)
 
 
+def test_checkpoints_outlive_a_changed_default(hw4, tmp_path):
+    """A features run stores the augment settings it never read at the defaults of its day; when a later spkid
+    changes such a default, the checkpoint still loads (the unread settings take today's defaults), resumes and
+    predicts, while a setting the run did read is kept as stored."""
+    from spkid.scoring.model import load
+    from spkid.training.checkpoint import checkpoint_config
+    train(hw4["root"], tmp_path / "r", _cfg("train.steps=4"), progress=False)
+    path = tmp_path / "r" / "last.ckpt"
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["augment"]["p_band"] = 0.37                 # the default of an older spkid, unused by features
+    ck["config"]["augment"]["spec_time_masks"] = 1           # read by features runs: must survive
+    torch.save(ck, path)
+    cfg = checkpoint_config(load_checkpoint(path), path)
+    assert cfg.augment.p_band == load_config("tiny").augment.p_band and cfg.augment.spec_time_masks == 1
+    assert len(load(path, "cpu").predict([torch.randn(30, 40)])) == 1
+    with pytest.raises(Exception, match="p_band=0.37 would be ignored"):   # a user's own config is still refused
+        from spkid.config import RunConfig
+        RunConfig.from_dict(ck["config"])
+
+
 def test_time_budget_is_a_complete_schedule(hw4, tmp_path):
     cfg = _cfg("train.steps=100000", "train.max_minutes=0.05")
     r = train(hw4["root"], tmp_path / "t", cfg, progress=False)
