@@ -88,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     out["rooms_200_s"] = time.process_time() - t
 
     base = WaveAugmentConfig()
-    off = dict(p_noise=0.0, p_reverb=0.0, p_band=0.0, p_telephone=0.0, p_codec=0.0, p_speed=0.0)
+    off = dict(p_noise=0.0, p_reverb=0.0, p_band=0.0, p_telephone=0.0, p_codec=0.0, p_speed=0.0, p_pause=0.0)
     variants = {"full default augmentation": base, "clean crops (no augmentation)": None,
                 "reverberation alone": replace(base, **{**off, "p_reverb": base.p_reverb}),
                 "noise alone (babble + synthetic)": replace(base, **{**off, "p_noise": base.p_noise}),
                 "band limit alone": replace(base, **{**off, "p_band": base.p_band}),
                 "telephone alone": replace(base, **{**off, "p_telephone": base.p_telephone}),
                 "codec bank alone": replace(base, **{**off, "p_codec": base.p_codec}),
+                "pauses alone": replace(base, **{**off, "p_pause": base.p_pause}),
                 "speed perturbation alone (p=0.6)": replace(base, **{**off, "p_speed": 0.6})}
     rows = []
     for name, cfg in variants.items():

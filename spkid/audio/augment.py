@@ -3,7 +3,7 @@
 ``Augmenter(cfg)(wav (B, S), lengths (B,), labels (B,), g, babble=...) -> (B, S)`` decides every kind per item
 with its probability and draws every value from the ``torch.Generator`` ``g``, so a batch is a pure function
 of the generator's seed (the sampler seeds it from ``(seed, rank, step)``: exact resume, different ranks see
-different conditions). Order, as in a real recording: room (reverberation), then background noise (babble
+different conditions). Order, as in a real recording: pauses (spans of near-silence), room (reverberation), then background noise (babble
 or noise recordings or synthetic noise) at an SNR, then the channel (band limitation, or telephone with
 G.711 companding). Two kinds act on the source instead and live in the sampler: speed perturbation
 (``speed_perturb``; sped-up copies are extra speakers, ``speed_label``) and codecs (``spkid.audio.codecs``:
@@ -58,12 +58,16 @@ class WaveAugmentConfig:
     distance_min: float = 0.5        # source-microphone distance, metres
     distance_max: float = 4.0
     bank_seed: int = 0               # the simulated room and synthetic noise banks depend only on this
+    # pauses: spans of the crop replaced by near-silence (a recording's pauses, leading/trailing silence, a muted
+    # microphone), so frames without speech do not throw the pooled statistics at inference
+    p_pause: float = 0.15
+    pause_max: float = 0.4           # a pause covers up to this share of the crop (at least 5 %)
     # speed perturbation (in the sampler): 0.9x / 1.1x copies are extra speakers, Kaldi/WeSpeaker style
     p_speed: float = 0.0             # off by default: it triples the classes, unproven under a 10-minute budget
     speed_slow: float = 0.9
     speed_fast: float = 1.1
     # channel
-    p_band: float = 0.1              # random low-pass (cutoff log-uniform in lowpass_min..max) and high-pass
+    p_band: float = 0.1              # random low-pass (cutoff log-uniform in lowpass_min..max) and/or high-pass
     lowpass_min_hz: float = 2000.0
     lowpass_max_hz: float = 7000.0
     p_telephone: float = 0.15        # 8 kHz, 200-400..3000-3600 Hz band, tilt, gain/clipping, mu-law or A-law
@@ -75,7 +79,7 @@ class WaveAugmentConfig:
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad field."""
         for name in ("p_noise", "p_babble", "hum_share", "band_share", "p_reverb", "p_speed", "p_band",
-                     "p_telephone", "p_codec"):
+                     "p_telephone", "p_codec", "p_pause"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"augment.{name} must be in [0, 1], got {v}")
@@ -88,6 +92,8 @@ class WaveAugmentConfig:
             a, b = getattr(self, lo), getattr(self, hi)
             if not (low <= a <= b <= high and math.isfinite(a) and math.isfinite(b)):
                 raise ConfigError(f"augment.{lo}..{hi} must satisfy {low} <= {lo} <= {hi} <= {high}, got {a}..{b}")
+        if not 0.05 <= self.pause_max <= 0.9:
+            raise ConfigError(f"augment.pause_max must be in [0.05, 0.9], got {self.pause_max}")
         if not 1 <= self.babble_min <= self.babble_max:
             raise ConfigError(f"augment.babble_min..babble_max must satisfy 1 <= min <= max, got "
                               f"{self.babble_min}..{self.babble_max}")
@@ -137,6 +143,26 @@ def _ratio(factor: float) -> tuple[int, int]:
     return f.numerator, f.denominator
 
 
+def pauses(wav: torch.Tensor, lengths: torch.Tensor, g: torch.Generator, *, max_share: float = 0.4) -> torch.Tensor:
+    """Replace one span of each row by near-silence: ``(B, S) -> (B, S)``.
+
+    The span covers 5 %..``max_share`` of the row's ``lengths`` samples at a random position; it becomes white
+    noise 40-90 dB below the row's RMS, or digital zeros (a quarter of the rows), the two kinds of "nothing"
+    recordings contain. Samples past ``lengths`` stay zero.
+    """
+    b, s = wav.shape
+    u = torch.rand(b, 4, generator=g)
+    n = lengths.float()
+    span = (n * (0.05 + (max_share - 0.05) * u[:, 0])).long()
+    start = ((n - span).clamp(min=0) * u[:, 1]).long()
+    t = torch.arange(s)[None, :]
+    inside = (t >= start[:, None]) & (t < (start + span)[:, None])                      # (B, S)
+    rms = (wav.square().sum(1) / n.clamp(min=1)).sqrt()                                # (B,)
+    level = rms * 10.0 ** (-(40.0 + 50.0 * u[:, 2]) / 20.0) * (u[:, 3] >= 0.25)         # (B,): 0 = digital zeros
+    floor = torch.randn(b, s, generator=g) * level[:, None]
+    return torch.where(inside, floor, wav)
+
+
 BabbleFn = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 
 
@@ -173,6 +199,9 @@ class Augmenter:
             return wav
         u = torch.rand(b, 6, generator=g)
         wav = wav.clone()
+        rows, max_share = torch.nonzero(u[:, 5] < c.p_pause).flatten(), c.pause_max
+        if len(rows):
+            wav[rows] = pauses(wav[rows], lengths[rows], g, max_share=max_share)
         rows = torch.nonzero(u[:, 0] < c.p_reverb).flatten()
         if len(rows) and self.rirs is not None:
             wav[rows] = reverberate(wav[rows], lengths[rows], self.rirs.draw(len(rows), g))
@@ -208,4 +237,4 @@ class Augmenter:
         return out
 
 
-__all__ = ["WaveAugmentConfig", "Augmenter", "speed_perturb", "speed_label"]
+__all__ = ["WaveAugmentConfig", "Augmenter", "pauses", "speed_perturb", "speed_label"]

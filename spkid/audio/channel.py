@@ -137,12 +137,20 @@ def telephone(wav: torch.Tensor, lengths: torch.Tensor, g: torch.Generator,
 
 def random_band_limit(wav: torch.Tensor, lengths: torch.Tensor, g: torch.Generator, *, low_min: float,
                       low_max: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Random low-pass (cutoff log-uniform in ``[low_min, low_max]`` Hz) plus, on half the rows, a high-pass
-    at 50-300 Hz: a cheap microphone, a lower original sample rate, or a lossy recorder. ``(B, S) -> (B, S)``."""
+    """A random band limit per row: a cheap microphone, a lower original sample rate, a lossy recorder.
+    ``(B, S) -> (B, S)``.
+
+    Two independent parts, at least one per row: a low-pass (on 70 % of the rows; cutoff log-uniform in
+    ``[low_min, low_max]`` Hz) and a high-pass (on 60 %; cutoff 50-400 Hz). A high-pass alone matters: a model
+    that only ever lost its low bands together with its high ones (telephone) collapsed on small-microphone
+    audio that keeps everything above 300 Hz.
+    """
     b = wav.shape[0]
-    u = torch.rand(b, 3, generator=g).to(wav.device)
-    hi = low_min * (low_max / low_min) ** u[:, 0]
-    lo = torch.where(u[:, 1] < 0.5, 50.0 + 250.0 * u[:, 2], torch.zeros_like(hi))
+    u = torch.rand(b, 4, generator=g).to(wav.device)
+    has_low = u[:, 1] < 0.7
+    has_high = (u[:, 2] < 0.6) | ~has_low
+    hi = torch.where(has_low, low_min * (low_max / low_min) ** u[:, 0], torch.full_like(u[:, 0], float(sample_rate)))
+    lo = torch.where(has_high, 50.0 + 350.0 * u[:, 3], torch.zeros_like(hi))
     return band_limit(wav, lengths, lo, hi, sample_rate)
 
 

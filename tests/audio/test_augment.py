@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.audio.augment import WaveAugmentConfig, Augmenter, speed_label, speed_perturb
+from spkid.audio.augment import WaveAugmentConfig, Augmenter, pauses, speed_label, speed_perturb
 from spkid.audio.channel import a_law, mu_law, random_band_limit, telephone, valid_mask
 from spkid.audio.codecs import CODECS, CodecBank, codec_roundtrip
 from spkid.audio.noise import NoiseBank, band_noise, coloured_noise, hum_noise, mix_at_snr, snr_db, take_segments
@@ -150,7 +150,25 @@ def test_telephone_has_no_energy_above_4khz():
         assert _power_fraction(row, 0, 120) < 1e-2
         assert _power_fraction(wav[i, : int(lengths[i])], 4000, SR / 2) > 1e-3     # the input did have some
     low = random_band_limit(wav, lengths, _g(), low_min=2500.0, low_max=2500.0)
-    assert all(_power_fraction(low[i, : int(lengths[i])], 2700, SR / 2) < 1e-4 for i in range(6))
+    above = [_power_fraction(low[i, : int(lengths[i])], 2700, SR / 2) for i in range(6)]
+    below = [_power_fraction(low[i, : int(lengths[i])], 0, 40) for i in range(6)]
+    assert all(a < 1e-4 or b < 1e-4 for a, b in zip(above, below))       # every row lost a band
+
+
+def test_band_limits_are_low_high_or_both():
+    """Low-pass and high-pass are drawn independently (at least one per row), so a high-pass alone is trained."""
+    wav = torch.randn(400, 8000) * 0.1
+    lengths = torch.full((400,), 8000)
+    out = random_band_limit(wav, lengths, _g(5), low_min=3000.0, low_max=3000.0)
+    f = torch.fft.rfftfreq(8000, 1 / SR)
+    p_out, p_in = torch.fft.rfft(out).abs().square(), torch.fft.rfft(wav).abs().square()    # (400, bins)
+    gain = lambda band: p_out[:, band].sum(1) / p_in[:, band].sum(1)                         # noqa: E731
+    lowpassed, highpassed = gain(f > 3200) < 0.1, gain(f < 20) < 0.1
+    low_only = (lowpassed & ~highpassed).float().mean()
+    high_only = (~lowpassed & highpassed).float().mean()
+    both = (lowpassed & highpassed).float().mean()
+    assert low_only + high_only + both == 1.0
+    assert 0.2 < low_only < 0.4 and 0.22 < high_only < 0.38 and 0.33 < both < 0.51   # 0.28 / 0.30 / 0.42
 
 
 def test_companding_is_8_bit_and_close():
@@ -209,7 +227,7 @@ def test_augmenter_is_deterministic_and_applies_each_kind():
     c = aug(wav, lengths, labels, _g(8), babble=babble)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert (a * ~valid_mask(lengths, wav.shape[1])).abs().max() == 0 and torch.isfinite(a).all()
-    off = dict(p_noise=0.0, p_reverb=0.0, p_band=0.0, p_telephone=0.0, p_codec=0.0)
+    off = dict(p_noise=0.0, p_reverb=0.0, p_band=0.0, p_telephone=0.0, p_codec=0.0, p_pause=0.0)
     assert torch.equal(Augmenter(WaveAugmentConfig(**off))(wav, lengths, labels, _g()), wav)
     noisy = Augmenter(WaveAugmentConfig(**{**off, "p_noise": 1.0, "snr_min_db": 5.0, "snr_max_db": 5.0, "noise_clips": 16}))
     for use_babble in (False, True):
@@ -224,11 +242,31 @@ def test_augmenter_is_deterministic_and_applies_each_kind():
     assert torch.allclose(room.square().sum(1), wav.square().sum(1), rtol=1e-3)
 
 
+def test_pauses_replace_one_span_by_near_silence():
+    wav, lengths = _speech_batch(b=16)
+    out = pauses(wav, lengths, _g(3), max_share=0.4)
+    assert out.shape == wav.shape and torch.equal(out * ~valid_mask(lengths, wav.shape[1]), torch.zeros_like(out))
+    zeros = 0
+    for i in range(16):
+        n = int(lengths[i])
+        changed = torch.nonzero(out[i, :n] != wav[i, :n]).flatten()
+        span = int(changed.max() - changed.min() + 1) if len(changed) else 0
+        assert 0.04 * n <= span <= 0.41 * n                          # one contiguous span of 5-40 % of the row
+        assert torch.equal(out[i, :n][:int(changed.min())], wav[i, :n][:int(changed.min())])
+        quiet = out[i, int(changed.min()): int(changed.max()) + 1]
+        rms = wav[i, :n].square().mean().sqrt()
+        level = quiet.square().mean().sqrt() / rms
+        zeros += int(level == 0)
+        assert level == 0 or 10 ** (-91 / 20) < level < 10 ** (-39 / 20)
+    assert 0 < zeros < 16                                              # both kinds occur
+    assert torch.equal(pauses(wav, lengths, _g(3)), out)
+
+
 def test_noise_folder_replaces_synthetic_noise(tmp_path):
     sf.write(tmp_path / "tone.wav", (0.5 * np.sin(2 * np.pi * 1000 * np.arange(SR) / SR)).astype(np.float32), SR)
     wav, lengths = _speech_batch(b=4)
     cfg = WaveAugmentConfig(p_noise=1.0, p_babble=0.0, p_reverb=0.0, p_band=0.0, p_telephone=0.0, p_codec=0.0,
-                        snr_min_db=-10.0, snr_max_db=-10.0, noise_dir=str(tmp_path))
+                        p_pause=0.0, snr_min_db=-10.0, snr_max_db=-10.0, noise_dir=str(tmp_path))
     out = Augmenter(cfg)(wav, lengths, torch.zeros(4, dtype=torch.long), _g())
     for i in range(4):                          # at -10 dB the 1 kHz tone dominates every row
         assert _power_fraction(out[i, : int(lengths[i])], 990, 1010) > 0.8
@@ -237,7 +275,8 @@ def test_noise_folder_replaces_synthetic_noise(tmp_path):
 def test_config_errors():
     bad = [dict(p_noise=1.5), dict(snr_min_db=10.0, snr_max_db=5.0), dict(rt60_min=0.01), dict(babble_min=0),
            dict(codecs="opus,amr"), dict(hum_share=0.7, band_share=0.5), dict(speed_slow=1.2),
-           dict(noise_dir="/no/such/folder"), dict(lowpass_max_hz=9000.0), dict(n_rooms=0)]
+           dict(noise_dir="/no/such/folder"), dict(lowpass_max_hz=9000.0), dict(n_rooms=0),
+           dict(p_pause=-0.1), dict(pause_max=0.95)]
     for kw in bad:
         with pytest.raises(ConfigError):
             WaveAugmentConfig(**kw).validate()

@@ -21,7 +21,7 @@ from spkid.errors import DataError
 SR = 16000
 AUDIO = SHARED / "data" / "speechocean762-audio"
 needs_audio = pytest.mark.skipif(not AUDIO.is_dir(), reason="../shared/data/speechocean762-audio not present")
-CLEAN = dict(p_noise=0.0, p_reverb=0.0, p_band=0.0, p_telephone=0.0, p_codec=0.0)
+CLEAN = dict(p_noise=0.0, p_reverb=0.0, p_band=0.0, p_telephone=0.0, p_codec=0.0, p_pause=0.0)
 
 
 @pytest.fixture(scope="module")
