@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shutil
 import json
 import sys
 import time
@@ -62,7 +63,7 @@ def embed_all(ckpt: Path, work: Path, *, per_speaker: int, synth_speakers: int, 
     """
     cache = work / (f"embeddings_{per_speaker}_{synth_speakers}_{cohort_per_speaker}_{seed}_"
                     f"{synth_folder[0]}x{synth_folder[1]}.npz")
-    if cache.exists():
+    if cache.exists() and (work / "degraded-audio").is_dir():
         z = np.load(cache, allow_pickle=False)
         return {d: (z[f"{d}_emb"], z[f"{d}_lab"]) for d in ("fsdd", "synth", "cohort")}
     from spkid.audio.synth import synth_corpus
@@ -442,10 +443,11 @@ def run_registry(data: dict, ckpt_cohort, ckpt_threshold: float, *, n_enroll: di
     return report
 
 
-def clip_features(model, path, rng=None, chain=()):
+def clip_features(model, path, rng=None, chain=(), save_audio: Path | None = None):
     """Log-mel ``(T, F)`` of an audio file as the CLI makes them, after the conditions of ``chain``
     (``benchmarks/degrade.py``, e.g. ``DEGRADE_CHAIN``): speech detection when the model applies it to files
-    (the whole clip when it finds under 0.25 s, where the CLI would refuse the file), then the front end."""
+    (the whole clip when it finds under 0.25 s, where the CLI would refuse the file), then the front end.
+    ``save_audio``: also write the (degraded) waveform there, 16 kHz WAV, before speech detection."""
     from spkid.audio.io import load_audio
     wav = load_audio(path, 16000)
     if chain:
@@ -453,6 +455,10 @@ def clip_features(model, path, rng=None, chain=()):
         from degrade import degrade
         for condition in chain:
             wav = degrade(wav, condition, rng)
+    if save_audio is not None:
+        import soundfile as sf
+        save_audio.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(save_audio, np.clip(np.asarray(wav, dtype=np.float32), -1, 1), 16000, subtype="PCM_16")
     if getattr(model, "vad", False):
         from spkid.audio.vad import keep_speech
         speech, seconds = keep_speech(wav)
@@ -470,13 +476,14 @@ def embed_cross_domain(model, work: Path, *, split, fsdd_clips: int, synth_speak
                        synth_folder: int, degraded_clips: int, seed: int) -> dict:
     """``{domain: (emb (N, E), labels (N,))}`` for fsdd, synth and degraded (held-out speechocean762 speakers;
     ``split.impostors`` are only ever the unlabelled domain folder, labelled ``folder:SPK``), and writes the
-    degraded clips' features as an HW4 directory ``work/degraded`` (fine-tuning data). Cached in ``work``."""
+    degraded clips' features as an HW4 directory ``work/degraded`` and their audio as speaker folders
+    ``work/degraded-audio/SPK/*.wav`` (fine-tuning data for feature and audio models). Cached in ``work``."""
     import torch
     from spkid.audio.synth import synth_corpus
     from spkid.data.hw4 import write_train_index
     tag = f"{model.model_id}_{fsdd_clips}_{synth_speakers}x{synth_clips}+{synth_folder}_{degraded_clips}_{seed}"
     cache = work / f"xd_embeddings_{tag}.npz"
-    if cache.exists():
+    if cache.exists() and (work / "degraded-audio").is_dir():
         z = np.load(cache, allow_pickle=False)
         return {d: (z[f"{d}_emb"], z[f"{d}_lab"]) for d in ("fsdd", "synth", "degraded")}
     rng = np.random.default_rng(seed)
@@ -493,13 +500,17 @@ def embed_cross_domain(model, work: Path, *, split, fsdd_clips: int, synth_speak
     labels = [p.parent.name if int(p.parent.name[3:]) < synth_speakers else f"folder:{p.parent.name}" for p in paths]
     out["synth"] = (_embed_clips(model, [clip_features(model, p) for p in paths]), np.asarray(labels))
     deg = work / "degraded"
-    deg.mkdir(parents=True, exist_ok=True)
+    for folder in (deg, work / "degraded-audio"):
+        if folder.exists():
+            shutil.rmtree(folder)
+    deg.mkdir(parents=True)
     opus = SHARED / "speechocean762-opus" / "train"
     feats, labels, index = [], [], {}
     for spk in sorted(split.enrolled + split.impostors):
         files = sorted((opus / spk).glob("*.opus"))
         for k in rng.permutation(len(files))[:degraded_clips]:
-            f = clip_features(model, files[k], rng, DEGRADE_CHAIN)
+            f = clip_features(model, files[k], rng, DEGRADE_CHAIN,
+                              save_audio=work / "degraded-audio" / spk / f"deg-{files[k].stem}.wav")
             name = f"uttr-deg-{spk}-{files[k].stem}.pt"
             torch.save(f.to(torch.float16), deg / name)
             index.setdefault(spk, []).append((name, f.shape[0]))

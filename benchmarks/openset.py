@@ -29,7 +29,8 @@ The model enrolls and identifies speakers of FSDD, the demo's synthetic voices a
 speakers whose Opus audio is degraded (room + noise + telephone), through the registry's own back end with each
 piece switched on in turn (``benchmarks/backend_transfer.py``: ``REGISTRY_SETTINGS``, ``run_registry``); then
 ``spkid train WORK/degraded --init CKPT`` for ``--ft-minutes`` (3) against ``spkid train WORK/degraded`` from
-scratch for ``--scratch-minutes`` (10) on those new speakers. ``WORK/crossdomain.json`` holds every number;
+scratch for ``--scratch-minutes`` (10) on those new speakers (``WORK/degraded-audio``, their audio, when the base
+model was trained on audio: ``--config audio`` trains it on the Opus audio of the 200 speakers). ``WORK/crossdomain.json`` holds every number;
 ``--write`` replaces the ``<!-- crossdomain:start -->`` block. ``--quick``: a few clips and steps (the test).
 """
 from __future__ import annotations
@@ -110,9 +111,30 @@ def make_views(data: Path, work: Path, split: Split) -> tuple[Path, Path]:
     return view_train, view_held
 
 
+def audio_list(speakers: list[str], work: Path) -> Path:
+    """``WORK/trainN-audio.csv``: ``path,speaker`` rows of the Opus training audio of ``speakers`` (the input
+    of an audio recipe, e.g. ``--config audio``)."""
+    opus = DATA.parent / "speechocean762-opus" / "train"
+    if not opus.is_dir():
+        raise SystemExit(f"{opus}: not found; an audio recipe needs the shared Opus audio")
+    out = work / f"train{len(speakers)}-audio.csv"
+    rows = [f"{f},{spk}" for spk in sorted(speakers) for f in sorted((opus / spk).glob("*.opus"))]
+    out.write_text("path,speaker\n" + "\n".join(rows) + "\n")
+    return out
+
+
 def train_model(view: Path, run: Path, *, minutes: float, threads: int, seed: int, steps: int = 0,
                 preset: str | None = "default", init: Path | None = None) -> Path:
     """``python -m spkid train`` in a subprocess (``OMP_NUM_THREADS=threads``); returns ``run/last.ckpt``."""
+    proc = start_training(view, run, minutes=minutes, threads=threads, seed=seed, steps=steps, preset=preset, init=init)
+    if proc.wait() != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args)
+    return run / "last.ckpt"
+
+
+def start_training(view: Path, run: Path, *, minutes: float, threads: int, seed: int, steps: int = 0,
+                   preset: str | None = "default", init: Path | None = None) -> subprocess.Popen:
+    """Start ``python -m spkid train`` (``OMP_NUM_THREADS=threads``) into a fresh ``run``; returns the process."""
     if run.exists():
         shutil.rmtree(run)
     budget = ["--steps", str(steps)] if steps else ["--max-minutes", str(minutes)]
@@ -121,8 +143,7 @@ def train_model(view: Path, run: Path, *, minutes: float, threads: int, seed: in
     cmd = [sys.executable, "-m", "spkid", "train", str(view), "--out", str(run), *config, *init_args, *budget,
            "--seed", str(seed), "--quiet", "--set", f"train.threads={threads}"]
     print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, cwd=ROOT)
-    return run / "last.ckpt"
+    return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, cwd=ROOT)
 
 
 def _rate(flags) -> float:
@@ -331,6 +352,7 @@ def write_section(path: Path, text: str) -> None:
 # -- the cross-domain protocol (issue 16): implemented in benchmarks/backend_transfer.py ---------------------------
 
 XD_START, XD_END = "<!-- crossdomain:start -->", "<!-- crossdomain:end -->"
+XD_AUDIO_START, XD_AUDIO_END = "<!-- crossdomain-audio:start -->", "<!-- crossdomain-audio:end -->"   # audio base
 
 
 @dataclass(frozen=True)
@@ -382,22 +404,33 @@ def cross_domain(ckpt: Path, split: Split, work: Path, scale: CrossDomainScale, 
     test = {"fsdd": scale.fsdd[1], "synth": scale.synth[3], "degraded": scale.degraded[3]}
     report = bt.run_registry(data, cohort, thr, n_enroll=enroll, n_test=test, max_folds=scale.max_folds, seed=seed,
                              settings=settings)
-    return {"checkpoint": str(ckpt), "checkpoint_threshold": thr, "checkpoint_cohort": cohort is not None,
+    return {"checkpoint": str(ckpt), "base_source": model.cfg.data.source,
+            "checkpoint_threshold": thr, "checkpoint_cohort": cohort is not None,
             "embed_seconds": embed_s, "domains": report, "targets": bt.targets(report),
             "finetune_data": str(work / "degraded")}
 
 
 def finetune_comparison(ckpt: Path, data: Path, work: Path, *, ft_minutes: float, scratch_minutes: float,
-                        threads: int, seed: int, preset: str, ft_steps: int = 0, scratch_steps: int = 0) -> dict:
+                        threads: int, seed: int, preset: str, ft_steps: int = 0, scratch_steps: int = 0,
+                        side_by_side: bool = False) -> dict:
     """Fine-tune ``ckpt`` on the new speakers of ``data`` for ``ft_minutes`` vs train on them from scratch for
     ``scratch_minutes`` (``*_steps`` instead, for the quick mode); validation accuracy / EER on their held-out
-    utterances (``data.val_per_speaker`` per speaker)."""
+    utterances (``data.val_per_speaker`` per speaker). ``side_by_side``: both runs at once (``threads`` each),
+    so neither has the machine to itself while the other runs."""
     from spkid.training.checkpoint import load_checkpoint
-    out = {}
+    out, runs = {}, []
     for name, init, minutes, steps in (("fine-tune", ckpt, ft_minutes, ft_steps),
                                        ("from scratch", None, scratch_minutes, scratch_steps)):
-        last = train_model(data, work / ("ft" if init else "scratch"), minutes=minutes, threads=threads, seed=seed,
-                           steps=steps, preset=preset, init=init)
+        run = work / ("ft" if init else "scratch")
+        proc = start_training(data, run, minutes=minutes, threads=threads, seed=seed, steps=steps, preset=preset,
+                              init=init)
+        if not side_by_side and proc.wait() != 0:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args)
+        runs.append((name, minutes, steps, run, proc))
+    for name, minutes, steps, run, proc in runs:
+        if proc.wait() != 0:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args)
+        last = run / "last.ckpt"
         ck = load_checkpoint(last)
         out[name] = {"minutes": minutes if not steps else None, "steps": ck["step"], "elapsed_s": ck["elapsed"],
                      "val_acc": ck.get("val_acc"), "val_eer": ck.get("val_eer"),
@@ -407,9 +440,12 @@ def finetune_comparison(ckpt: Path, data: Path, work: Path, *, ft_minutes: float
 
 def render_cross_domain(r: dict) -> str:
     bt = _load_bt()
-    lines = ["## Across domains: enroll, identify, reject strangers (issue 16)", "",
+    source = r.get("base_source", "features")
+    title = "" if source == "features" else ", base model trained on audio"
+    lines = [f"## Across domains: enroll, identify, reject strangers (issue 16){title}", "",
              f"`benchmarks/openset.py --cross-domain`: the model `{Path(r['checkpoint']).parent.name}` (trained on "
-             "speechocean762 speakers only) enrolls and identifies speakers of other domains through the registry's "
+             f"speechocean762 speakers only, from their {'HW4 feature tensors' if source == 'features' else 'audio'}) "
+             "enrolls and identifies speakers of other domains through the registry's "
              "own code (`spkid.scoring.backend`), each back-end piece switched on in turn. \"identified\": the right "
              "speaker and accepted; \"strangers rejected\": never-enrolled speakers answered unknown, at the "
              "threshold `spkid enroll` stores (estimated from the enrollment clips; the first row: the checkpoint's "
@@ -420,7 +456,8 @@ def render_cross_domain(r: dict) -> str:
     ft = r.get("finetune")
     if ft:
         lines += ["", f"**Fine-tuning vs. training from scratch** on the degraded held-out speakers "
-                  f"({ft['fine-tune']['speakers']} speakers; validation: 2 held-out clips each):", "",
+                  f"({ft['fine-tune']['speakers']} speakers; validation: 2 held-out clips each; "
+                  f"{'side by side' if r.get('side_by_side') else 'one after the other'}):", "",
                   "| run | budget | steps | validation accuracy | validation EER |", "|---|---|---|---|---|"]
         for name, v in ft.items():
             budget = f"{v['minutes']:g} min" if v["minutes"] else f"{v['steps']} steps"
@@ -470,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scratch-minutes", type=float, default=10.0,
                     help="--cross-domain: from-scratch budget on the new speakers (default 10)")
     ap.add_argument("--no-finetune", action="store_true", help="--cross-domain: skip the two training runs")
+    ap.add_argument("--finetune-only", action="store_true",
+                    help="--cross-domain with --checkpoint: only the two training runs, added to WORK/crossdomain.json")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="--cross-domain: run fine-tuning and training from scratch at once, --threads each")
     a = ap.parse_args(argv)
     data = Path(a.data)
     if not (data / "metadata.json").is_file():
@@ -491,7 +532,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {ckpt} was not trained on the --seed {a.seed} split of {data}", file=sys.stderr)
             return 1
     else:
-        ckpt = train_model(view_train, work / "run", minutes=a.minutes, threads=a.threads, seed=a.seed,
+        from spkid.config import load_config
+        source = view_train if load_config(a.config).data.source == "features" else audio_list(split.train, work)
+        ckpt = train_model(source, work / "run", minutes=a.minutes, threads=a.threads, seed=a.seed,
                            steps=a.steps, preset=a.config)
     if a.cross_domain:
         return _cross_domain_main(a, ckpt, split, work)
@@ -512,21 +555,36 @@ def _cross_domain_main(a, ckpt: Path, split: Split, work: Path) -> int:
     if not (DATA.parent / "fsdd").is_dir() or not (DATA.parent / "speechocean762-opus").is_dir():
         print(f"skipped: {DATA.parent}/fsdd or speechocean762-opus not found")
         return 0
-    r = cross_domain(ckpt, split, work, QUICK if a.quick else FULL, seed=a.seed)
+    if a.finetune_only:
+        saved = work / "crossdomain.json"
+        r = json.loads(saved.read_text()) if saved.is_file() else {}
+        if Path(r.get("checkpoint", "")).resolve() != ckpt.resolve():
+            print(f"error: --finetune-only needs {saved} from an evaluation of {ckpt} (run without it first)",
+                  file=sys.stderr)
+            return 1
+        r.setdefault("base_source", checkpoint_config(load_checkpoint(ckpt), ckpt).data.source)
+    else:
+        r = cross_domain(ckpt, split, work, QUICK if a.quick else FULL, seed=a.seed)
     if not a.no_finetune:
         from spkid.config import presets
         preset = checkpoint_config(load_checkpoint(ckpt), ckpt).name       # the base run's recipe, when a preset
         preset = preset if preset in presets() else None
         steps = (6, 12) if a.quick else (0, 0)
-        r["finetune"] = finetune_comparison(ckpt, Path(r["finetune_data"]), work, ft_minutes=a.ft_minutes,
+        audio = checkpoint_config(load_checkpoint(ckpt), ckpt).data.source == "audio"
+        data = Path(r["finetune_data"] + ("-audio" if audio else ""))    # the new speakers as the base model's input
+        r["finetune"] = finetune_comparison(ckpt, data, work, ft_minutes=a.ft_minutes,
                                             scratch_minutes=a.scratch_minutes, threads=a.threads, seed=a.seed,
-                                            preset=preset, ft_steps=steps[0], scratch_steps=steps[1])
+                                            preset=preset, ft_steps=steps[0], scratch_steps=steps[1],
+                                            side_by_side=a.side_by_side)
+        r["side_by_side"] = a.side_by_side
     r["quick"] = a.quick
     (work / "crossdomain.json").write_text(json.dumps(r, indent=1))
     text = render_cross_domain(r)
     print(text)
     if a.write:
-        write_marked(Path(a.write), text, XD_START, XD_END, "# Open set across domains\n")
+        audio = checkpoint_config(load_checkpoint(ckpt), ckpt).data.source == "audio"
+        start, end = (XD_AUDIO_START, XD_AUDIO_END) if audio else (XD_START, XD_END)
+        write_marked(Path(a.write), text, start, end, "# Open set across domains\n")
         print(f"wrote the cross-domain section of {a.write}")
     return 0
 

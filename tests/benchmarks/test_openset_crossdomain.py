@@ -132,3 +132,27 @@ def test_quick_cross_domain_end_to_end(tmp_path):
     assert openset.XD_START in md and "Fine-tuning vs. training from scratch" in md
     meta = json.loads((work / "degraded" / "metadata.json").read_text())
     assert len(meta["speakers"]) == 10 and all(len(v) == 7 for v in meta["speakers"].values())
+    audio = sorted((work / "degraded-audio").glob("*/*.wav"))          # the same clips as audio (audio base models)
+    assert len(audio) == 70 and {p.parent.name for p in audio} == set(meta["speakers"])
+    # the two training runs again, at once, on the saved evaluation of the same checkpoint
+    (work / "ft" / "last.ckpt").unlink()
+    rc = openset.main(["--cross-domain", "--quick", "--checkpoint", str(work / "run" / "last.ckpt"), "--finetune-only",
+                       "--side-by-side", "--threads", "1", "--work", str(work)])
+    assert rc == 0
+    again = json.loads((work / "crossdomain.json").read_text())
+    assert again["domains"] == r["domains"] and again["finetune"]["fine-tune"]["steps"] == 6
+    assert (work / "ft" / "last.ckpt").is_file()
+    assert openset.main(["--cross-domain", "--quick", "--checkpoint", str(work / "run" / "last.ckpt"),
+                         "--finetune-only", "--work", str(tmp_path / "elsewhere")]) == 1
+
+
+@pytest.mark.skipif(not (SHARED / "speechocean762-opus").is_dir(), reason="needs ../shared")
+def test_audio_base_model_list_holds_only_training_speakers(tmp_path):
+    """``--config audio`` trains the base model on the Opus audio of the split's training speakers only."""
+    import csv
+    from spkid.data.hw4 import read_mapping
+    split = openset.split_speakers(read_mapping(openset.DATA), n_heldout=50, n_impostors=10, seed=0)
+    rows = list(csv.DictReader(open(openset.audio_list(split.train, tmp_path))))
+    assert {r["speaker"] for r in rows} == set(split.train)
+    assert len(rows) > 10 * len(split.train) and all(Path(r["path"]).is_file() for r in rows[:50])
+    assert all(Path(r["path"]).parent.name == r["speaker"] for r in rows)
