@@ -149,7 +149,11 @@ class RunConfig:
             setattr(cfg, f.name, copy.deepcopy(getattr(base, f.name)))
         _merge(cfg, d, source, prefix="")
         if stored:
-            for key, _ in unused_settings(cfg):
+            try:
+                unused = unused_settings(cfg)
+            except ConfigError:          # an unknown encoder/head: validate() below names it with the source
+                unused = []
+            for key, _ in unused:
                 section, name = key.split(".")
                 setattr(getattr(cfg, section), name, _default(section, name))
         validate(cfg, source)
