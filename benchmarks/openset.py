@@ -339,14 +339,7 @@ def render(r: dict) -> str:
 
 def write_section(path: Path, text: str) -> None:
     """Replace the text between the openset markers in ``path`` (append the section if absent)."""
-    old = path.read_text() if path.exists() else "# Results\n"
-    block = f"{START}\n{text}{END}"
-    if START in old and END in old and old.index(START) < old.index(END):
-        new = old[: old.index(START)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
+    write_marked(path, text, START, END)
 
 
 # -- the cross-domain protocol (issue 16): implemented in benchmarks/backend_transfer.py ---------------------------
@@ -555,6 +548,8 @@ def _cross_domain_main(a, ckpt: Path, split: Split, work: Path) -> int:
     if not (DATA.parent / "fsdd").is_dir() or not (DATA.parent / "speechocean762-opus").is_dir():
         print(f"skipped: {DATA.parent}/fsdd or speechocean762-opus not found")
         return 0
+    base = checkpoint_config(load_checkpoint(ckpt), ckpt)               # the base run's recipe and input
+    audio = base.data.source == "audio"
     if a.finetune_only:
         saved = work / "crossdomain.json"
         r = json.loads(saved.read_text()) if saved.is_file() else {}
@@ -562,15 +557,13 @@ def _cross_domain_main(a, ckpt: Path, split: Split, work: Path) -> int:
             print(f"error: --finetune-only needs {saved} from an evaluation of {ckpt} (run without it first)",
                   file=sys.stderr)
             return 1
-        r.setdefault("base_source", checkpoint_config(load_checkpoint(ckpt), ckpt).data.source)
+        r.setdefault("base_source", base.data.source)
     else:
         r = cross_domain(ckpt, split, work, QUICK if a.quick else FULL, seed=a.seed)
     if not a.no_finetune:
         from spkid.config import presets
-        preset = checkpoint_config(load_checkpoint(ckpt), ckpt).name       # the base run's recipe, when a preset
-        preset = preset if preset in presets() else None
+        preset = base.name if base.name in presets() else None
         steps = (6, 12) if a.quick else (0, 0)
-        audio = checkpoint_config(load_checkpoint(ckpt), ckpt).data.source == "audio"
         data = Path(r["finetune_data"] + ("-audio" if audio else ""))    # the new speakers as the base model's input
         r["finetune"] = finetune_comparison(ckpt, data, work, ft_minutes=a.ft_minutes,
                                             scratch_minutes=a.scratch_minutes, threads=a.threads, seed=a.seed,
@@ -582,7 +575,6 @@ def _cross_domain_main(a, ckpt: Path, split: Split, work: Path) -> int:
     text = render_cross_domain(r)
     print(text)
     if a.write:
-        audio = checkpoint_config(load_checkpoint(ckpt), ckpt).data.source == "audio"
         start, end = (XD_AUDIO_START, XD_AUDIO_END) if audio else (XD_START, XD_END)
         write_marked(Path(a.write), text, start, end, "# Open set across domains\n")
         print(f"wrote the cross-domain section of {a.write}")
