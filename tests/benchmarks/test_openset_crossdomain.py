@@ -146,7 +146,7 @@ def test_quick_cross_domain_end_to_end(tmp_path):
                          "--finetune-only", "--work", str(tmp_path / "elsewhere")]) == 1
 
 
-@pytest.mark.skipif(not (SHARED / "speechocean762-opus").is_dir(), reason="needs ../shared")
+@pytest.mark.skipif(not (SHARED / "data" / "speechocean762-opus").is_dir(), reason="needs ../shared")
 def test_audio_base_model_list_holds_only_training_speakers(tmp_path):
     """``--config audio`` trains the base model on the Opus audio of the split's training speakers only."""
     import csv
