@@ -3,9 +3,9 @@
 ``Augmenter(cfg)(wav (B, S), lengths (B,), labels (B,), g, babble=...) -> (B, S)`` decides every kind per item
 with its probability and draws every value from the ``torch.Generator`` ``g``, so a batch is a pure function
 of the generator's seed (the sampler seeds it from ``(seed, rank, step)``: exact resume, different ranks see
-different conditions). Order, as in a real recording: pauses (spans of near-silence), room (reverberation), then background noise (babble
-or noise recordings or synthetic noise) at an SNR, then the channel (band limitation, or telephone with
-G.711 companding). Two kinds act on the source instead and live in the sampler: speed perturbation
+different conditions). Order, as in a real recording: pauses (spans of near-silence), room (reverberation),
+then background noise (babble or noise recordings or synthetic noise) at an SNR, then the channel (band
+limitation, or telephone with G.711 companding). Two kinds act on the source instead and live in the sampler: speed perturbation
 (``speed_perturb``; sped-up copies are extra speakers, ``speed_label``) and codecs (``spkid.audio.codecs``:
 real Opus/MP3/GSM coding is too slow per item, so coded copies are made once at start).
 
