@@ -84,6 +84,7 @@ def test_every_setting_runs_and_renders_with_targets(synthetic):
         for v in rows.values():
             assert 0 <= v["identified"] <= v["closed_top1"] <= 1 and 0 <= v["worst_rejected"] <= v["rejected"] <= 1
             assert 0 <= v["min_cllr"] <= v["cllr"] + 1e-9 and 0 <= v["eer"] <= 0.5
+            assert v["ceiling"] <= v["closed_top1"] + 1e-12
         # a shifted domain: centring helps the folder-adapted back ends
         assert rows[bt.DEFAULT_WITH_FOLDER]["eer"] <= rows[bt.DEFAULT_WITHOUT_FOLDER]["eer"] + 0.05
     text = bt.render_registry(r)
@@ -156,3 +157,46 @@ def test_audio_base_model_list_holds_only_training_speakers(tmp_path):
     assert {r["speaker"] for r in rows} == set(split.train)
     assert len(rows) > 10 * len(split.train) and all(Path(r["path"]).is_file() for r in rows[:50])
     assert all(Path(r["path"]).parent.name == r["speaker"] for r in rows)
+
+
+def test_balanced_ceiling_is_the_best_threshold_for_both_rates():
+    correct = np.array([True, True, True, False])
+    best = np.array([0.9, 0.6, 0.4, 0.95])
+    strangers = np.array([0.5, 0.3, 0.7, 0.2])
+    # t in (0.5, 0.6]: identified 2/4 (0.9, 0.6), rejected 3/4; t in (0.3, 0.4]: identified 3/4, rejected 2/4
+    assert bt.balanced_ceiling(correct, best, strangers) == pytest.approx(0.5)
+    # separable scores: every query right and above every stranger -> 1.0
+    assert bt.balanced_ceiling(np.ones(3, bool), np.array([0.7, 0.8, 0.9]), np.array([0.1, 0.69])) == 1.0
+    # a tie is accepted on both sides (score >= threshold), so it cannot count for both: 2/3
+    assert bt.balanced_ceiling(np.ones(3, bool), np.array([0.7, 0.8, 0.9]), np.array([0.1, 0.7])) == \
+        pytest.approx(2 / 3)
+    # a brute-force sweep over a fine grid never beats it, and it matches the grid on random scores
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        c, b, s = rng.random(30) < 0.8, rng.normal(size=30), rng.normal(-0.5, 1, size=25)
+        grid = np.r_[np.linspace(-5, 5, 20001), b, np.nextafter(s, np.inf)]
+        brute = max(min((c & (b >= t)).mean(), (s < t).mean()) for t in grid)
+        assert bt.balanced_ceiling(c, b, s) == pytest.approx(brute)
+
+
+def test_registry_rows_never_beat_the_ceiling(synthetic):
+    emb, lab, cohort = synthetic
+    by_name = {st.name: st for st in bt.REGISTRY_SETTINGS}
+    for fold in bt.folds(lab, 2, 5, 4, max_folds=2, seed=0):
+        for st in by_name.values():
+            row = bt.registry_fold(emb, lab, fold, st, cohort, 0.7)
+            assert min(row["identified"], row["rejected"]) <= row["ceiling"] + 1e-12
+
+
+def test_re_evaluating_keeps_the_finetune_runs_of_the_same_checkpoint_only(tmp_path):
+    ckpt = tmp_path / "run" / "last.ckpt"
+    saved = tmp_path / "crossdomain.json"
+    assert openset._saved_finetune(saved, ckpt) is None                     # nothing saved yet
+    ft = {"fine-tune": {"val_acc": 0.8}, "from scratch": {"val_acc": 0.7}}
+    saved.write_text(json.dumps({"checkpoint": str(ckpt), "finetune": ft, "side_by_side": True}))
+    assert openset._saved_finetune(saved, ckpt) == (ft, True)
+    assert openset._saved_finetune(saved, tmp_path / "other.ckpt") is None   # another model's runs are not kept
+    saved.write_text(json.dumps({"checkpoint": str(ckpt)}))
+    assert openset._saved_finetune(saved, ckpt) is None                     # evaluated, never fine-tuned
+    saved.write_text("{not json")
+    assert openset._saved_finetune(saved, ckpt) is None
