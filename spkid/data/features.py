@@ -81,24 +81,33 @@ def build_cache(root: Path, utts: list[Utterance], n_mels: int, data_path: Path,
 
 
 def load_train_features(root: str | Path, n_mels: int, *, progress: bool = True,
-                        cache_dir: str | Path | None = None) -> FeatureSet:
-    """Training utterances of an HW4 directory with their features and the speaker list (by class id)."""
+                        cache_dir: str | Path | None = None, definition=None) -> FeatureSet:
+    """Training utterances of an HW4 directory with their features and the speaker list (by class id).
+
+    ``definition``: the reading model's ``FeatureConfig``; tensors made with another (``features.json``) are refused.
+    """
     root = Path(root)
     file_mels, speakers, utts = read_train(root)
     if file_mels != n_mels:
         raise DataError(f"{root / 'metadata.json'}: n_mels is {file_mels}, the model expects {n_mels}")
+    if definition is not None:                         # the model's FeatureConfig: the tensors must share it
+        from spkid.data.definition import check_definition
+        check_definition(root, definition, str(root))
     feats = _load_cached(root, utts, n_mels, Path(cache_dir) if cache_dir else None, "metadata.json",
                          progress, "loading train features")
     return FeatureSet(utts, feats, speakers)
 
 
 def load_test_features(root: str | Path, n_mels: int, *, progress: bool = True,
-                       cache_dir: str | Path | None = None) -> FeatureSet:
-    """Test utterances listed in ``testdata.json`` with their features."""
+                       cache_dir: str | Path | None = None, definition=None) -> FeatureSet:
+    """Test utterances listed in ``testdata.json`` with their features (``definition``: as for training)."""
     root = Path(root)
     file_mels, utts = read_testdata(root)
     if file_mels != n_mels:
         raise DataError(f"{root / 'testdata.json'}: n_mels is {file_mels}, the model expects {n_mels}")
+    if definition is not None:                         # the model's FeatureConfig: the tensors must share it
+        from spkid.data.definition import check_definition
+        check_definition(root, definition, str(root))
     feats = _load_cached(root, utts, n_mels, Path(cache_dir) if cache_dir else None, "testdata.json",
                          progress, "loading test features")
     return FeatureSet(utts, feats, [])

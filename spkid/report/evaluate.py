@@ -63,7 +63,7 @@ def evaluate_test(model, test_dir: str | Path, answers: str | Path | None, *, pr
     from spkid.data.hw4 import read_answers_csv
     from spkid.scoring.model import class_scores
 
-    fs = load_test_features(test_dir, model.cfg.features.n_mels, progress=progress)
+    fs = load_test_features(test_dir, model.cfg.features.n_mels, progress=progress, definition=model.cfg.features)
     ids = [u.feature_path for u in fs.utts]
     if not ids:
         raise DataError(f"{Path(test_dir) / 'testdata.json'}: lists no utterances")
@@ -93,7 +93,8 @@ def evaluate_trials(model, trials_dir: str | Path, *, max_nontarget: int = 200_0
     from spkid.data.features import load_train_features
     from spkid.scoring.metrics import make_trials, score_trials
 
-    fs = load_train_features(trials_dir, model.cfg.features.n_mels, progress=progress)
+    fs = load_train_features(trials_dir, model.cfg.features.n_mels, progress=progress,
+                           definition=model.cfg.features)
     labels = [u.speaker for u in fs.utts]
     if len(set(labels)) < 2:
         raise DataError(f"{Path(trials_dir) / 'metadata.json'}: verification trials need at least 2 speakers")

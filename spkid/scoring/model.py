@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from spkid.training.checkpoint import build_checked, checkpoint_config, load_checkpoint, model_fingerprint
 from spkid.config import InferConfig, RunConfig
 from spkid.data.sampler import length_buckets, pad_batch
+from spkid.data.definition import check_definition
 from spkid.data.hw4 import load_tensor
 from spkid.errors import DataError, SpkidError
 from spkid.runtime import flush_denormal, resolve_device
@@ -138,6 +139,7 @@ class Model:
         if isinstance(item, (str, Path)):
             path = Path(item)
             if path.suffix == ".pt":
+                check_definition(path.parent, self.cfg.features, str(path))
                 return load_tensor(path, n_mels)
             from spkid.audio.io import load_audio
             wav = load_audio(path, self.cfg.features.sample_rate)

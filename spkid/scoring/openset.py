@@ -363,7 +363,8 @@ def eval_verification(checkpoint: str | Path, data_dir: str | Path, *, far: floa
         if reg is not None:
             _check_same_model(reg, model)
         backend = reg.backend("registry") if reg is not None else Backend()
-        data = load_train_features(data_dir, model.cfg.features.n_mels, progress=progress)
+        data = load_train_features(data_dir, model.cfg.features.n_mels, progress=progress,
+                                   definition=model.cfg.features)
         seen = set(model.speakers)
         keep = [i for i, u in enumerate(data.utts) if u.speaker not in seen]
         if not keep:

@@ -14,7 +14,8 @@ def gather_inputs(models, source: str | Path, progress: bool = True) -> tuple[li
     from spkid.data.scan import gather
     src = Path(source)
     if src.is_dir() and (src / "testdata.json").is_file():
-        data = load_test_features(src, models[0].cfg.features.n_mels, progress=progress)
+        data = load_test_features(src, models[0].cfg.features.n_mels, progress=progress,
+                                  definition=models[0].cfg.features)
         return [u.feature_path for u in data.utts], data.feats
     ids, items = gather(src)
     if src.is_file():
@@ -35,6 +36,8 @@ def gather_paths(models, source: str | Path) -> tuple[list[str], list[Path], lis
         file_mels, utts = read_testdata(src)
         if file_mels != n_mels:
             raise DataError(f"{src / 'testdata.json'}: n_mels is {file_mels}, the model expects {n_mels}")
+        from spkid.data.definition import check_definition
+        check_definition(src, models[0].cfg.features, str(src))
         return [u.feature_path for u in utts], [src / u.feature_path for u in utts], [u.mel_len for u in utts]
     ids, items = gather(src)
     if src.is_file():

@@ -59,6 +59,8 @@ def _features(data_dir: Path, cfg, rank: int, progress: bool, cache_dir) -> Trai
     from spkid.data.sampler import CropSampler, split_per_speaker
     from spkid.training.checkpoint import data_fingerprint
     from spkid.training.loop import feature_stats
+    from spkid.data.definition import check_training_definition
+    check_training_definition(data_dir, cfg.features)      # the checkpoint's front end must be the tensors' own
     data = load_train_features(data_dir, cfg.features.n_mels, progress=progress, cache_dir=cache_dir)
     train_idx, val_idx = split_per_speaker(data.utts, cfg.data.val_per_speaker, cfg.train.seed)
     spk_id = {s: i for i, s in enumerate(data.speakers)}
