@@ -30,8 +30,9 @@ speakers whose Opus audio is degraded (room + noise + telephone), through the re
 piece switched on in turn (``benchmarks/backend_transfer.py``: ``REGISTRY_SETTINGS``, ``run_registry``); then
 ``spkid train WORK/degraded --init CKPT`` for ``--ft-minutes`` (3) against ``spkid train WORK/degraded`` from
 scratch for ``--scratch-minutes`` (10) on those new speakers (``WORK/degraded-audio``, their audio, when the base
-model was trained on audio: ``--config audio`` trains it on the Opus audio of the 200 speakers). ``WORK/crossdomain.json`` holds every number;
-``--write`` replaces the ``<!-- crossdomain:start -->`` block. ``--quick``: a few clips and steps (the test).
+model was trained on audio: ``--config audio`` trains it on the Opus audio of the 200 speakers).
+``WORK/crossdomain.json`` holds every number; ``--write`` replaces the ``<!-- crossdomain:start -->`` block
+(``crossdomain-audio`` for an audio base). ``--quick``: a few clips and steps (the test).
 """
 from __future__ import annotations
 
@@ -442,9 +443,9 @@ def render_cross_domain(r: dict) -> str:
              "own code (`spkid.scoring.backend`), each back-end piece switched on in turn. \"identified\": the right "
              "speaker and accepted; \"strangers rejected\": never-enrolled speakers answered unknown, at the "
              "threshold `spkid enroll` stores (estimated from the enrollment clips; the first row: the checkpoint's "
-             f"validation EER threshold {r['checkpoint_threshold']:.4f}). \"any threshold\": the most both rates reach at "
-             "once at the best threshold of each fold, known only afterwards — the ceiling of any threshold rule on "
-             "these scores. EER / minDCF (p_target 0.01): every query "
+             f"validation EER threshold {r['checkpoint_threshold']:.4f}). \"any threshold\": the most both rates "
+             "reach at once at the best threshold of each fold, known only afterwards — the ceiling of any "
+             "threshold rule on these scores. EER / minDCF (p_target 0.01): every query "
              "against every enrolled speaker; Cllr: with the calibration the registry fits on its enrollment trials. "
              "Mean over folds.", "", bt.render_registry(r["domains"]), "**Targets**", ""]
     lines += [f"- {t}" for t in r["targets"]]
@@ -547,15 +548,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _saved_finetune(saved: Path, ckpt: Path):
-    """``(finetune results, side_by_side)`` of an earlier run on the same checkpoint in ``saved``, else None."""
+def _saved_report(saved: Path, ckpt: Path) -> dict | None:
+    """The report in ``saved`` (``WORK/crossdomain.json``) if it is of ``ckpt``, else None (also when unreadable)."""
     try:
         r = json.loads(saved.read_text())
     except (OSError, ValueError):
         return None
-    if Path(r.get("checkpoint", "")).resolve() != ckpt.resolve() or "finetune" not in r:
-        return None
-    return r["finetune"], r.get("side_by_side", False)
+    return r if Path(r.get("checkpoint", "")).resolve() == ckpt.resolve() else None
+
+
+def _saved_finetune(saved: Path, ckpt: Path):
+    """``(finetune results, side_by_side)`` of an earlier run on the same checkpoint in ``saved``, else None."""
+    r = _saved_report(saved, ckpt)
+    return None if r is None or "finetune" not in r else (r["finetune"], r.get("side_by_side", False))
 
 
 def _cross_domain_main(a, ckpt: Path, split: Split, work: Path) -> int:
@@ -566,11 +571,10 @@ def _cross_domain_main(a, ckpt: Path, split: Split, work: Path) -> int:
     base = checkpoint_config(load_checkpoint(ckpt), ckpt)               # the base run's recipe and input
     audio = base.data.source == "audio"
     if a.finetune_only:
-        saved = work / "crossdomain.json"
-        r = json.loads(saved.read_text()) if saved.is_file() else {}
-        if Path(r.get("checkpoint", "")).resolve() != ckpt.resolve():
-            print(f"error: --finetune-only needs {saved} from an evaluation of {ckpt} (run without it first)",
-                  file=sys.stderr)
+        r = _saved_report(work / "crossdomain.json", ckpt)
+        if r is None:
+            print(f"error: --finetune-only needs {work / 'crossdomain.json'} from an evaluation of {ckpt} "
+                  "(run without it first)", file=sys.stderr)
             return 1
         r.setdefault("base_source", base.data.source)
     else:

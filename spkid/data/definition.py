@@ -18,9 +18,8 @@ _NAMES = ("sample_rate", "n_fft", "hop", "n_mels", "f_min", "f_max", "floor")
 
 
 def _key(f: FeatureConfig) -> tuple:
-    """The fields that change the numbers, ``f_max`` 0 spelled out as the Nyquist frequency."""
-    return (f.sample_rate, f.n_fft, f.hop, f.n_mels, float(f.f_min), float(f.f_max or f.sample_rate / 2),
-            float(f.floor))
+    """The ``_NAMES`` fields as numbers (they change the tensors), ``f_max`` 0 spelled out as the Nyquist frequency."""
+    return tuple(float(f.f_max or f.sample_rate / 2) if n == "f_max" else float(getattr(f, n)) for n in _NAMES)
 
 
 def feature_definition(folder: Path) -> FeatureConfig:

@@ -80,6 +80,16 @@ def build_cache(root: Path, utts: list[Utterance], n_mels: int, data_path: Path,
         {"offsets": offsets, "ids": [u.feature_path for u in utts], "n_mels": n_mels})))
 
 
+def check_index(root: Path, index: str, file_mels: int, n_mels: int, definition=None) -> None:
+    """An HW4 index's ``n_mels`` must be the model's, and (``definition``: the model's ``FeatureConfig``) its tensors
+    made with the model's log-mel definition (``spkid.data.definition``)."""
+    if file_mels != n_mels:
+        raise DataError(f"{root / index}: n_mels is {file_mels}, the model expects {n_mels}")
+    if definition is not None:
+        from spkid.data.definition import check_definition
+        check_definition(root, definition, str(root))
+
+
 def load_train_features(root: str | Path, n_mels: int, *, progress: bool = True,
                         cache_dir: str | Path | None = None, definition=None) -> FeatureSet:
     """Training utterances of an HW4 directory with their features and the speaker list (by class id).
@@ -88,11 +98,7 @@ def load_train_features(root: str | Path, n_mels: int, *, progress: bool = True,
     """
     root = Path(root)
     file_mels, speakers, utts = read_train(root)
-    if file_mels != n_mels:
-        raise DataError(f"{root / 'metadata.json'}: n_mels is {file_mels}, the model expects {n_mels}")
-    if definition is not None:                         # the model's FeatureConfig: the tensors must share it
-        from spkid.data.definition import check_definition
-        check_definition(root, definition, str(root))
+    check_index(root, "metadata.json", file_mels, n_mels, definition)
     feats = _load_cached(root, utts, n_mels, Path(cache_dir) if cache_dir else None, "metadata.json",
                          progress, "loading train features")
     return FeatureSet(utts, feats, speakers)
@@ -103,11 +109,7 @@ def load_test_features(root: str | Path, n_mels: int, *, progress: bool = True,
     """Test utterances listed in ``testdata.json`` with their features (``definition``: as for training)."""
     root = Path(root)
     file_mels, utts = read_testdata(root)
-    if file_mels != n_mels:
-        raise DataError(f"{root / 'testdata.json'}: n_mels is {file_mels}, the model expects {n_mels}")
-    if definition is not None:                         # the model's FeatureConfig: the tensors must share it
-        from spkid.data.definition import check_definition
-        check_definition(root, definition, str(root))
+    check_index(root, "testdata.json", file_mels, n_mels, definition)
     feats = _load_cached(root, utts, n_mels, Path(cache_dir) if cache_dir else None, "testdata.json",
                          progress, "loading test features")
     return FeatureSet(utts, feats, [])

@@ -94,7 +94,7 @@ def evaluate_trials(model, trials_dir: str | Path, *, max_nontarget: int = 200_0
     from spkid.scoring.metrics import make_trials, score_trials
 
     fs = load_train_features(trials_dir, model.cfg.features.n_mels, progress=progress,
-                           definition=model.cfg.features)
+                             definition=model.cfg.features)
     labels = [u.speaker for u in fs.utts]
     if len(set(labels)) < 2:
         raise DataError(f"{Path(trials_dir) / 'metadata.json'}: verification trials need at least 2 speakers")

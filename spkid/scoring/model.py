@@ -132,14 +132,19 @@ class Model:
         """Turn each input item into log-mel features ``(T, n_mels)``."""
         if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)):
             inputs = [inputs]
+        first_pt = {}                                   # folder -> its first .pt input: one definition check each
+        for item in inputs:
+            if isinstance(item, (str, Path)) and Path(item).suffix == ".pt":
+                first_pt.setdefault(Path(item).parent, item)
+        for folder, item in first_pt.items():
+            check_definition(folder, self.cfg.features, str(item))
         return [self._one(item) for item in inputs]
 
     def _one(self, item) -> torch.Tensor:
         n_mels = self.cfg.features.n_mels
         if isinstance(item, (str, Path)):
             path = Path(item)
-            if path.suffix == ".pt":
-                check_definition(path.parent, self.cfg.features, str(path))
+            if path.suffix == ".pt":                    # its folder's definition: checked in features()
                 return load_tensor(path, n_mels)
             from spkid.audio.io import load_audio
             wav = load_audio(path, self.cfg.features.sample_rate)

@@ -26,18 +26,15 @@ def gather_inputs(models, source: str | Path, progress: bool = True) -> tuple[li
 def gather_paths(models, source: str | Path) -> tuple[list[str], list[Path], list[int]]:
     """``(ids, files, lengths)`` as ``gather_inputs`` names them, without reading features: for ``--nproc``
     (lengths: ``mel_len`` from ``testdata.json``, else a size-based proxy that only balances the shards)."""
+    from spkid.data.features import check_index
     from spkid.data.hw4 import read_testdata
     from spkid.data.scan import gather
-    from spkid.errors import DataError
     from spkid.scoring.shards import item_lengths
     src = Path(source)
     n_mels = models[0].cfg.features.n_mels
     if src.is_dir() and (src / "testdata.json").is_file():
         file_mels, utts = read_testdata(src)
-        if file_mels != n_mels:
-            raise DataError(f"{src / 'testdata.json'}: n_mels is {file_mels}, the model expects {n_mels}")
-        from spkid.data.definition import check_definition
-        check_definition(src, models[0].cfg.features, str(src))
+        check_index(src, "testdata.json", file_mels, n_mels, models[0].cfg.features)
         return [u.feature_path for u in utts], [src / u.feature_path for u in utts], [u.mel_len for u in utts]
     ids, items = gather(src)
     if src.is_file():
