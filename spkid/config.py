@@ -42,6 +42,10 @@ class DataConfig:
     crop_frames: int = 200            # training crop length (frames); shorter utterances are used whole
     crop_min_frames: int = 0          # >0: crop length drawn uniformly from [crop_min_frames, crop_frames] per batch
     batch_size: int = 64
+    # audio from several inputs at once (spkid train A B C): each input's share of the training crops, as
+    # comma-separated weights in input order ("" = every utterance equally likely, whatever its input)
+    weights: str = ""
+    min_seconds: float = 0.5          # audio: files with less detected speech than this are skipped (reported)
 
 
 @dataclass
@@ -191,6 +195,8 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
     if cfg.data.source == "features":            # no waveforms: only SpecAugment applies
         for f in dataclasses.fields(WaveAugmentConfig):
             out.append((f"augment.{f.name}", "data.source='features' has no waveforms to augment"))
+        for name in ("weights", "min_seconds"):
+            out.append((f"data.{name}", "data.source='features' reads one HW4 directory of tensors"))
     else:
         if a.p_speed == 0:
             out += [("augment.speed_slow", "augment.p_speed is 0"), ("augment.speed_fast", "augment.p_speed is 0")]
@@ -203,6 +209,17 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
     if a.spec_freq_masks == 0:
         out.append(("augment.spec_freq_width", "augment.spec_freq_masks is 0"))
     return out
+
+
+def weights_list(text: str) -> list[float] | None:
+    """``data.weights`` as numbers (``[]`` for ""), or None when it is not a list of positive finite numbers."""
+    if not text.strip():
+        return []
+    try:
+        w = [float(x) for x in text.split(",")]
+    except ValueError:
+        return None
+    return w if all(0 < x < float("inf") for x in w) else None
 
 
 def validate(cfg: RunConfig, source: str = "config") -> None:
@@ -251,6 +268,11 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if d.crop_min_frames > d.crop_frames or d.crop_min_frames < 0:
         raise ConfigError(f"{source}: data.crop_min_frames ({d.crop_min_frames}) must be in 0..data.crop_frames "
                           f"({d.crop_frames})")
+    if d.weights and weights_list(d.weights) is None:
+        raise ConfigError(f"{source}: data.weights={d.weights!r}: expected positive numbers separated by commas, "
+                          "one per training input")
+    if not 0 <= d.min_seconds <= 10:
+        raise ConfigError(f"{source}: data.min_seconds must be in [0, 10], got {d.min_seconds}")
     if d.val_per_speaker < 0 or m.embed_dim < 0:
         raise ConfigError(f"{source}: data.val_per_speaker and model.embed_dim must be >= 0")
     if not 0 <= m.dropout < 1 or not 0 <= m.label_smoothing < 1:

@@ -7,6 +7,7 @@ so the validation accuracy measures exactly what ``predict`` does on the test se
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from spkid.config import InferConfig, RunConfig
 from spkid.data.sampler import length_buckets, pad_batch
 from spkid.data.definition import check_definition
 from spkid.data.hw4 import load_tensor
-from spkid.errors import DataError, SpkidError
+from spkid.errors import DataError, InputWarning, SpkidError
 from spkid.runtime import flush_denormal, resolve_device
 from spkid.models.speaker_net import SpeakerNet, build_model
 
@@ -86,6 +87,12 @@ def class_scores(net: SpeakerNet, emb: torch.Tensor, device: torch.device | str 
     return probs
 
 
+def none_readable(failures: list) -> DataError:
+    """The error of a command none of whose inputs could be read: the first one's message (file: problem)."""
+    more = f" (and {len(failures) - 1} more unreadable input(s))" if len(failures) > 1 else ""
+    return DataError(f"{failures[0][1]}{more}")
+
+
 VAD_DEFAULT = True      # speech detection on audio files; the CLI's --no-vad turns it off for the whole command
 MIN_SPEECH_S = 0.25     # seconds of detected speech an audio file must have
 
@@ -103,8 +110,10 @@ class Model:
 
     def __init__(self, path: str | Path, device: str = "auto", *, runtime: str = "torch", threads: int = 0,
                  quantize: bool = False, vad: bool | None = None):
+        from spkid.pretrained import display_name, resolve
         from spkid.scoring.onnx_runtime import check_runtime
-        self.path = Path(path)
+        self.name = display_name(path)          # "base" for a shipped model, else the path as given
+        self.path = resolve(path)
         self.runtime = check_runtime(runtime)
         self.quantize = quantize
         if quantize and runtime != "onnx":
@@ -128,8 +137,12 @@ class Model:
             self.runner = OrtEmbedder(ensure_onnx(self.path, self.model_id, quantize=quantize), threads)
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def features(self, inputs) -> list[torch.Tensor]:
-        """Turn each input item into log-mel features ``(T, n_mels)``."""
+    def features(self, inputs, *, failures: list | None = None) -> list[torch.Tensor | None]:
+        """Turn each input item into log-mel features ``(T, n_mels)``.
+
+        ``failures``: a list to collect ``(index, message)`` of the items that cannot be read (their feature is
+        None, an ``InputWarning`` names each) while the rest go on; None: the first bad item raises ``DataError``.
+        """
         if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)):
             inputs = [inputs]
         first_pt = {}                                   # folder -> its first .pt input: one definition check each
@@ -138,7 +151,17 @@ class Model:
                 first_pt.setdefault(Path(item).parent, item)
         for folder, item in first_pt.items():
             check_definition(folder, self.cfg.features, str(item))
-        return [self._one(item) for item in inputs]
+        if failures is None:
+            return [self._one(item) for item in inputs]
+        out: list[torch.Tensor | None] = []
+        for k, item in enumerate(inputs):
+            try:
+                out.append(self._one(item))
+            except DataError as e:
+                failures.append((k, str(e)))
+                warnings.warn(InputWarning(f"{e}; left out"), stacklevel=2)
+                out.append(None)
+        return out
 
     def _one(self, item) -> torch.Tensor:
         n_mels = self.cfg.features.n_mels
@@ -151,10 +174,12 @@ class Model:
             if self.vad and self.cfg.features.sample_rate == 16000:       # Silero runs at 16 kHz
                 from spkid.audio.vad import keep_speech
                 speech, seconds = keep_speech(wav)
-                if seconds < MIN_SPEECH_S:
-                    raise DataError(f"{path}: only {seconds:.2f} s of speech found (need {MIN_SPEECH_S} s); "
-                                    "--no-vad uses the whole file")
-                wav = speech
+                if seconds >= MIN_SPEECH_S:
+                    wav = speech
+                else:             # a quiet or unusual recording: the whole signal rather than nothing
+                    warnings.warn(InputWarning(f"{path}: only {seconds:.2f} s of speech detected (need "
+                                               f"{MIN_SPEECH_S} s); used the whole {wav.shape[0] / 16000:.2f} s "
+                                               "recording"), stacklevel=2)
             return self._logmel(wav, str(path))
         x = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item).float()
         if x.dim() == 2 and x.shape[1] == n_mels and x.shape[0] >= 1:

@@ -66,7 +66,8 @@ def ensure_onnx(checkpoint: str | Path, model_id: str, *, quantize: bool = False
         stamp = stamp_of(path) if path.is_file() else {}
         if stamp.get(MODEL_ID_KEY) == model_id and stamp.get(QUANT_KEY, "0") == ("1" if quantize else "0"):
             return path
-    target = beside if os.access(beside.parent, os.W_OK) else temp
+    from spkid.pretrained import is_shipped
+    target = beside if os.access(beside.parent, os.W_OK) and not is_shipped(checkpoint) else temp
     if quantize:
         _quantize(ensure_onnx(checkpoint, model_id), target, model_id)
     else:

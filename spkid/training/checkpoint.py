@@ -48,10 +48,31 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def is_model_spec(arg: str) -> bool:
+    """Whether a command-line argument names a model: a shipped name, a ``.ckpt`` file, or a ``.pt`` file holding a
+    spkid checkpoint (HW4 feature tensors are ``.pt`` files too)."""
+    from spkid.pretrained import NAMES
+    p = Path(arg)
+    if arg in NAMES or (p.suffix == ".ckpt" and p.is_file()):
+        return True
+    if p.suffix != ".pt" or not p.is_file():
+        return False
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(obj, dict) and "spkid" in obj
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Read and check a spkid checkpoint (tensors and plain data only)."""
-    path = Path(path)
+    """Read and check a spkid checkpoint (tensors and plain data only); ``path`` may be a shipped name
+    (``spkid.pretrained``: ``"base"``)."""
+    from spkid.pretrained import NAMES, resolve
+    name, path = str(path), resolve(path)
     if not path.is_file():
+        if name in NAMES:
+            raise CheckpointError(f"{name}: the shipped model's file {path} is missing (a broken install); "
+                                  "reinstall spkid")
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

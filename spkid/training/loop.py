@@ -51,11 +51,12 @@ class TrainingDiverged(SpkidError):
     """The loss became NaN/Inf: nothing non-finite is saved."""
 
 
-def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: bool = False,
+def train(data_dir: str | Path | list, out_dir: str | Path, cfg: RunConfig, *, resume: bool = False,
           progress: bool = True, cache_dir: str | Path | None = None, stop_after: int = 0,
           vad: bool = True) -> TrainResult | None:
     """Train on an HW4 directory (``data.source = "features"``) or on audio (``"audio"``: speaker folders or a
-    ``path,speaker`` list; ``vad`` keeps only detected speech); writes ``config.json``, ``metrics.jsonl``,
+    ``path,speaker`` list, or a list of such inputs trained as one corpus, ``data.weights``; ``vad`` keeps only
+    detected speech); writes ``config.json``, ``metrics.jsonl``,
     ``last.ckpt``, ``best.ckpt``.
 
     ``stop_after > 0`` ends this invocation after that step (checkpoint saved, schedule unchanged), for
@@ -65,11 +66,12 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
     with flush_denormal(), contextlib.ExitStack() as stack:
         if int(os.environ.get("RANK", "0")) == 0:     # rank 0 owns the folder: a fresh run needs an empty one
             stack.enter_context(RunDir(out_dir, fresh=not resume))
-        return _train(Path(data_dir), out_dir, cfg, resume=resume, progress=progress, cache_dir=cache_dir,
+        inputs = [Path(p) for p in data_dir] if isinstance(data_dir, (list, tuple)) else Path(data_dir)
+        return _train(inputs, out_dir, cfg, resume=resume, progress=progress, cache_dir=cache_dir,
                       stop_after=stop_after, vad=vad)
 
 
-def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progress: bool, cache_dir,
+def _train(data_dir, out_dir: Path, cfg: RunConfig, *, resume: bool, progress: bool, cache_dir,
            stop_after: int, vad: bool) -> TrainResult | None:
     t = cfg.train
     # -- system --------------------------------------------------------------------------------------------------
@@ -86,6 +88,8 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
     torch.manual_seed(t.seed)
 
     # -- data ----------------------------------------------------------------------------------------------------
+    if isinstance(data_dir, list) and len(data_dir) == 1:
+        data_dir = data_dir[0]
     data = load_train_data(data_dir, cfg, rank=rank, progress=progress and main, cache_dir=cache_dir, vad=vad)
     if ckpt is not None and list(ckpt["speakers"]) != data.speakers:
         raise SpkidError(f"{out_dir / 'last.ckpt'}: the run was trained on other speakers than {data_dir} "
