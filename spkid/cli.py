@@ -6,6 +6,7 @@ Errors from the library (``SpkidError``) become one line ``spkid: error: <file>:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -539,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         scoring_model.VAD_DEFAULT = not args.no_vad
     previous = _sigterm_as_interrupt()
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _progress_for_logs():
             warnings.simplefilter("always", InputWarning)
             rc = COMMANDS[args.command][1](args)
         return _report_input_warnings(caught, rc)
@@ -559,6 +560,58 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+PROGRESS_LOG_INTERVAL_S = 30     # stderr is a file or a pipe: one progress line this often, not a redraw per step
+
+
+class _Lines:
+    """stderr for a log: tqdm redraws a bar by writing ``"\r" + bar``; here each bar prints as a line at most every
+    ``interval`` seconds, its last state is kept and printed when the bar ends (tqdm then writes a newline), and
+    everything else passes through."""
+
+    def __init__(self, stream, interval: float):
+        self.stream, self.interval = stream, interval
+        self._last: dict[str, float] = {}
+        self._pending: str | None = None
+
+    def write(self, text: str) -> int:
+        import time
+        if text.startswith("\r"):
+            bar = text[1:].rstrip()
+            key = bar.split(":", 1)[0]
+            now = time.monotonic()
+            if bar and (key not in self._last or now - self._last[key] >= self.interval):
+                self._last[key], self._pending = now, None
+                self.stream.write(bar + "\n")
+            elif bar:
+                self._pending = bar
+            return len(text)
+        if not text.strip("\n"):
+            if self._pending is not None:
+                self.stream.write(self._pending + "\n")
+                self._pending = None
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _progress_for_logs():
+    """When stderr is not a terminal (a log file, a pipe, CI), a progress bar prints a line every
+    ``PROGRESS_LOG_INTERVAL_S`` seconds and its last state, instead of a redraw per step (a 10-minute run wrote
+    215 KB of bars)."""
+    if sys.stderr.isatty():
+        yield
+        return
+    before = sys.stderr
+    sys.stderr = _Lines(sys.stderr, PROGRESS_LOG_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.stderr = before
 
 
 def _report_input_warnings(caught, rc: int) -> int:

@@ -22,7 +22,7 @@ from spkid.config import RunConfig
 from spkid.errors import ConfigError, SpkidError
 from spkid.fileio import RunDir, atomic_write
 from spkid.models import build_model
-from spkid.runtime import flush_denormal, resolve_amp, resolve_device, use_threads
+from spkid.runtime import ThreadGovernor, flush_denormal, resolve_amp, resolve_device, use_threads
 from spkid.training import distributed as dist
 from spkid.training.checkpoint import (load_resume_state, load_weights, rng_state, save_checkpoint, set_rng_state,
                                        training_state)
@@ -83,6 +83,7 @@ def _train(data_dir, out_dir: Path, cfg: RunConfig, *, resume: bool, progress: b
     rank, world = dist.setup(device)              # NCCL for CUDA, gloo for CPU
     main = rank == 0
     use_threads(t.threads)                        # 0: the cores nobody else is using (spkid.runtime)
+    governor = ThreadGovernor(t.threads if world == 1 else 1)   # ... revisited every minute (one process)
     device = dist.device_for_rank(device, rank)
     ckpt = load_resume_state(out_dir / "last.ckpt", cfg) if resume else None
     torch.manual_seed(t.seed)
@@ -192,13 +193,16 @@ def _train(data_dir, out_dir: Path, cfg: RunConfig, *, resume: bool, progress: b
             step += 1
             if avg is not None and sched.average_now(step, p):
                 avg.update_parameters(model)
+            threads = governor.step(elapsed)
+            if threads is not None:
+                log.write(step=step, elapsed=round(elapsed, 2), threads=threads)
             run_loss = 0.98 * run_loss + 0.02 * loss.item() if step > 1 else loss.item()
             acc = float((logits.argmax(-1) == y).float().mean())
             run_acc = 0.98 * run_acc + 0.02 * acc if step > 1 else acc
             bar.update(1)
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}", lr=f"{lr:.2e}",
-                                val="-" if not val else f"{val['val_acc']:.3f}")
+                                val="-" if not val else f"{val['val_acc']:.3f}", refresh=False)
                 log.write(step=step, elapsed=round(elapsed, 2), lr=lr, loss=round(run_loss, 4), acc=round(run_acc, 4),
                           steps_per_s=round(step / max(elapsed, 1e-6), 3))
             due_val = (t.val_every and step % t.val_every == 0) or (
