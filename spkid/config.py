@@ -46,6 +46,10 @@ class DataConfig:
     # comma-separated weights in input order ("" = every utterance equally likely, whatever its input)
     weights: str = ""
     min_seconds: float = 0.5          # audio: files with less detected speech than this are skipped (reported)
+    # audio: crop lengths on a grid of this many frames (0: any length). Each new batch length makes oneDNN build
+    # new convolution kernels; past its cache (1024) every step rebuilds them: measured 0.28-0.37 s a step with
+    # any of 141 lengths against 0.20 s with one (benchmarks/loader_cost.py's model, bf16, one thread)
+    crop_grid: int = 0
 
 
 @dataclass
@@ -195,7 +199,7 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
     if cfg.data.source == "features":            # no waveforms: only SpecAugment applies
         for f in dataclasses.fields(WaveAugmentConfig):
             out.append((f"augment.{f.name}", "data.source='features' has no waveforms to augment"))
-        for name in ("weights", "min_seconds"):
+        for name in ("weights", "min_seconds", "crop_grid"):
             out.append((f"data.{name}", "data.source='features' reads one HW4 directory of tensors"))
     else:
         if a.p_speed == 0:
@@ -271,6 +275,9 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if d.weights and weights_list(d.weights) is None:
         raise ConfigError(f"{source}: data.weights={d.weights!r}: expected positive numbers separated by commas, "
                           "one per training input")
+    if d.crop_grid < 0 or (d.crop_grid and d.crop_min_frames == 0):
+        raise ConfigError(f"{source}: data.crop_grid={d.crop_grid}: must be >= 0, and it needs a range of crop lengths "
+                          "(data.crop_min_frames > 0)")
     if not 0 <= d.min_seconds <= 10:
         raise ConfigError(f"{source}: data.min_seconds must be in [0, 10], got {d.min_seconds}")
     if d.val_per_speaker < 0 or m.embed_dim < 0:

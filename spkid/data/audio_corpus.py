@@ -210,6 +210,7 @@ class AudioCropSampler:
         augment: ``WaveAugmentConfig`` (None: clean crops). Speed perturbation multiplies the classes:
             ``n_classes = n_speakers * len(augment.speeds())``; label ``l + n_speakers * k`` is speaker ``l``
             at speed ``augment.speeds()[k]`` (``speed_label``).
+        crop_grid (int): crop lengths ``crop_seconds[0] + k * crop_grid`` samples only (0: any length).
         weights: one share per input of a ``load_many`` corpus (its ``groups``): a crop comes from input ``c`` with
             probability ``weights[c] / sum(weights)``, any of that input's utterances equally likely; None: every
             utterance equally likely.
@@ -221,13 +222,15 @@ class AudioCropSampler:
 
     def __init__(self, corpus: AudioCorpus, *, batch_size: int, crop_seconds: tuple[float, float] = (2.0, 2.0),
                  indices=None, augment: WaveAugmentConfig | None = None, frontend: LogMel | None = None, seed: int = 0,
-                 rank: int = 0, workers: int = 1, progress: bool = False, weights: list[float] | None = None):
+                 rank: int = 0, workers: int = 1, progress: bool = False, weights: list[float] | None = None,
+                 crop_grid: int = 0):
         lo, hi = crop_seconds
         if batch_size < 1 or not 0 < lo <= hi:
             raise ValueError(f"need batch_size >= 1 and 0 < crop_seconds[0] <= crop_seconds[1], got {batch_size}, "
                              f"{crop_seconds}")
         self.corpus, self.batch_size, self.seed, self.rank = corpus, batch_size, seed, rank
         self.crop = (int(lo * SAMPLE_RATE), int(hi * SAMPLE_RATE))
+        self.crop_grid = crop_grid              # samples: crop lengths on this grid (0: any)
         self.indices = torch.as_tensor(range(len(corpus)) if indices is None else list(indices), dtype=torch.long)
         if len(self.indices) == 0:
             raise ValueError("the sampler needs at least one utterance")
@@ -274,7 +277,11 @@ class AudioCropSampler:
             idx = self.indices[torch.randint(len(self.indices), (b,), generator=g)]
         else:
             idx = self.indices[torch.multinomial(self.probs, b, replacement=True, generator=g)]
-        crop = self.crop[0] + int(torch.randint(self.crop[1] - self.crop[0] + 1, (1,), generator=g))
+        if self.crop_grid:
+            crop = self.crop[0] + self.crop_grid * int(torch.randint((self.crop[1] - self.crop[0]) // self.crop_grid + 1,
+                                                                     (1,), generator=g))
+        else:
+            crop = self.crop[0] + int(torch.randint(self.crop[1] - self.crop[0] + 1, (1,), generator=g))
         u = torch.rand(b, 4, generator=g)
         speakers = self.corpus.labels[idx]
         speed = torch.zeros(b, dtype=torch.long)

@@ -3,8 +3,9 @@
 ``resolve("base")`` is the checkpoint file inside this folder (``base.ckpt``: float16 weights, the recipe and the
 measurements in ``docs/model_card.md``); any other string is a path. A file of the same name in the working
 directory wins over a shipped name, so an existing ``./base`` checkpoint keeps working. ``DEFAULT`` is the model
-every command uses when none is given. ``FINGERPRINTS`` records each shipped file's ``model_fingerprint``: the test
-suite checks the file against it, so a truncated or replaced file is caught.
+every command uses when none is given. Beside each file, ``<name>.json`` records its ``model_fingerprint``, the run's
+steps and hours, and the embedding of a fixed synthetic clip (``card(name)``); the test suite checks the file against
+it, so a truncated or replaced file is caught. ``python -m spkid.pretrained.ship RUN/last.ckpt`` writes both.
 """
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from pathlib import Path
 
 NAMES = ("base",)
 DEFAULT = "base"
-FINGERPRINTS = {"base": ""}      # filled in when the weights are shipped (spkid.pretrained.ship)
 
 
 def shipped_path(name: str) -> Path:
     """The packaged file of shipped model ``name`` (it may be missing in a broken install)."""
     return Path(str(resources.files("spkid.pretrained").joinpath(f"{name}.ckpt")))
+
+
+def card(name: str) -> dict:
+    """The recorded facts of shipped model ``name`` (``<name>.json``: fingerprint, steps, hours, reference)."""
+    import json
+    return json.loads(shipped_path(name).with_suffix(".json").read_text())
 
 
 def resolve(spec: str | os.PathLike) -> Path:
@@ -46,3 +52,10 @@ def display_name(spec: str | os.PathLike) -> str:
         if text == n or is_shipped(text):
             return n
     return text
+
+
+def stored_name(spec: str | os.PathLike) -> str:
+    """What a registry or a fine-tuning run records as its model: a shipped name as the name (it resolves in any
+    install), any other checkpoint as its absolute path."""
+    name = display_name(spec)
+    return name if name in NAMES else str(Path(spec).resolve())

@@ -18,6 +18,7 @@ from spkid.fileio import atomic_write, refuse_overwriting_inputs
 from spkid.errors import DataError, SpkidError
 from spkid.data.scan import gather, input_files
 from spkid.scoring.backend import COHORT_KINDS, DEFAULT_COHORT_WITHOUT_FOLDER, DEFAULT_TOP_N
+from spkid.pretrained import stored_name
 from spkid.scoring.model import Model, load, none_readable
 
 def embed_files(checkpoint: str | Path, sources, out: str | Path, *, device: str = "auto", runtime: str = "torch",
@@ -173,14 +174,6 @@ def domain_adaptation(model: Model, folder, *, whiten: bool = False, cohort: str
     return domain, norm, "; ".join(parts) or "none (raw embeddings)"
 
 
-def stored_model_name(checkpoint: str | Path) -> str:
-    """What a registry records as its model: a shipped name as the name (it resolves in any install), any other
-    checkpoint as its absolute path."""
-    from spkid.pretrained import NAMES, display_name
-    name = display_name(checkpoint)
-    return name if name in NAMES else str(Path(checkpoint).resolve())
-
-
 def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | None = None, device: str = "auto",
            on_outlier: str = "keep", domain=None, whiten: bool = False, cohort: str | None = None,
            top_n: int = DEFAULT_TOP_N) -> EnrollResult:
@@ -225,7 +218,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         raise
     if reg_ctx is None:
         threshold, source = default_threshold(model)
-        reg_ctx = SpeakerDB.create(registry, model_id=model.model_id, checkpoint=stored_model_name(checkpoint),
+        reg_ctx = SpeakerDB.create(registry, model_id=model.model_id, checkpoint=stored_name(checkpoint),
                                    embed_dim=model.net.embed_dim, threshold=threshold, threshold_source=source)
     with reg_ctx as reg:
         if adaptation is not None:

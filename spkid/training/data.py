@@ -108,7 +108,8 @@ def _audio(inputs: list[Path], cfg, rank: int, progress: bool, vad: bool) -> Tra
     hi = max(1, d.crop_frames - 1) * fe.hop / fe.sample_rate
     sampler = AudioCropSampler(corpus, batch_size=d.batch_size, crop_seconds=(lo, hi), indices=train_idx,
                                augment=cfg.augment, frontend=frontend_for(fe), seed=cfg.train.seed, rank=rank,
-                               progress=progress, weights=weights_list(d.weights) or None)
+                               progress=progress, weights=weights_list(d.weights) or None,
+                               crop_grid=d.crop_grid * fe.hop)
     # input statistics from augmented training batches (what the network will see); a fixed, reproducible draw
     stats = feature_stats([x[:n] for k in range(8) for x, n in zip(*sampler.batch(10**9 + k)[:2])])
     h = hashlib.sha256("\n".join(corpus.speakers).encode())

@@ -48,7 +48,8 @@ def init_config(cfg: RunConfig, init: str | Path, *, explicit_model: bool) -> Ru
         check_init(cfg, ckpt_cfg, init)
     d = cfg.to_dict()
     d["model"], d["features"] = ckpt_cfg.to_dict()["model"], ckpt_cfg.to_dict()["features"]
-    d["train"]["init"] = str(init.resolve())
+    from spkid.pretrained import stored_name
+    d["train"]["init"] = stored_name(init)       # a shipped name stays a name; a file, its absolute path
     return RunConfig.from_dict(d, f"--init {init}")
 
 
