@@ -26,6 +26,7 @@ from spkid.errors import ConfigError
 @dataclass
 class FeatureConfig:
     """The log-mel definition (the HW4 one by default); stored in every checkpoint, used by every front end."""
+    kind: str = "logmel"              # logmel (HW4) | speechbrain | kaldi | resemblyzer (spkid.audio.fbanks)
     sample_rate: int = 16000          # Hz; audio at other rates is resampled to this
     n_fft: int = 400                  # FFT size = Hann window length (25 ms)
     hop: int = 160                    # frame shift in samples (10 ms)
@@ -160,7 +161,7 @@ class RunConfig:
         return cfg
 
 
-_CHOICES = {"data.source": ("features", "audio"), "model.norm": ("global", "cmn", "none"), "model.subsample": (1, 2, 4), "model.pos_enc": ("rope", "none"),
+_CHOICES = {"features.kind": ("logmel", "speechbrain", "kaldi", "resemblyzer"), "data.source": ("features", "audio"), "model.norm": ("global", "cmn", "none"), "model.subsample": (1, 2, 4), "model.pos_enc": ("rope", "none"),
             "train.amp": ("none", "bf16", "fp16", "auto")}
 
 
@@ -196,6 +197,8 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
             out += [("augment.speed_slow", "augment.p_speed is 0"), ("augment.speed_fast", "augment.p_speed is 0")]
         if a.p_pause == 0:
             out.append(("augment.pause_max", "augment.p_pause is 0"))
+    if cfg.features.kind in ("kaldi", "resemblyzer"):
+        out.append(("features.floor", f"features.kind={cfg.features.kind!r} has its own floor (or no log)"))
     if a.feat_eq == 0:
         out.append(("augment.feat_eq_db", "augment.feat_eq is 0"))
     if a.spec_time_masks == 0:

@@ -58,7 +58,6 @@ def _features(data_dir: Path, cfg, rank: int, progress: bool, cache_dir) -> Trai
     from spkid.data.features import load_train_features
     from spkid.data.sampler import CropSampler, split_per_speaker
     from spkid.training.checkpoint import data_fingerprint
-    from spkid.training.loop import feature_stats
     from spkid.data.definition import check_training_definition
     check_training_definition(data_dir, cfg.features)      # the checkpoint's front end must be the tensors' own
     data = load_train_features(data_dir, cfg.features.n_mels, progress=progress, cache_dir=cache_dir)
@@ -83,7 +82,6 @@ def _audio(data_dir: Path, cfg, rank: int, progress: bool, vad: bool) -> TrainDa
     from spkid.audio.frontend import frontend_for
     from spkid.audio.vad import VadConfig
     from spkid.data.audio_corpus import AudioCorpus, AudioCropSampler
-    from spkid.training.loop import feature_stats
     corpus = AudioCorpus.load(data_dir, vad=VadConfig() if vad else None, progress=progress)
     train_idx, val_idx = corpus.split(cfg.data.val_per_speaker, cfg.train.seed)
     fe, d = cfg.features, cfg.data
@@ -106,3 +104,15 @@ def _audio(data_dir: Path, cfg, rank: int, progress: bool, vad: bool) -> TrainDa
         return [sampler.features_of(i) for i in pick], [labels[i] for i in pick]
     return TrainData(corpus.speakers, sampler.n_classes, sampler, [sampler.features_of(i) for i in val_idx],
                      [labels[i] for i in val_idx], stats, h.hexdigest()[:16], train_utterances)
+
+
+def feature_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and std over all training frames ``[(T_i, F)]`` -> ``(F,)``, ``(F,)``, in float64."""
+    n, s, ss = 0, 0.0, 0.0
+    for f in feats:
+        f = f.double()
+        n += f.shape[0]
+        s = s + f.sum(0)
+        ss = ss + (f * f).sum(0)
+    mean = s / n
+    return mean.float(), (ss / n - mean * mean).clamp(min=0).sqrt().float()
