@@ -61,9 +61,10 @@ class AugmentConfig(WaveAugmentConfig):
 @dataclass
 class ModelConfig:
     # shared by every architecture
-    encoder: str = "conformer"        # a name in spkid.models.ENCODERS: transformer | conformer | tdnn
+    encoder: str = "conformer"        # a name in spkid.models.ENCODERS: transformer | conformer | tdnn | ecapa
     norm: str = "global"              # input normalisation: global (train-set mean/std) | cmn (per utterance) | none
-    subsample: int = 2                # time subsampling before the encoder: 1 (Linear), 2 or 4 (stride-2 Conv1d)
+    subsample: int = 2                # time subsampling before the encoder: 1 (Linear), 2 or 4 (stride-2 Conv1d);
+                                      # 0: none, the encoder reads the mel bands (ecapa)
     d_model: int = 144                # encoder width (tdnn: channels)
     n_layers: int = 2                 # encoder blocks
     pooling: str = "mean"             # a name in spkid.models.POOLING: mean | sap | asp
@@ -82,6 +83,9 @@ class ModelConfig:
     # tdnn
     tdnn_kernel: int = 3              # kernel of the dilated convolutions (odd)
     agg_dim: int = 384                # channels after multi-layer aggregation (the pooling input)
+    # ecapa (SpeechBrain's ECAPA-TDNN)
+    res2_scale: int = 8               # Res2Net channel groups
+    se_dim: int = 128                 # squeeze-excitation bottleneck
     # margin heads (am, aam)
     margin: float = 0.2
     scale: float = 30.0
@@ -161,7 +165,7 @@ class RunConfig:
         return cfg
 
 
-_CHOICES = {"features.kind": ("logmel", "speechbrain", "kaldi", "resemblyzer"), "data.source": ("features", "audio"), "model.norm": ("global", "cmn", "none"), "model.subsample": (1, 2, 4), "model.pos_enc": ("rope", "none"),
+_CHOICES = {"features.kind": ("logmel", "speechbrain", "kaldi", "resemblyzer"), "data.source": ("features", "audio"), "model.norm": ("global", "cmn", "none"), "model.subsample": (0, 1, 2, 4), "model.pos_enc": ("rope", "none"),
             "train.amp": ("none", "bf16", "fp16", "auto")}
 
 
@@ -240,6 +244,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if m.attention == "full" and m.attention_params:
         raise ConfigError(f"{source}: model.attention_params={m.attention_params} would be ignored: full attention "
                           "has no parameters")
+    if (m.subsample == 0) != (m.encoder == "ecapa"):
+        raise ConfigError(f"{source}: model.subsample={m.subsample} with model.encoder={m.encoder!r}: the ecapa "
+                          "encoder reads the mel bands itself (subsample 0), the others need 1, 2 or 4")
+    if m.encoder == "ecapa" and (m.res2_scale < 2 or m.d_model % m.res2_scale or m.se_dim < 1):
+        raise ConfigError(f"{source}: model.res2_scale ({m.res2_scale}) must be >= 2 and divide model.d_model "
+                          f"({m.d_model}); model.se_dim must be >= 1")
     if "n_heads" in ENCODERS.uses(m.encoder) and m.d_model % m.n_heads:
         raise ConfigError(f"{source}: model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
     for key, value in (("model.conv_kernel", m.conv_kernel), ("model.tdnn_kernel", m.tdnn_kernel)):
