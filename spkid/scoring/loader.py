@@ -87,3 +87,27 @@ def spkid_architecture(spec: str | os.PathLike, what: str) -> tuple[Path, dict]:
         raise CheckpointError(f"{path}: {what} needs a model of spkid's own architecture; this one is {arch!r} "
                               f"({model_card(ckpt).get('source', 'imported')})")
     return path, ckpt
+
+
+def model_info(spec: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(label, text)`` rows that ``spkid info`` prints: the card, the front end, the network, the fingerprint."""
+    m = open_model(spec)
+    f, mc, card = m.cfg.features, m.cfg.model, m.card
+    rows = [("file", str(m.path)), ("architecture", m.arch), ("source", card.get("source", "trained with spkid"))]
+    rows += [(k, card[k]) for k in ("origin", "licence", "windows", "embedding_norm") if k in card]
+    band = f"{f.f_min:g}-{f.f_max or f.sample_rate / 2:g} Hz"
+    rows.append(("features", f"{f.kind}: {f.n_mels} bands {band}, {f.sample_rate} Hz, window {f.n_fft}, hop {f.hop}"
+                             + (f", floor {f.floor:g}" if f.kind in ("logmel", "speechbrain") else "")))
+    if "frontend" in card:
+        rows.append(("front end", card["frontend"]))
+    if m.arch == "spkid":
+        rows.append(("network", f"{mc.encoder} d_model {mc.d_model} x {mc.n_layers}, pooling {mc.pooling}, "
+                                f"input norm {mc.norm}"))
+    rows.append(("embedding", f"{m.net.embed_dim} dimensions"))
+    rows.append(("speakers", f"{len(m.speakers)} (closed-set classes)" if m.speakers else
+                 "none (an embedder: enroll speakers, then identify/verify)"))
+    for key in ("step", "val_acc", "val_eer"):
+        if m.ckpt.get(key) is not None:
+            rows.append((key, f"{m.ckpt[key]:.4g}" if isinstance(m.ckpt[key], float) else str(m.ckpt[key])))
+    rows.append(("fingerprint", m.model_id))
+    return rows
