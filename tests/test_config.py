@@ -22,7 +22,8 @@ def _fields(cfg: RunConfig):
 
 def _other(section: str, name: str, value):
     """A different valid-looking value for a setting."""
-    choices = {"model.encoder": ENCODERS.names(), "model.pooling": POOLING.names(), "model.head": HEADS.names(),
+    choices = {"model.encoder": [e for e in ENCODERS.names() if e != "ecapa"],     # ecapa needs subsample 0 too
+               "features.kind": ["logmel", "speechbrain", "kaldi", "resemblyzer"], "model.pooling": POOLING.names(), "model.head": HEADS.names(),
                "model.attention": ATTENTION.names(), "model.norm": ["global", "cmn", "none"],
                "model.subsample": [1, 2, 4], "model.pos_enc": ["rope", "none"],
                "train.amp": ["none", "bf16", "auto"], "train.device": ["cpu", "auto"],
