@@ -51,8 +51,8 @@ _RENAMES = [
 ]
 
 
-def _args(doc: dict, target: str, defaults: dict, path: Path, required: bool) -> dict | None:
-    found = find_built(doc, target)
+def _args(doc: dict, target: str, defaults: dict, path: Path, required: bool, prefer: str = "") -> dict | None:
+    found = sorted(find_built(doc, target), key=lambda kv: kv[0] != prefer)      # the key ``prefer`` first
     if not found:
         if required:
             raise CheckpointError(f"{path}: no !new:{target} (not a SpeechBrain ECAPA-TDNN speaker model)")
@@ -69,9 +69,9 @@ def _args(doc: dict, target: str, defaults: dict, path: Path, required: bool) ->
 
 def config_from(doc: dict, path: Path) -> RunConfig:
     """The spkid configuration of a SpeechBrain ECAPA folder; a setting spkid cannot express is a one-line error."""
-    e = _args(doc, ECAPA, ECAPA_DEFAULTS, path, True)
-    fb = _args(doc, FBANK, FBANK_DEFAULTS, path, True)
-    norm = _args(doc, NORM, {"norm_type": "global", "std_norm": True}, path, False)
+    e = _args(doc, ECAPA, ECAPA_DEFAULTS, path, True, prefer="embedding_model")
+    fb = _args(doc, FBANK, FBANK_DEFAULTS, path, True, prefer="compute_features")
+    norm = _args(doc, NORM, {"norm_type": "global", "std_norm": True}, path, False, prefer="mean_var_norm")
     ch, ks, dil = list(e["channels"]), list(e["kernel_sizes"]), list(e["dilations"])
     n = len(ch) - 2
     expect = {"kernel_sizes": [5] + [ks[1]] * n + [1], "dilations": [1] + list(range(2, n + 2)) + [1],

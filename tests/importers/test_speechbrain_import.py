@@ -31,7 +31,11 @@ embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
     dilations: [1, 2, 3, 4, 1]
     attention_channels: 128
     lin_neurons: 48
+mean_var_norm_emb: !new:speechbrain.processing.features.InputNormalization
+    norm_type: global
+    std_norm: False
 modules:
+    mean_var_norm_emb: !ref <mean_var_norm_emb>
     compute_features: !ref <compute_features>
     embedding_model: !ref <embedding_model>
 pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer

@@ -47,3 +47,10 @@ def test_other_architectures_cannot_be_fine_tuned(tmp_path):
     with pytest.raises(CheckpointError, match=r"rz.ckpt: fine-tuning \(train --init\) needs a model of spkid's own "
                                               r"architecture; this one is 'ge2e'"):
         spkid_architecture(tmp_path / "rz.ckpt", "fine-tuning (train --init)")
+
+
+def test_info_on_a_trained_checkpoint(trained, capsys):
+    from spkid.cli import main
+    assert main(["info", str(trained["ckpt"])]) == 0
+    out = capsys.readouterr().out
+    assert "architecture:  spkid" in out and "speakers:      6 (closed-set classes)" in out and "fingerprint:" in out
