@@ -479,8 +479,8 @@ def _cmd_report(a) -> int:
 
 
 def _add_import(sub) -> None:
-    p = sub.add_parser("import", help="a model made elsewhere (SpeechBrain, ONNX, Resemblyzer) as a spkid checkpoint, "
-                                      "read from local files only")
+    p = sub.add_parser("import", help="a model made elsewhere (SpeechBrain, ONNX, Resemblyzer) as a spkid "
+                                      "checkpoint, read from local files only")
     p.add_argument("source", choices=["speechbrain", "onnx", "resemblyzer"])
     p.add_argument("path", nargs="?", help="speechbrain: the model folder (hyperparams.yaml, embedding_model.ckpt); "
                                            "onnx: the .onnx file; resemblyzer: none (the wheel's encoder)")

@@ -3,7 +3,8 @@
 Each module maps ``wav (B, S)`` float in [-1, 1] and ``lengths (B,)`` samples to ``(feats (B, T, F), frames (B,))``;
 frames past an utterance's own count are 0, and real frames never depend on the samples past its ``lengths`` (an
 utterance gives the same features alone or padded in a batch). The sizes come from the ``FeatureConfig``
-(``sample_rate``, ``n_fft``, ``hop``, ``n_mels``, ``f_min``, ``f_max``, ``floor``); what each toolkit fixes is fixed here:
+(``sample_rate``, ``n_fft``, ``hop``, ``n_mels``, ``f_min``, ``f_max``, ``floor``); what each toolkit fixes is
+fixed here:
 
 - ``speechbrain``: SpeechBrain's ``Fbank`` (``speechbrain.lobes.features``): centred STFT with zero padding, periodic
   Hamming window of ``n_fft``, power spectrum, its triangular filters (HTK mel centres, each filter as wide on both

@@ -1,4 +1,4 @@
-"""``spkid import speechbrain DIR -o ecapa.ckpt``: a SpeechBrain ECAPA-TDNN folder as a spkid model of that architecture.
+"""``spkid import speechbrain DIR -o ecapa.ckpt``: a SpeechBrain ECAPA-TDNN folder as a spkid model of its architecture.
 
 Reads ``DIR/hyperparams.yaml`` as data (``spkid.importers.hyperparams``) for the sizes of its ``Fbank``,
 ``InputNormalization`` (``mean_var_norm``) and ``ECAPA_TDNN``, and ``DIR/embedding_model.ckpt`` with

@@ -149,7 +149,8 @@ def _folder_with(tmp_path, yaml: str, weights: bytes | None = None) -> Path:
     (lambda y: y.replace("lin_neurons: 48", "lin_neurons: 64"), r"embedding_model.ckpt: weights do not match"),
 ])
 def test_bad_folders_are_one_line_errors(folder, tmp_path, edit, message):
-    d = _folder_with(tmp_path, edit(YAML.format(channels=CHANNELS)), (folder["dir"] / "embedding_model.ckpt").read_bytes())
+    weights = (folder["dir"] / "embedding_model.ckpt").read_bytes()
+    d = _folder_with(tmp_path, edit(YAML.format(channels=CHANNELS)), weights)
     with pytest.raises(CheckpointError, match=message) as e:
         import_speechbrain(d, tmp_path / "x.ckpt")
     assert "\n" not in str(e.value) and not (tmp_path / "x.ckpt").exists()
