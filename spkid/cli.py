@@ -504,12 +504,52 @@ def _cmd_report(a) -> int:
     return 0
 
 
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="a model made elsewhere (SpeechBrain, ONNX, Resemblyzer) as a spkid "
+                                      "checkpoint, read from local files only")
+    p.add_argument("source", choices=["speechbrain", "onnx", "resemblyzer"])
+    p.add_argument("path", nargs="?", help="speechbrain: the model folder (hyperparams.yaml, embedding_model.ckpt); "
+                                           "onnx: the .onnx file; resemblyzer: none (the wheel's encoder)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write")
+    p.add_argument("--frontend", help="onnx: the front end the graph expects (wespeaker, speechbrain, logmel)")
+    p.add_argument("--weights", help="resemblyzer: another GE2E pretrained.pt instead of the wheel's")
+    p.add_argument("--licence", default="", help="the model's licence as you know it (stored in its card)")
+
+
+def _cmd_import(a) -> int:
+    from spkid.fileio import refuse_overwriting_inputs
+    from spkid.importers import onnx, resemblyzer, speechbrain
+    needs_path = a.source != "resemblyzer"
+    if needs_path != bool(a.path) or (a.source == "onnx") != bool(a.frontend) or (a.weights and needs_path):
+        raise SpkidError(f"import {a.source}: give {'a PATH' if needs_path else 'no PATH'}"
+                         f"{', --frontend' if a.source == 'onnx' else ''}; --weights only with resemblyzer")
+    refuse_overwriting_inputs([a.output], [x for x in (a.path, a.weights) if x])
+    card = (speechbrain.import_speechbrain(a.path, a.output, licence=a.licence) if a.source == "speechbrain" else
+            onnx.import_onnx(a.path, a.output, frontend=a.frontend, licence=a.licence) if a.source == "onnx" else
+            resemblyzer.import_resemblyzer(a.output, weights=a.weights, licence=a.licence))
+    print(f"wrote {a.output}: {card['source']} (model {card['fingerprint']}; licence: {card['licence']})")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="what a model is: source, licence, front end, network, fingerprint")
+    p.add_argument("model", help="a checkpoint (trained or imported) or a shipped model's name")
+
+
+def _cmd_info(a) -> int:
+    from spkid.scoring.loader import model_info
+    for label, text in model_info(a.model):
+        print(f"{label + ':':14} {text}")
+    return 0
+
+
 COMMANDS = {"train": (_add_train, _cmd_train), "predict": (_add_predict, _cmd_predict),
             "evaluate": (_add_evaluate, _cmd_evaluate), "prepare": (_add_prepare, _cmd_prepare),
             "demo": (_add_demo, _cmd_demo), "embed": (_add_embed, _cmd_embed), "enroll": (_add_enroll, _cmd_enroll),
             "identify": (_add_identify, _cmd_identify), "verify": (_add_verify, _cmd_verify),
             "eval-verification": (_add_eval_verification, _cmd_eval_verification), "adapt": (_add_adapt, _cmd_adapt),
-            "export": (_add_export, _cmd_export), "report": (_add_report, _cmd_report)}
+            "export": (_add_export, _cmd_export), "report": (_add_report, _cmd_report),
+            "import": (_add_import, _cmd_import), "info": (_add_info, _cmd_info)}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spkid", description="speaker identification toolkit")

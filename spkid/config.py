@@ -26,6 +26,7 @@ from spkid.errors import ConfigError
 @dataclass
 class FeatureConfig:
     """The log-mel definition (the HW4 one by default); stored in every checkpoint, used by every front end."""
+    kind: str = "logmel"              # logmel (HW4) | speechbrain | kaldi | resemblyzer (spkid.audio.fbanks)
     sample_rate: int = 16000          # Hz; audio at other rates is resampled to this
     n_fft: int = 400                  # FFT size = Hann window length (25 ms)
     hop: int = 160                    # frame shift in samples (10 ms)
@@ -68,9 +69,10 @@ class AugmentConfig(WaveAugmentConfig):
 @dataclass
 class ModelConfig:
     # shared by every architecture
-    encoder: str = "conformer"        # a name in spkid.models.ENCODERS: transformer | conformer | tdnn
+    encoder: str = "conformer"        # a name in spkid.models.ENCODERS: transformer | conformer | tdnn | ecapa
     norm: str = "global"              # input normalisation: global (train-set mean/std) | cmn (per utterance) | none
-    subsample: int = 2                # time subsampling before the encoder: 1 (Linear), 2 or 4 (stride-2 Conv1d)
+    subsample: int = 2                # time subsampling before the encoder: 1 (Linear), 2 or 4 (stride-2 Conv1d);
+                                      # 0: none, the encoder reads the mel bands (ecapa)
     d_model: int = 144                # encoder width (tdnn: channels)
     n_layers: int = 2                 # encoder blocks
     pooling: str = "mean"             # a name in spkid.models.POOLING: mean | sap | asp
@@ -89,6 +91,9 @@ class ModelConfig:
     # tdnn
     tdnn_kernel: int = 3              # kernel of the dilated convolutions (odd)
     agg_dim: int = 384                # channels after multi-layer aggregation (the pooling input)
+    # ecapa (SpeechBrain's ECAPA-TDNN)
+    res2_scale: int = 8               # Res2Net channel groups
+    se_dim: int = 128                 # squeeze-excitation bottleneck
     # margin heads (am, aam)
     margin: float = 0.2
     scale: float = 30.0
@@ -168,7 +173,7 @@ class RunConfig:
         return cfg
 
 
-_CHOICES = {"data.source": ("features", "audio"), "model.norm": ("global", "cmn", "none"), "model.subsample": (1, 2, 4), "model.pos_enc": ("rope", "none"),
+_CHOICES = {"features.kind": ("logmel", "speechbrain", "kaldi", "resemblyzer"), "data.source": ("features", "audio"), "model.norm": ("global", "cmn", "none"), "model.subsample": (0, 1, 2, 4), "model.pos_enc": ("rope", "none"),
             "train.amp": ("none", "bf16", "fp16", "auto")}
 
 
@@ -206,6 +211,8 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
             out += [("augment.speed_slow", "augment.p_speed is 0"), ("augment.speed_fast", "augment.p_speed is 0")]
         if a.p_pause == 0:
             out.append(("augment.pause_max", "augment.p_pause is 0"))
+    if cfg.features.kind in ("kaldi", "resemblyzer"):
+        out.append(("features.floor", f"features.kind={cfg.features.kind!r} has its own floor (or no log)"))
     if a.feat_eq == 0:
         out.append(("augment.feat_eq_db", "augment.feat_eq is 0"))
     if a.spec_time_masks == 0:
@@ -258,6 +265,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if m.attention == "full" and m.attention_params:
         raise ConfigError(f"{source}: model.attention_params={m.attention_params} would be ignored: full attention "
                           "has no parameters")
+    if (m.subsample == 0) != (m.encoder == "ecapa"):
+        raise ConfigError(f"{source}: model.subsample={m.subsample} with model.encoder={m.encoder!r}: the ecapa "
+                          "encoder reads the mel bands itself (subsample 0), the others need 1, 2 or 4")
+    if m.encoder == "ecapa" and (m.res2_scale < 2 or m.d_model % m.res2_scale or m.se_dim < 1):
+        raise ConfigError(f"{source}: model.res2_scale ({m.res2_scale}) must be >= 2 and divide model.d_model "
+                          f"({m.d_model}); model.se_dim must be >= 1")
     if "n_heads" in ENCODERS.uses(m.encoder) and m.d_model % m.n_heads:
         raise ConfigError(f"{source}: model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
     for key, value in (("model.conv_kernel", m.conv_kernel), ("model.tdnn_kernel", m.tdnn_kernel)):

@@ -43,7 +43,7 @@ def _half(x):
 def ship(src: str | Path, name: str) -> dict:
     """Write ``name``'s checkpoint and card data from run checkpoint ``src``; returns the card data."""
     import spkid
-    from spkid.training.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
+    from spkid.training.checkpoint import checkpoint_fingerprint, load_checkpoint, save_checkpoint
     ckpt = load_checkpoint(src)
     state = {k: ckpt[k] for k in KEEP if k in ckpt}
     state["model"] = _half(ckpt["model"])
@@ -53,7 +53,7 @@ def ship(src: str | Path, name: str) -> dict:
     save_checkpoint(dest, state)
     model = spkid.load(dest, "cpu")
     emb = model.embed([torch.from_numpy(reference_clip())])[0]
-    card = {"name": name, "fingerprint": model_fingerprint(state["model"]), "steps": int(ckpt.get("step", 0)),
+    card = {"name": name, "fingerprint": checkpoint_fingerprint(load_checkpoint(dest)), "steps": int(ckpt.get("step", 0)),
             "hours": round(float(ckpt.get("elapsed", 0.0)) / 3600, 2), "speakers": len(ckpt["speakers"]),
             "embed_dim": int(emb.shape[0]), "bytes": dest.stat().st_size,
             "reference_seed": REFERENCE_SEED, "reference_embedding": [round(float(v), 6) for v in emb]}

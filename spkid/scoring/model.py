@@ -16,14 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spkid.training.checkpoint import build_checked, checkpoint_config, load_checkpoint, model_fingerprint
 from spkid.config import InferConfig, RunConfig
 from spkid.data.sampler import length_buckets, pad_batch
 from spkid.data.definition import check_definition
 from spkid.data.hw4 import load_tensor
 from spkid.errors import DataError, InputWarning, SpkidError
 from spkid.runtime import flush_denormal, resolve_device
-from spkid.models.speaker_net import SpeakerNet, build_model
+from spkid.models.speaker_net import SpeakerNet
+from spkid.scoring.loader import open_model
 
 
 def _windows(t: int, window: int, hop: int) -> list[tuple[int, int]]:
@@ -110,31 +110,36 @@ class Model:
 
     def __init__(self, path: str | Path, device: str = "auto", *, runtime: str = "torch", threads: int = 0,
                  quantize: bool = False, vad: bool | None = None):
-        from spkid.pretrained import display_name, resolve
+        from spkid.pretrained import display_name
         from spkid.scoring.onnx_runtime import check_runtime
         self.name = display_name(path)          # "base" for a shipped model, else the path as given
-        self.path = resolve(path)
         self.runtime = check_runtime(runtime)
         self.quantize = quantize
         if quantize and runtime != "onnx":
             raise SpkidError("int8 quantisation needs runtime onnx")
-        ckpt = load_checkpoint(self.path)
-        self.cfg: RunConfig = checkpoint_config(ckpt, self.path)
-        self.speakers: list[str] = list(ckpt["speakers"])
         if runtime == "onnx" and device not in ("auto", "cpu"):
             raise SpkidError(f"--runtime onnx runs on the CPU, not {device!r}; use --runtime torch for a GPU")
         self.device = resolve_device("cpu" if runtime == "onnx" else device)
-        n_classes = int(ckpt.get("n_classes", len(self.speakers)))
-        self.net = build_checked(self.cfg, n_classes, ckpt["model"], self.path)
-        self.net.to(self.device).eval()
-        self.model_id = model_fingerprint(ckpt["model"])
+        loaded = open_model(path, "cpu")        # checkpoint, shipped name or imported model: spkid.scoring.loader
+        self.path = loaded.path
+        self.cfg: RunConfig = loaded.cfg
+        self.speakers: list[str] = loaded.speakers
+        self.card: dict = loaded.card             # arch, source, licence, front end (spkid info)
+        if loaded.arch == "onnx":                 # ONNX Runtime already: --runtime onnx asks for what runs
+            self.device = resolve_device("cpu" if device == "auto" else device)
+        self.net = loaded.net.to(self.device).eval()
+        self.model_id = loaded.model_id
         # EER threshold on the run's validation trials (training speakers), when the run validated
-        self.val_eer_threshold: float | None = ckpt.get("val_eer_threshold")
+        self.val_eer_threshold: float | None = loaded.ckpt.get("val_eer_threshold")
         self.vad = VAD_DEFAULT if vad is None else vad   # audio files: keep only the detected speech
         self.runner = None                     # the batch function replacing net.embed (ONNX Runtime), or None
-        if runtime == "onnx":
-            from spkid.scoring.onnx_runtime import OrtEmbedder, ensure_onnx
+        if runtime == "onnx" and loaded.arch == "spkid":
+            from spkid.scoring.onnx_cache import ensure_onnx
+            from spkid.scoring.onnx_runtime import OrtEmbedder
             self.runner = OrtEmbedder(ensure_onnx(self.path, self.model_id, quantize=quantize), threads)
+        elif runtime == "onnx" and (quantize or loaded.arch != "onnx"):
+            raise SpkidError(f"{self.path}: --runtime onnx{' --int8' if quantize else ''} needs a model of spkid's "
+                             f"own architecture; this one is {loaded.arch!r} (run it with --runtime torch)")
 
     # -- inputs ---------------------------------------------------------------------------------------------
     def features(self, inputs, *, failures: list | None = None) -> list[torch.Tensor | None]:
@@ -207,7 +212,14 @@ class Model:
 
     def scores(self, inputs) -> torch.Tensor:
         """Class probabilities ``(N, n_speakers)``, columns in ``self.speakers`` order."""
+        self.check_classes()
         return class_scores(self.net, self.embed_raw(self.features(inputs)), self.device, len(self.speakers))
+
+    def check_classes(self) -> None:
+        """An imported embedder has no training speakers: closed-set prediction is an error naming it."""
+        if not self.speakers:
+            raise SpkidError(f"{self.path}: an imported speaker embedder has no classes to predict "
+                             f"({self.card.get('source', 'imported')}); enroll speakers and use identify")
 
     def predict(self, inputs) -> list[str]:
         """The most likely training speaker for each input."""
@@ -229,6 +241,8 @@ def load(checkpoint: str | Path, device: str = "auto", *, runtime: str = "torch"
 def ensemble_scores(models: Sequence[Model], feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean class probabilities over models that share one speaker list: ``(N, n_speakers)``."""
     first = models[0]
+    for m in models:
+        m.check_classes()
     for m in models[1:]:
         if m.speakers != first.speakers:
             raise SpkidError(f"{m.path}: speaker list differs from {first.path}; cannot ensemble")

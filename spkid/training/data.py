@@ -72,7 +72,6 @@ def _features(data_dir: Path, cfg, rank: int, progress: bool, cache_dir) -> Trai
     from spkid.data.features import load_train_features
     from spkid.data.sampler import CropSampler, split_per_speaker
     from spkid.training.checkpoint import data_fingerprint
-    from spkid.training.loop import feature_stats
     from spkid.data.definition import check_training_definition
     check_training_definition(data_dir, cfg.features)      # the checkpoint's front end must be the tensors' own
     data = load_train_features(data_dir, cfg.features.n_mels, progress=progress, cache_dir=cache_dir)
@@ -98,7 +97,6 @@ def _audio(inputs: list[Path], cfg, rank: int, progress: bool, vad: bool) -> Tra
     from spkid.audio.vad import VadConfig
     from spkid.data.audio_corpus import AudioCorpus, AudioCropSampler
     from spkid.config import weights_list
-    from spkid.training.loop import feature_stats
     corpus = AudioCorpus.load_many(inputs, vad=VadConfig() if vad else None, min_seconds=cfg.data.min_seconds,
                                    progress=progress)
     train_idx, val_idx = corpus.split(cfg.data.val_per_speaker, cfg.train.seed)
@@ -123,3 +121,15 @@ def _audio(inputs: list[Path], cfg, rank: int, progress: bool, vad: bool) -> Tra
         return [sampler.features_of(i) for i in pick], [labels[i] for i in pick]
     return TrainData(corpus.speakers, sampler.n_classes, sampler, [sampler.features_of(i) for i in val_idx],
                      [labels[i] for i in val_idx], stats, h.hexdigest()[:16], train_utterances)
+
+
+def feature_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and std over all training frames ``[(T_i, F)]`` -> ``(F,)``, ``(F,)``, in float64."""
+    n, s, ss = 0, 0.0, 0.0
+    for f in feats:
+        f = f.double()
+        n += f.shape[0]
+        s = s + f.sum(0)
+        ss = ss + (f * f).sum(0)
+    mean = s / n
+    return mean.float(), (ss / n - mean * mean).clamp(min=0).sqrt().float()

@@ -27,7 +27,7 @@ from spkid.training import distributed as dist
 from spkid.training.checkpoint import (load_resume_state, load_weights, rng_state, save_checkpoint, set_rng_state,
                                        training_state)
 from spkid.training.cohort import finish_checkpoints
-from spkid.training.data import load_train_data
+from spkid.training.data import feature_stats, load_train_data  # noqa: F401  (feature_stats: benchmarks)
 from spkid.training.finetune import (PROTOTYPE_MAX, PROTOTYPE_PER_SPEAKER, freeze, init_head_from_prototypes,
                                     load_init, train_mode)
 from spkid.training.schedules import Schedule
@@ -268,15 +268,3 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def feature_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-band mean and std over all training frames ``[(T_i, F)]`` -> ``(F,)``, ``(F,)``, in float64."""
-    n, s, ss = 0, 0.0, 0.0
-    for f in feats:
-        f = f.double()
-        n += f.shape[0]
-        s = s + f.sum(0)
-        ss = ss + (f * f).sum(0)
-    mean = s / n
-    return mean.float(), (ss / n - mean * mean).clamp(min=0).sqrt().float()
