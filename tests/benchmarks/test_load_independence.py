@@ -34,6 +34,7 @@ def _fake_cpu(monkeypatch, busy: list[float], load: float) -> None:
 
 @pytest.mark.parametrize("busy, load, free", [([0.0, 0.0], 0.1, 2),     # idle: both cores
                                               ([1.0, 0.0], 0.2, 1),     # a neighbour has just started
+                                              ([0.4, 0.0], 0.2, 1),     # a part-time neighbour takes a core too
                                               ([0.0, 0.1], 1.8, 2),     # the load average remembers a run that ended
                                               ([1.0, 1.0], 4.0, 1)])    # all busy: still one thread
 def test_free_cores_counts_what_is_busy_now_not_the_load_average(monkeypatch, busy, load, free):
