@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="base", help="spkid model (default: the shipped base)")
     ap.add_argument("--no-resemblyzer", action="store_true")
+    ap.add_argument("--reuse-resemblyzer", action="store_true",
+                    help="take Resemblyzer's numbers from the last run's WORK/resemblyzer.json (same settings)")
     ap.add_argument("--quick", action="store_true", help="fewer clips and conditions (a few minutes)")
     ap.add_argument("--limit", type=int, default=0, help="public-test clips per condition (0: 200; quick: 60)")
     ap.add_argument("--enroll-clips", type=int, default=0, help="training clips per speaker (0: 6; quick: 3)")
@@ -283,7 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     embedders = [SpkidEmbedder(a.model)]
-    if not a.no_resemblyzer:
+    saved = work / "resemblyzer.json"
+    settings = {k: getattr(a, k) for k in ("quick", "limit", "enroll_clips", "seed")}
+    reuse = None
+    if a.reuse_resemblyzer and saved.is_file():
+        reuse = json.loads(saved.read_text())
+        if reuse.get("settings") != settings:
+            print(f"{saved}: other settings ({reuse.get('settings')}); measuring Resemblyzer again", file=sys.stderr)
+            reuse = None
+    if not a.no_resemblyzer and reuse is None:
         embedders.append(ResemblyzerEmbedder())
     conditions = (["clean", "white-5", "babble-5", "room-sim", "telephone", "crop-1s"] if a.quick else CONDITIONS)
     r = {"model": a.model}
@@ -298,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" in a.sections:
         r["speed"] = speed(embedders, n_clips=20 if a.quick else 60, seed=a.seed)
     r["wall_s"] = round(time.perf_counter() - t0)
+    if not a.no_resemblyzer and reuse is None:
+        saved.write_text(json.dumps({"settings": settings, **{k: {"Resemblyzer": v["Resemblyzer"]} for k, v in r.items()
+                                                              if isinstance(v, dict) and "Resemblyzer" in v}}))
+    elif reuse is not None:
+        for k, v in reuse.items():
+            if k in r and isinstance(r[k], dict):
+                r[k].update(v)
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=1))
     if all(k in r for k in ("channel", "unseen", "speed")):
