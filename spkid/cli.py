@@ -481,8 +481,9 @@ def _cmd_export(a) -> int:
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="one self-contained HTML page (plus PNGs) on runs, a test set and verification")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                   help="run directories (several: curves overlaid; the first one's best.ckpt is evaluated)")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run directories (several: curves overlaid; the first one's best.ckpt is evaluated), or a "
+                        "model (a checkpoint or a shipped name); none: the shipped model base")
     p.add_argument("-o", "--output", default="report.html", help="HTML file; figures go to <name>_figures/ beside it")
     p.add_argument("--test", metavar="DATA_DIR", help="HW4 directory with testdata.json (closed-set section)")
     p.add_argument("--answers", metavar="CSV", help="Id,Category answers of --test")
@@ -499,7 +500,7 @@ def _cmd_report(a) -> int:
     def opt(v):
         return Path(v) if v else None
     refuse_overwriting_inputs([a.output], [x for x in (a.answers, a.registry) if x])
-    r = build_report([Path(d) for d in a.runs], Path(a.output), test_dir=opt(a.test), answers=opt(a.answers),
+    r = build_report([d if Path(d).is_dir() else str(d) for d in (a.runs or ["base"])], Path(a.output), test_dir=opt(a.test), answers=opt(a.answers),
                      trials_dir=opt(a.trials), registry=opt(a.registry), progress=not a.quiet, device=a.device)
     print(f"report: {r.path}" + (f" ({len(r.figures)} figures in {r.figures[0].parent})" if r.figures else ""))
     for sid in r.sections_missing:

@@ -72,10 +72,28 @@ def read_metrics(path: Path, label: str) -> Curves:
     return Curves(label, columns(train, TRAIN_KEYS), columns(val, VAL_KEYS))
 
 
-def read_run(run_dir: str | Path, label: str | None = None) -> RunInfo:
-    """Everything the report shows about one run directory; only a missing directory is an error."""
+def read_model(spec: str | Path, label: str | None = None) -> RunInfo:
+    """A model without its run directory (a checkpoint file, an imported model or a shipped name such as ``base``):
+    its facts and config, no training curves."""
+    from spkid.pretrained import display_name, resolve
     from spkid.training.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(spec)
+    path = resolve(spec)
+    info = RunInfo(path, label or display_name(spec), ckpt["config"], None, path,
+                   notes=["a model, not a run directory: no training curves"])
+    info.facts = {k: ckpt[k] for k in CKPT_FACTS if k in ckpt and ckpt[k] is not None}
+    info.facts["n_speakers"] = len(ckpt["speakers"])
+    info.facts["n_values"] = int(sum(t.numel() for t in ckpt["model"].values()))
+    return info
 
+
+def read_run(run_dir: str | Path, label: str | None = None) -> RunInfo:
+    """Everything the report shows about one run directory (or, for a checkpoint file or a shipped name,
+    ``read_model``); only a missing directory is an error."""
+    from spkid.training.checkpoint import is_model_spec, load_checkpoint
+
+    if not Path(run_dir).is_dir() and is_model_spec(str(run_dir)):
+        return read_model(run_dir, label)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: run directory not found")

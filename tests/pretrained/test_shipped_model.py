@@ -78,3 +78,13 @@ def test_train_init_base_fine_tunes_from_the_shipped_weights(tmp_path):
     body = load_checkpoint("base")["model"]
     k = next(k for k in body if k.startswith("encoder.") and body[k].is_floating_point() and body[k].dim() > 1)
     assert ckpt["model"][k].shape == body[k].shape
+
+
+def test_report_without_a_run_reports_on_base(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from conftest import make_hw4
+    from spkid.cli import main
+    trials = make_hw4(tmp_path / "trials", n_speakers=4, per_speaker=4)["root"]
+    assert main(["report", "-o", str(tmp_path / "r.html"), "--trials", str(trials), "--quiet"]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "base" in page and "no training curves" in page and "EER" in page
