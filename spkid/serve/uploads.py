@@ -21,6 +21,7 @@ from spkid.serve.http import ApiError
 
 MAX_FILES = 32                        # clips in one request at most
 MAX_FIELD_BYTES = 64 * 1024           # a non-file form field (name, top_k) at most
+TAIL = 512                            # bytes kept to find the closing boundary (at most 70 + 4) and an epilogue
 SUFFIXES = {"WAV": ".wav", "WAVEX": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3", "AIFF": ".aiff",
             "AU": ".au", "CAF": ".caf", "W64": ".w64", "RF64": ".rf64"}
 
@@ -35,10 +36,23 @@ class Clip:
 
 async def read_form(request) -> tuple[dict[str, str], dict[str, list[Clip]]]:
     """A ``multipart/form-data`` body -> (text fields, file fields as clips); malformed bodies are a 400."""
+    from starlette.requests import Request
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         raise ApiError(415, f"content-type {ctype[:60]!r}: send multipart/form-data")
-    form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=MAX_FIELD_BYTES)
+    tail = bytearray()                          # the body's last bytes: the parser accepts a truncated body silently
+
+    async def receive():
+        message = await request.receive()
+        if message["type"] == "http.request":
+            tail[:] = (bytes(tail) + message.get("body", b""))[-TAIL:]
+        return message
+    form = await Request(request.scope, receive).form(max_files=MAX_FILES, max_fields=MAX_FILES,
+                                                      max_part_size=MAX_FIELD_BYTES)
+    boundary = ctype.split("boundary=", 1)[-1].split(";")[0].strip().strip('"').encode("latin-1", "replace")
+    if b"--" + boundary + b"--" not in tail:
+        await form.close()
+        raise ApiError(400, "request: malformed multipart body (no closing boundary: truncated?)")
     fields: dict[str, str] = {}
     files: dict[str, list[Clip]] = {}
     try:
