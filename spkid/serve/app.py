@@ -298,6 +298,7 @@ async def _spkid_error(request, exc: SpkidError):
     svc: Service = request.app.state.svc
     message = str(exc).replace(str(Path(svc.cfg.registry).resolve()), "registry").replace(svc.cfg.registry,
                                                                                           "registry")
+    message = message.replace(str(svc.tmp), "upload")               # a diarizer's message about its temp copy
     return _json_error(503 if "locked by another process" in message else 422, message)
 
 

@@ -38,7 +38,9 @@ def bind(cfg: ServeConfig) -> socket.socket:
 
 def app_from_env():
     """The app of a worker process (uvicorn factory): config and tokens from the parent's environment."""
+    from spkid.runtime import use_threads
     from spkid.serve.app import create_app
+    use_threads(0)
     cfg = ServeConfig(**json.loads(os.environ[ENV_CONFIG]))
     entries = json.loads(os.environ.get(ENV_TOKENS, "[]"))
     return create_app(cfg, tokens=TokenStore(cfg.token_file) if cfg.token_file else TokenStore(
