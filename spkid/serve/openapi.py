@@ -25,7 +25,7 @@ def _form(props: dict, required: list[str]) -> dict:
 
 _AUDIO = {"type": "string", "format": "binary", "description": "an audio file (WAV, FLAC, OGG/Opus, MP3...)"}
 _NAME = {"type": "string", "maxLength": 200, "description": "any Unicode text on one line; stored as given"}
-_READ = [{"bearer": []}]
+_TOKEN = [{"bearer": []}]            # the role each path needs is in its summary
 _SPEAKER_PARAM = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
                    "description": "the speaker's name, percent-encoded"}]
 
@@ -73,42 +73,42 @@ def schema() -> dict:
             "/": {"get": {"summary": "the web page", "responses": {"200": {"description": "HTML"}}}},
             "/openapi.json": {"get": {"summary": "this schema", "responses": {"200": {"description": "JSON"}}}},
             "/v1/health": {"get": {"summary": "liveness", "responses": {"200": {"description": "ok"}}}},
-            "/v1/metrics": {"get": {"summary": "request counts, latency percentiles, batching", "security": _READ,
+            "/v1/metrics": {"get": {"summary": "request counts, latency percentiles, batching", "security": _TOKEN,
                                     "responses": {"200": {"description": "JSON"}, **_errors(401, 429)}}},
             "/v1/speakers": {
-                "get": {"summary": "enrolled speakers and the threshold", "security": _READ,
+                "get": {"summary": "enrolled speakers and the threshold", "security": _TOKEN,
                         "responses": {"200": _json("Speakers", "the registry"), **_errors(401, 429)}},
                 "post": {"summary": "enroll clips of a speaker (admin); adds to an enrolled speaker",
-                         "security": _READ,
+                         "security": _TOKEN,
                          "requestBody": _form({"name": _NAME, "audio": {"type": "array", "items": _AUDIO},
                                                "on_outlier": {"enum": ["keep", "refuse"]}}, ["name", "audio"]),
                          "responses": {"201": _json("Enrolled", "stored, with the new threshold"),
                                        **_errors(400, 401, 403, 413, 415, 422, 429, 503)}}},
             "/v1/speakers/{name}": {
-                "patch": {"summary": "rename a speaker (admin)", "security": _READ, "parameters": _SPEAKER_PARAM,
+                "patch": {"summary": "rename a speaker (admin)", "security": _TOKEN, "parameters": _SPEAKER_PARAM,
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {
                               "type": "object", "properties": {"name": _NAME}, "required": ["name"]}}}},
                           "responses": {"200": {"description": "renamed"},
                                         **_errors(400, 401, 403, 404, 409, 422, 429)}},
-                "delete": {"summary": "delete a speaker and their clips (admin)", "security": _READ,
+                "delete": {"summary": "delete a speaker and their clips (admin)", "security": _TOKEN,
                            "parameters": _SPEAKER_PARAM,
                            "responses": {"200": {"description": "deleted"}, **_errors(401, 403, 404, 429)}}},
             "/v1/identify": {"post": {
                 "summary": "who is speaking: the top-k enrolled speakers, 'unknown' below the threshold",
-                "security": _READ,
+                "security": _TOKEN,
                 "requestBody": _form({"audio": _AUDIO, "top_k": {"type": "integer", "minimum": 1, "maximum": 50}},
                                      ["audio"]),
                 "responses": {"200": _json("Identified", "decision and candidates"),
                               **_errors(400, 401, 409, 413, 415, 422, 429)}}},
             "/v1/verify": {"post": {
                 "summary": "same speaker or not: two clips, or a clip against an enrolled speaker",
-                "security": _READ,
+                "security": _TOKEN,
                 "requestBody": _form({"audio": _AUDIO, "audio2": _AUDIO, "speaker": _NAME}, ["audio"]),
                 "responses": {"200": _json("Verified", "score and decision"),
                               **_errors(400, 401, 404, 413, 415, 422, 429)}}},
             "/v1/diarize": {"post": {
                 "summary": "who spoke when, named from the registry",
-                "security": _READ,
+                "security": _TOKEN,
                 "requestBody": _form({"audio": _AUDIO, "num_speakers": {"type": "integer"},
                                       "min_speakers": {"type": "integer"}, "max_speakers": {"type": "integer"}},
                                      ["audio"]),

@@ -51,7 +51,13 @@ def serve(cfg: ServeConfig, announce: Callable[[str], None] = print, *, model=No
     """Serve until SIGTERM/SIGINT. ``announce`` gets the address line (and the start-up token's page link when
     there is no token file); ``model`` (single process only) skips loading ``cfg.model``."""
     import uvicorn
-    from spkid.serve.app import create_app
+    import spkid
+    from spkid.serve.app import create_app, open_registry
+    # model and registry first: a wrong --model or --registry is a one-line error, not a failed start-up
+    model = model if model is not None else spkid.load(cfg.model, cfg.device)
+    open_registry(cfg, model)
+    if cfg.workers > 1:
+        model = None                                   # each worker loads its own
     entries = None
     if cfg.token_file:
         TokenStore(cfg.token_file)                     # a bad token file fails here, before anything starts
