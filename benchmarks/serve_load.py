@@ -191,6 +191,7 @@ def run_clients(srv: Server, clients: int, per_client: int, make_request) -> dic
     lat, errors, wall = asyncio.run(main())
     ms = np.asarray(lat) * 1000
     return {"clients": clients, "requests": len(lat), "seconds": round(wall, 2),
+            "load_avg_1min": round(os.getloadavg()[0], 2),
             "throughput_rps": round(len(lat) / wall, 2), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p95_ms": round(float(np.percentile(ms, 95)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
             "errors": len(errors), "error_kinds": sorted(set(errors))[:5]}
@@ -216,7 +217,9 @@ def cli_rate(model, queries, repeats: int = 2) -> float:
     return best
 
 
-def load_phases(args, reg: Path, queries) -> dict:
+def load_phases(args, reg: Path, queries, model) -> dict:
+    """Identify at 1, 8, 50 clients, then mixed; the CLI rate measured again right after the 50-client phase (the
+    machine's other load varies: the ratio uses the mean of both CLI measurements)."""
     srv = Server(args.model, reg, "--rate", "0")
     try:
         run_clients(srv, 2, 5, identify_request(queries))                      # warm-up
@@ -224,6 +227,7 @@ def load_phases(args, reg: Path, queries) -> dict:
         for clients, per in ((1, args.n1), (8, args.n8 // 8), (50, args.n50 // 50)):
             out[str(clients)] = run_clients(srv, clients, per, identify_request(queries))
             print(f"identify, {clients:2d} clients: {out[str(clients)]}", flush=True)
+        out["cli_rate_after_clips_per_s"] = round(cli_rate(model, queries), 2)
         enroll_names = iter(range(10**6))
 
         async def enroll(client, url, i):
@@ -449,11 +453,9 @@ def main(argv=None) -> int:
                      "gallery_clips": len(sources), "queries": len(queries), "query_seconds": 5.0}
     results["cli_rate_clips_per_s"] = round(cli_rate(model, queries), 2)
     print(f"CLI batched embedding rate: {results['cli_rate_clips_per_s']} clips/s", flush=True)
-    del model
     base = work / "registry-1000.db"
     if not base.exists():
-        results["registry_build_s"] = round(build_registry(spkid.load(args.model, "cpu"), base, names, emb,
-                                                           sources), 1)
+        results["registry_build_s"] = round(build_registry(model, base, names, emb, sources), 1)
 
     def fresh(name: str) -> Path:
         import shutil
@@ -463,7 +465,10 @@ def main(argv=None) -> int:
         shutil.copy(base, dst)
         return dst
     if "load" not in skip:
-        results["load"] = load_phases(args, fresh("load.db"), queries)
+        results["load"] = load = load_phases(args, fresh("load.db"), queries, model)
+        cli = (results["cli_rate_clips_per_s"] + load["cli_rate_after_clips_per_s"]) / 2
+        results["ratio_50_clients_to_cli"] = round(load["50"]["throughput_rps"] / cli, 3)
+        print(f"50 clients / CLI rate: {results['ratio_50_clients_to_cli']}", flush=True)
     if "kills" not in skip:
         results["faults"] = kill_rounds(args, fresh("kills.db"), queries)
         print(f"faults: {results['faults']}", flush=True)
