@@ -347,7 +347,8 @@ def bad_requests(args, reg: Path, queries) -> list[dict]:
         cases = [
             ("no token", "POST", "/v1/identify", {"files": q, "headers": {}}),
             ("a wrong token", "POST", "/v1/identify", {"files": q, "headers": {"Authorization": "Bearer wrong"}}),
-            ("a read token on enroll", "POST", "/v1/speakers", {**enroll, "headers": {"Authorization": f"Bearer {read}"}}),
+            ("a read token on enroll", "POST", "/v1/speakers",
+             {**enroll, "headers": {"Authorization": f"Bearer {read}"}}),
             ("a WAV header claiming ten hours", "POST", "/v1/identify", {"files": [("audio", ("long.wav", ten_h))]}),
             ("non-audio", "POST", "/v1/identify", {"files": [("audio", ("a.wav", b"<html>not audio</html>" * 50))]}),
             ("0 bytes", "POST", "/v1/identify", {"files": [("audio", ("empty.wav", b""))]}),

@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from serve_helpers import ADMIN, READ, auth, files, model, tokens, voice_checkpoint, voice_clips, wav_bytes  # noqa: F401
+from serve_helpers import (ADMIN, READ, auth, files, model, tokens, voice_checkpoint,  # noqa: F401
+                           voice_clips, wav_bytes)
 from spkid.errors import ConfigError
 from spkid.serve import ServeConfig, create_app
 from spkid.serve.auth import RateLimiter, TokenStore, add_token, hash_token, parse_token_file
@@ -39,7 +40,8 @@ def served(model, voices, tmp_path_factory):
 def ten_hour_wav() -> bytes:
     """A valid 16 kHz mono PCM header whose data chunk claims ten hours, followed by one second of samples."""
     n = 10 * 3600 * 16000 * 2
-    head = b"RIFF" + struct.pack("<I", 36 + n) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+    head = (b"RIFF" + struct.pack("<I", 36 + n) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16))
     return head + b"data" + struct.pack("<I", n) + b"\x01\x00" * 16000
 
 
