@@ -22,6 +22,7 @@ def test_enroll_two_speakers_by_upload_and_identify_a_third_clip(voice_checkpoin
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install "
                                                                  "'spkid[browser]')")
     expect = sync_api.expect
+    expect.set_options(timeout=60_000)                             # a busy CI machine: enroll may take seconds
     clips = {}
     for k, name in ((0, "Ada Lovelace"), (1, "Grace “Amazing” Hopper")):
         paths = []

@@ -80,7 +80,7 @@ def test_sigkill_mid_enroll_keeps_every_acknowledged_enroll_whole(voice_checkpoi
         srv = ServerProcess("--model", voice_checkpoint, "--registry", tmp_path / "reg.db", "--rate", "0",
                             cwd=tmp_path)
         token = srv.proc.stdout.readline().split("#token=")[1].strip()
-        stop = threading.Event()
+        stop, first = threading.Event(), threading.Event()
 
         def enroll_forever():
             k = 0
@@ -95,10 +95,12 @@ def test_sigkill_mid_enroll_keeps_every_acknowledged_enroll_whole(voice_checkpoi
                         return
                     if r.status_code == 201:
                         acked[name] = n
+                        first.set()
                     k += 1
         t = threading.Thread(target=enroll_forever)
         t.start()
-        time.sleep(2.5 + round_)
+        assert first.wait(120)
+        time.sleep(0.3 + 0.4 * round_)                          # the client is posting the next enroll
         srv.proc.send_signal(signal.SIGKILL)
         srv.proc.wait()
         stop.set()
