@@ -547,13 +547,60 @@ def _cmd_info(a) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP API and web page for enroll/identify/verify/diarize (docs/serve.md)")
+    p.add_argument("--registry", default="speakers.db", help="registry file (created when missing)")
+    p.add_argument("--model", default="base", help="packaged model name or checkpoint (default base)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
+    p.add_argument("--token-file", help="hashed tokens made by 'spkid token' (default: one admin token per run, "
+                                        "printed at start; required beyond loopback)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages from this origin call the API (repeatable; default: none)")
+    p.add_argument("--max-upload-mb", type=float, default=64.0, help="request body cap (default 64)")
+    p.add_argument("--max-seconds", type=float, default=300.0, help="audio cap per clip, from its header (default 300)")
+    p.add_argument("--rate", type=float, default=20.0, help="requests/s per token (0: no limit; default 20)")
+    p.add_argument("--device", default="auto")
+
+
+def _cmd_serve(a) -> int:
+    from spkid.runtime import use_threads
+    from spkid.serve import ServeConfig, serve
+    cfg = ServeConfig(registry=a.registry, model=a.model, host=a.host, port=a.port, workers=a.workers,
+                      token_file=a.token_file, cors_origins=a.cors_origin, max_upload_mb=a.max_upload_mb,
+                      max_clip_seconds=a.max_seconds, rate=a.rate, burst=max(1, int(2 * a.rate)), device=a.device,
+                      vad=not a.no_vad)
+    use_threads(0)
+    serve(cfg, lambda line: print(line, flush=True))
+    print("spkid serve: stopped", flush=True)
+    return 0
+
+
+def _add_token(sub) -> None:
+    p = sub.add_parser("token", help="add an API token for spkid serve to a token file (printed once, stored hashed)")
+    p.add_argument("token_file")
+    p.add_argument("--role", choices=["admin", "read"], required=True,
+                   help="admin: enroll/rename/delete and everything read may; read: list/identify/verify/diarize")
+    p.add_argument("--label", default="", help="who the token is for (shown nowhere but the file)")
+
+
+def _cmd_token(a) -> int:
+    from spkid.serve.auth import add_token
+    print(add_token(a.token_file, a.role, a.label))
+    print(f"spkid: added a {a.role} token to {a.token_file} (stored as its SHA-256; this is the only copy)",
+          file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"train": (_add_train, _cmd_train), "predict": (_add_predict, _cmd_predict),
             "evaluate": (_add_evaluate, _cmd_evaluate), "prepare": (_add_prepare, _cmd_prepare),
             "demo": (_add_demo, _cmd_demo), "embed": (_add_embed, _cmd_embed), "enroll": (_add_enroll, _cmd_enroll),
             "identify": (_add_identify, _cmd_identify), "verify": (_add_verify, _cmd_verify),
             "eval-verification": (_add_eval_verification, _cmd_eval_verification), "adapt": (_add_adapt, _cmd_adapt),
             "export": (_add_export, _cmd_export), "report": (_add_report, _cmd_report),
-            "import": (_add_import, _cmd_import), "info": (_add_info, _cmd_info)}
+            "import": (_add_import, _cmd_import), "info": (_add_info, _cmd_info),
+            "serve": (_add_serve, _cmd_serve), "token": (_add_token, _cmd_token)}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spkid", description="speaker identification toolkit")
@@ -568,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # commands that read audio files: Silero VAD keeps only the speech unless --no-vad (train has its own flag)
-_AUDIO_COMMANDS = ("prepare", "predict", "embed", "enroll", "identify", "verify", "adapt")
+_AUDIO_COMMANDS = ("prepare", "predict", "embed", "enroll", "identify", "verify", "adapt", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:

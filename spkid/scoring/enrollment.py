@@ -86,6 +86,9 @@ def _clips(clips, what: str = "gallery") -> list[np.ndarray]:
     return out
 
 
+_GATHER = 4_000_000                  # values per gathered (rows, K, L) block in Gallery._aggregate (32 MB)
+
+
 class Gallery:
     """K enrolled speakers' clips ``[(n_k, E)]`` (normalised here), scored by ``cfg.scoring``, optionally AS-normed.
 
@@ -100,6 +103,11 @@ class Gallery:
         self.asnorm = asnorm
         self.x = np.concatenate(self.clips)                          # (n, E) every clip
         self.owner = np.repeat(np.arange(len(self.clips)), [len(c) for c in self.clips])   # (n,)
+        counts = np.array([len(c) for c in self.clips])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        lane = np.arange(counts.max())
+        # (K, L): speaker k's clip indices, then len(x) (a column of -inf that _aggregate appends) as padding
+        self._slots = np.where(lane < counts[:, None], starts[:, None] + lane, len(self.x))
         self.sums = np.stack([c.sum(0) for c in self.clips])         # (K, E)
         self.centroids = _unit(self.sums)                            # (K, E)
         # cohort statistics, once per clip and per centroid: ((n,), (n,)) and ((K,), (K,)), or None
@@ -119,21 +127,26 @@ class Gallery:
         return self.asnorm.normalise(s, model_stats, test_stats)
 
     def _aggregate(self, clip_scores: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """``(M, n)`` clip scores -> ``(M, K)`` per speaker by ``best``/``topk_mean``; ``mask`` (M, n) drops clips."""
-        s = clip_scores.copy()
+        """``(M, n)`` clip scores -> ``(M, K)`` per speaker by ``best``/``topk_mean``; ``mask`` (M, n) drops clips.
+
+        Vectorised over speakers: each speaker's clips are gathered into ``(M, K, L)`` (L = most clips of any
+        speaker, the rest padded with -inf), in row chunks of about ``_GATHER`` values (bounded memory)."""
+        s = np.concatenate([clip_scores, np.full((clip_scores.shape[0], 1), -np.inf)], axis=1)   # (M, n + 1)
         if mask is not None:
-            s[mask] = -np.inf
-        out = np.full((s.shape[0], self.n_speakers), -np.inf)
-        for k in range(self.n_speakers):
-            block = s[:, self.owner == k]                            # (M, n_k)
+            s[:, :-1][mask] = -np.inf
+        slots = self._slots                                          # (K, L) clip index, n = the -inf pad
+        out = np.empty((s.shape[0], self.n_speakers))
+        step = max(1, _GATHER // slots.size)
+        for a in range(0, s.shape[0], step):
+            block = s[a:a + step][:, slots]                          # (m, K, L)
             if self.cfg.scoring == "best":
-                out[:, k] = block.max(1)
-            else:
-                top = -np.sort(-block, axis=1)[:, :self.cfg.top_k]   # (M, <=top_k), -inf where dropped
-                valid = np.isfinite(top)
-                cnt = valid.sum(1)
-                tot = np.where(valid, top, 0.0).sum(1)
-                out[:, k] = np.where(cnt > 0, tot / np.maximum(cnt, 1), -np.inf)
+                out[a:a + step] = block.max(-1)
+                continue
+            top = -np.sort(-block, axis=-1)[..., :self.cfg.top_k]   # (m, K, <=top_k), -inf where dropped/padded
+            valid = np.isfinite(top)
+            cnt = valid.sum(-1)
+            tot = np.where(valid, top, 0.0).sum(-1)
+            out[a:a + step] = np.where(cnt > 0, tot / np.maximum(cnt, 1), -np.inf)
         return out
 
     def scores(self, test) -> np.ndarray:

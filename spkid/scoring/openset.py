@@ -184,7 +184,6 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
     them out. ``domain``: a folder of unlabelled clips of the target domain, adapted to in the same step
     (``adapt``). Returns the facts (``EnrollResult``); the caller decides what to print.
     """
-    from spkid.scoring.enrollment import flag_outliers
     from spkid.scoring.speaker_db import SpeakerDB
     if on_outlier not in ("keep", "refuse"):
         raise SpkidError(f"--on-outlier {on_outlier!r}: choose keep or refuse")
@@ -223,28 +222,38 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
     with reg_ctx as reg:
         if adaptation is not None:
             reg.set_adaptation(*adaptation[:2], adaptation[2], top_n=top_n)
-        hop_s = model.cfg.features.hop / model.cfg.features.sample_rate
-        flags = [ClipFlag(src, "short", f.shape[0] * hop_s, on_outlier == "refuse")
-                 for src, f in zip(sources, feats) if f.shape[0] * hop_s < MIN_CLIP_SECONDS]
-        kept = {src for src, _ in zip(sources, emb)} - {fl.source for fl in flags if fl.refused}
-        old = [(s, e) for n, srcs, c in reg.clips() if n == name for s, e in zip(srcs, c) if s not in set(sources)]
-        new = [(s, e) for s, e in zip(sources, emb) if s in kept]
-        both = old + new
-        if len(both) >= 3:
-            adapted = reg.backend("registry").adapt(np.stack([e for _, e in both]))
-            flagged, z = flag_outliers(adapted, reg.enroll_config)
-            short = {fl.source for fl in flags}
-            flags += [ClipFlag(s, "outlier", float(zk), on_outlier == "refuse")
-                      for (s, _), f, zk in zip(both[len(old):], flagged[len(old):], z[len(old):])
-                      if f and s not in short]
-        refused = {fl.source for fl in flags if fl.refused}
-        new = [(s, e) for s, e in new if s not in refused]
-        if not new:
-            raise DataError(f"{registry}: nothing enrolled for {name!r}: every clip was refused "
-                            f"({'; '.join(fl.describe() for fl in flags)})")
-        n = reg.enroll(name, np.stack([e for _, e in new]), [s for s, _ in new], model_id=model.model_id)
-        return EnrollResult(name, n, len(new), reg.checkpoint, flags, reg.threshold_state(),
-                            adaptation[2] if adaptation is not None else None)
+        r = add_clips(reg, name, sources, feats, emb, model=model, on_outlier=on_outlier)
+        r.adaptation = adaptation[2] if adaptation is not None else None
+        return r
+
+
+def add_clips(reg, name: str, sources: list[str], feats, emb: np.ndarray, *, model: Model,
+              on_outlier: str = "keep") -> EnrollResult:
+    """Enroll clips already embedded into an open registry: flag short clips (features ``[(T_i, F)]``) and outliers
+    among the speaker's clips, leave refused ones out, then one ``reg.enroll`` transaction (the clips and the new
+    operating point land together or not at all). ``emb`` ``(N, E)`` L2-normalised, one row per ``sources`` entry."""
+    from spkid.scoring.enrollment import flag_outliers
+    hop_s = model.cfg.features.hop / model.cfg.features.sample_rate
+    flags = [ClipFlag(src, "short", f.shape[0] * hop_s, on_outlier == "refuse")
+             for src, f in zip(sources, feats) if f.shape[0] * hop_s < MIN_CLIP_SECONDS]
+    kept = {src for src, _ in zip(sources, emb)} - {fl.source for fl in flags if fl.refused}
+    old = [(s, e) for n, srcs, c in reg.clips() if n == name for s, e in zip(srcs, c) if s not in set(sources)]
+    new = [(s, e) for s, e in zip(sources, emb) if s in kept]
+    both = old + new
+    if len(both) >= 3:
+        adapted = reg.backend("registry").adapt(np.stack([e for _, e in both]))
+        flagged, z = flag_outliers(adapted, reg.enroll_config)
+        short = {fl.source for fl in flags}
+        flags += [ClipFlag(s, "outlier", float(zk), on_outlier == "refuse")
+                  for (s, _), f, zk in zip(both[len(old):], flagged[len(old):], z[len(old):])
+                  if f and s not in short]
+    refused = {fl.source for fl in flags if fl.refused}
+    new = [(s, e) for s, e in new if s not in refused]
+    if not new:
+        raise DataError(f"{reg.path}: nothing enrolled for {name!r}: every clip was refused "
+                        f"({'; '.join(fl.describe() for fl in flags)})")
+    n = reg.enroll(name, np.stack([e for _, e in new]), [s for s, _ in new], model_id=model.model_id)
+    return EnrollResult(name, n, len(new), reg.checkpoint, flags, reg.threshold_state())
 
 
 def registry_threshold(registry: str | Path):

@@ -458,6 +458,21 @@ class SpeakerDB:
         self._meta.update(meta)
         return int(n)
 
+    def rename(self, old: str, new: str) -> int:
+        """Give speaker ``old`` the name ``new`` (not enrolled yet); returns their utterance count. Scores and the
+        threshold do not depend on names, so nothing else changes."""
+        if not isinstance(new, str) or not new.strip():
+            raise DataError(f"{self.path}: speaker name must be a non-empty string, got {new!r}")
+        if new == UNKNOWN:
+            raise DataError(f"{self.path}: speaker name {UNKNOWN!r} is reserved for rejected identifications")
+        with _transaction(self._conn, self.path):
+            if self._conn.execute("SELECT 1 FROM utterances WHERE speaker = ? LIMIT 1", (new,)).fetchone():
+                raise DataError(f"{self.path}: speaker {new!r} is already enrolled")
+            n = self._conn.execute("UPDATE utterances SET speaker = ? WHERE speaker = ?", (new, old)).rowcount
+            if n == 0:
+                raise DataError(f"{self.path}: no enrolled speaker {old!r}")
+        return int(n)
+
     def centroids(self) -> tuple[list[str], np.ndarray]:
         """Speaker names (sorted) and ``(K, E)`` float32 centroids: the L2-normalised mean of each
         speaker's L2-normalised utterance embeddings."""
