@@ -665,6 +665,7 @@ class _Lines:
         self.stream, self.interval = stream, interval
         self._last: dict[str, float] = {}
         self._pending: str | None = None
+        self._bar_open = False          # the last write was a bar redraw (tqdm's closing newline follows)
 
     def write(self, text: str) -> int:
         import time
@@ -672,17 +673,20 @@ class _Lines:
             bar = text[1:].rstrip()
             key = bar.split(":", 1)[0]
             now = time.monotonic()
+            self._bar_open = True
             if bar and (key not in self._last or now - self._last[key] >= self.interval):
                 self._last[key], self._pending = now, None
                 self.stream.write(bar + "\n")
             elif bar:
                 self._pending = bar
             return len(text)
-        if not text.strip("\n"):
+        if not text.strip("\n") and self._bar_open:        # tqdm ending a bar: its last state, once
             if self._pending is not None:
                 self.stream.write(self._pending + "\n")
                 self._pending = None
+            self._bar_open = False
             return len(text)
+        self._bar_open = False
         return self.stream.write(text)
 
     def __getattr__(self, name):

@@ -132,6 +132,9 @@ class Model:
         # EER threshold on the run's validation trials (training speakers), when the run validated
         self.val_eer_threshold: float | None = loaded.ckpt.get("val_eer_threshold")
         self.vad = VAD_DEFAULT if vad is None else vad   # audio files: keep only the detected speech
+        # a file with too little detected speech: its whole signal with an InputWarning (True; many-file commands
+        # finish the rest) or a DataError (False; a service answering for one clip)
+        self.speech_fallback = True
         self.runner = None                     # the batch function replacing net.embed (ONNX Runtime), or None
         if runtime == "onnx" and loaded.arch == "spkid":
             from spkid.scoring.onnx_cache import ensure_onnx
@@ -181,6 +184,8 @@ class Model:
                 speech, seconds = keep_speech(wav)
                 if seconds >= MIN_SPEECH_S:
                     wav = speech
+                elif not self.speech_fallback:
+                    raise DataError(f"{path}: only {seconds:.2f} s of speech found (need {MIN_SPEECH_S} s)")
                 else:             # a quiet or unusual recording: the whole signal rather than nothing
                     warnings.warn(InputWarning(f"{path}: only {seconds:.2f} s of speech detected (need "
                                                f"{MIN_SPEECH_S} s); used the whole {wav.shape[0] / 16000:.2f} s "

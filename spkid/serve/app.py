@@ -334,6 +334,7 @@ def create_app(cfg: ServeConfig, *, model=None, tokens: TokenStore | None = None
         if m is None:
             m = await asyncio.to_thread(spkid.load, cfg.model, cfg.device)
         m.vad = cfg.vad
+        m.speech_fallback = False      # one clip a request: no speech is the client's 422, not a guess on noise
         app.state.svc = await asyncio.to_thread(Service, cfg, m, store, metrics_)
         try:
             yield
