@@ -66,11 +66,15 @@ def name_clusters(registry: str | Path, cluster_emb: np.ndarray, model_id: str, 
 
 
 def assign_names(scores: np.ndarray, names: list[str], threshold: float, margin: float) -> list[ClusterName]:
-    """Hungarian assignment on cluster x speaker ``scores`` ``(K, S)``; a pair is kept when its score is at least
-    ``threshold`` and at least ``margin`` above the cluster's best other speaker (same units as the scores)."""
+    """Hungarian assignment on cluster x speaker ``scores`` ``(K, S)`` (each pair worth its score above ``threshold``);
+    a pair is kept when its score is at least ``threshold`` and at least ``margin`` above the cluster's best other
+    speaker (same units as the scores), so a cluster never takes a name that is not clearly its own."""
     k, s = scores.shape
     out = [ClusterName(None, float(scores[i].max()) if s else float("nan"), "no speaker left") for i in range(k)]
-    rows, cols = linear_sum_assignment(-scores)
+    # maximise what the names gain over the threshold: a pair below it gains nothing (a plain score sum would let
+    # a stranger's -0.2 trade against a good pair's 0.9 and steal the name)
+    gain = np.clip(scores - threshold, 0.0, None)
+    rows, cols = linear_sum_assignment(-gain)
     for i, j in zip(rows, cols):
         best = float(scores[i, j])
         others = np.delete(scores[i], j)

@@ -80,11 +80,13 @@ class AudioStream:
             wav = self._read_native(start, end)
         else:
             margin = int(RESAMPLE_MARGIN_S * sr)
+            g = math.gcd(sr, SAMPLE_RATE)
+            up, down = SAMPLE_RATE // g, sr // g
             a, b = math.floor(start * sr / SAMPLE_RATE), math.ceil(end * sr / SAMPLE_RATE)
-            lo = max(0, a - margin)
+            lo = max(0, (a - margin) // down * down)    # a multiple of `down`: its 16 kHz position is a whole sample
             x = self._read_native(lo, b + margin)
             y = resample(x, sr, SAMPLE_RATE)
-            off = int(round(lo * SAMPLE_RATE / sr))               # 16 kHz sample where y starts
+            off = lo // down * up                       # 16 kHz sample where y starts
             wav = y[start - off: end - off]
         out = np.zeros(end - start, dtype=np.float32)
         out[: wav.size] = wav[: end - start]
