@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
 	# torch==2.13.0 resolves to the local CPU wheel here; other versions pull several GB of CUDA packages
-	$(BIN)/pip install -q -e ".[test,export,plot,report,tensorboard]"
+	$(BIN)/pip install -q -e ".[test,export,plot,report,tensorboard,diarization]"
 	touch $(STAMP)
 
 install: $(STAMP)

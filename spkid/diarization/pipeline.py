@@ -57,6 +57,8 @@ class DiarizeConfig:
     refine: bool = True
     refine_window_s: float = 1.0
     refine_step_s: float = 0.15
+    overlap: float = 0.0             # > 0: around a refined change, short windows this close to BOTH speakers' centres
+                                     # (cosine, clustering space) are given to both (overlapped speech); 0: off
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self):
@@ -159,8 +161,8 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers)
     cents = C.centroids(x, labels)
     refine = cfg.refine and stream is not None and embedder is not None
-    bounds = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu)
-    segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents)
+    bounds, overlaps = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu)
+    segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents, overlaps)
     names = [f"SPEAKER_{k:02d}" for k in range(len(cents))]
     segments = [Segment(s.file, s.start, s.end, names[int(s.speaker)], s.score) for s in segments]
     mean_raw = np.stack([a.emb[labels == k].mean(0) for k in range(len(cents))])
@@ -245,10 +247,11 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
 
 
 def _boundaries(stream: AudioStream | None, win: np.ndarray, labels: np.ndarray, cents: np.ndarray,
-                embedder: Embedder | None, cfg: DiarizeConfig, refine: bool, mu: np.ndarray) -> dict[int, int]:
-    """``{t: sample}``: where speech passes from window ``t``'s speaker to window ``t+1``'s, for each change between
-    overlapping windows. Without ``refine``: halfway between the window centres."""
-    out = {}
+                embedder: Embedder | None, cfg: DiarizeConfig, refine: bool, mu: np.ndarray):
+    """``({t: sample}, {t: (start, end)})``: where speech passes from window ``t``'s speaker to window ``t+1``'s, for
+    each change between overlapping windows (without ``refine``: halfway between the window centres), and, with
+    ``cfg.overlap``, the stretch around that change where both speakers talk."""
+    out, overlaps = {}, {}
     centre = win.mean(1)
     for t in np.flatnonzero((labels[1:] != labels[:-1]) & (win[1:, 0] < win[:-1, 1])):
         a, b = int(centre[t]), int(centre[t + 1])
@@ -268,14 +271,24 @@ def _boundaries(stream: AudioStream | None, win: np.ndarray, labels: np.ndarray,
         gain = np.cumsum(d)[:-1] - (d.sum() - np.cumsum(d)[:-1])
         j = int(np.argmax(gain))
         out[int(t)] = int((points[j] + points[j + 1]) // 2)
-    return out
+        if cfg.overlap > 0:
+            both = np.minimum(e @ cents[labels[t]], e @ cents[labels[t + 1]]) >= cfg.overlap
+            if both[j] or both[j + 1]:
+                first, last = (j, j) if both[j] else (j + 1, j + 1)
+                while first > 0 and both[first - 1]:
+                    first -= 1
+                while last < len(points) - 1 and both[last + 1]:
+                    last += 1
+                overlaps[int(t)] = (int(points[first]) - step // 2, int(points[last]) + step // 2)
+    return out, overlaps
 
 
 def _segments(stem: str, speech, win: np.ndarray, labels: np.ndarray, bounds: dict[int, int], x: np.ndarray,
-              cents: np.ndarray) -> list[Segment]:
+              cents: np.ndarray, overlaps: dict[int, tuple[int, int]] | None = None) -> list[Segment]:
     """Speaker turns: each speech segment split where its windows change speaker (at ``bounds``); speech without a
-    window of its own takes the label of the nearest window. Score: the turn's windows' mean cosine to the
-    speaker's centre. Labels are returned as strings of the cluster index."""
+    window of its own takes the label of the nearest window; in an overlap around change ``t`` the first speaker
+    goes on to its end and the second starts at its start. Score: the turn's windows' mean cosine to the speaker's
+    centre. Labels are returned as strings of the cluster index."""
     centre = win.mean(1)
     sim = (x * cents[labels]).sum(1)                                            # (W,) cosine to own centre
     out: list[Segment] = []
@@ -292,7 +305,25 @@ def _segments(stem: str, speech, win: np.ndarray, labels: np.ndarray, bounds: di
                 out.append(_turn(stem, start, cut, labels[t], sim[first: t + 1]))
                 start, first = cut, t + 1
         out.append(_turn(stem, start, e, labels[inside[-1]], sim[first: inside[-1] + 1]))
-    return [seg for seg in out if seg.end > seg.start]
+        for t in inside[:-1]:
+            if int(t) in (overlaps or {}) and labels[t + 1] != labels[t]:
+                o1, o2 = overlaps[int(t)]
+                cut = bounds[int(t)]
+                out.append(_turn(stem, max(cut, s), min(o2, e), labels[t], sim[t: t + 1]))
+                out.append(_turn(stem, max(o1, s), min(cut, e), labels[t + 1], sim[t + 1: t + 2]))
+    return _merge([seg for seg in out if seg.end > seg.start])
+
+
+def _merge(segs: list[Segment]) -> list[Segment]:
+    """Touching or overlapping turns of one speaker joined (score: the longer one's); time order."""
+    out: list[Segment] = []
+    for s in sorted(segs, key=lambda s: (s.speaker, s.start)):
+        if out and out[-1].speaker == s.speaker and s.start <= out[-1].end + 1e-6:
+            keep = out[-1] if out[-1].duration >= s.duration else s
+            out[-1] = Segment(s.file, out[-1].start, max(out[-1].end, s.end), s.speaker, keep.score)
+        else:
+            out.append(s)
+    return sorted(out, key=lambda s: (s.start, s.speaker))
 
 
 def _turn(stem: str, a: int, b: int, label: int, sims: np.ndarray) -> Segment:
