@@ -12,7 +12,7 @@ from spkid.audio.frontend import logmel
 from spkid.audio.synth import make_voice, synth_utterance
 from spkid.diarization.simulate import build_conversation, speech_span
 
-def test_config(**kw):
+def diar_config(**kw):
     """``DiarizeConfig`` at the cosine-distance threshold that suits ``MeanLogMel`` (the default is calibrated for
     spkid's models)."""
     from spkid.diarization.pipeline import DiarizeConfig

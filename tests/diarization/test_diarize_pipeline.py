@@ -11,7 +11,7 @@ from spkid.diarization.pipeline import analyse, diarize_file
 from spkid.diarization.stream import AudioStream
 from spkid.errors import ConfigError, DataError
 
-from diar_helpers import MeanLogMel, test_config, voice_pools, write_conversation
+from diar_helpers import MeanLogMel, diar_config, voice_pools, write_conversation
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_two_voices_found_and_timed(conv):
     pytest.importorskip("pyannote.metrics")
     from spkid.diarization.evaluate import score_diarization
     path, c = conv
-    r = diarize_file(path, MeanLogMel(), test_config())
+    r = diarize_file(path, MeanLogMel(), diar_config())
     assert r.labels == ["SPEAKER_00", "SPEAKER_01"] and r.warning is None
     assert all(s.file == "talk" and 0 <= s.start < s.end <= r.duration + 1e-6 for s in r.segments)
     assert [s.start for s in r.segments] == sorted(s.start for s in r.segments)
@@ -37,8 +37,8 @@ def test_refined_boundaries_are_closer_than_window_midpoints(conv):
     pytest.importorskip("pyannote.metrics")
     from spkid.diarization.evaluate import score_diarization
     path, c = conv
-    plain = diarize_file(path, MeanLogMel(), test_config(refine=False))
-    refined = diarize_file(path, MeanLogMel(), test_config(refine=True))
+    plain = diarize_file(path, MeanLogMel(), diar_config(refine=False))
+    refined = diarize_file(path, MeanLogMel(), diar_config(refine=True))
     d0, d1 = (score_diarization(c.reference, r.segments)[-1].der for r in (plain, refined))
     assert d1 <= d0 + 0.002, (d0, d1)
 
@@ -47,12 +47,12 @@ def test_block_size_does_not_change_the_embeddings(conv):
     from spkid.diarization.pipeline import _embed_windows
     path, _ = conv
     with AudioStream(path) as s:
-        a = analyse(s, MeanLogMel(), test_config(block_s=300.0))
+        a = analyse(s, MeanLogMel(), diar_config(block_s=300.0))
     assert len(a.win) > 20 and a.win.max() > 16000 * 15 * 2          # windows cross several 15 s blocks
     for block in (15.0, 16.5):
         emb = MeanLogMel()
         with AudioStream(path) as s:
-            e = _embed_windows(s, a.win, emb, test_config(block_s=block), None)
+            e = _embed_windows(s, a.win, emb, diar_config(block_s=block), None)
         assert max(emb.calls) <= 24000                                # nothing longer than one window is embedded
         assert np.allclose(e, a.emb, atol=1e-4)
 
@@ -60,11 +60,11 @@ def test_block_size_does_not_change_the_embeddings(conv):
 def test_8khz_input_and_forced_counts(tmp_path):
     path = tmp_path / "phone.flac"
     write_conversation(path, n_speakers=2, seconds=30.0, sample_rate=8000, seed=2)
-    assert len(diarize_file(path, MeanLogMel(), test_config()).labels) == 2
-    assert len(diarize_file(path, MeanLogMel(), test_config(), n_speakers=1).labels) == 1
-    assert len(diarize_file(path, MeanLogMel(), test_config(), min_speakers=3).labels) >= 2     # the HMM may drop an empty one
+    assert len(diarize_file(path, MeanLogMel(), diar_config()).labels) == 2
+    assert len(diarize_file(path, MeanLogMel(), diar_config(), n_speakers=1).labels) == 1
+    assert len(diarize_file(path, MeanLogMel(), diar_config(), min_speakers=3).labels) >= 2     # the HMM may drop an empty one
     with pytest.raises(ConfigError, match="--min-speakers 3 / --max-speakers 2"):
-        diarize_file(path, MeanLogMel(), test_config(), min_speakers=3, max_speakers=2)
+        diarize_file(path, MeanLogMel(), diar_config(), min_speakers=3, max_speakers=2)
 
 
 def test_no_speech_too_short_and_the_batch_goes_on(tmp_path, conv):
@@ -72,12 +72,12 @@ def test_no_speech_too_short_and_the_batch_goes_on(tmp_path, conv):
     sf.write(str(quiet), (np.random.default_rng(0).standard_normal(16000 * 5) * 1e-4).astype(np.float32), 16000)
     sf.write(str(short), np.zeros(16000, np.float32), 16000)
     bad.write_bytes(b"not audio at all")
-    r = diarize_file(quiet, MeanLogMel(), test_config())
+    r = diarize_file(quiet, MeanLogMel(), diar_config())
     assert r.segments == [] and "quiet.wav: no speech found; empty result" in r.warning
     with pytest.raises(DataError, match=r"short\.wav: 1\.00 s of audio is shorter than one 1\.5 s window"):
-        diarize_file(short, MeanLogMel(), test_config())
+        diarize_file(short, MeanLogMel(), diar_config())
     seen = []
-    res = diarize_files([bad, quiet, conv[0], short], MeanLogMel(), test_config(), progress=False, on_file=seen.append)
+    res = diarize_files([bad, quiet, conv[0], short], MeanLogMel(), diar_config(), progress=False, on_file=seen.append)
     assert [o.path.name for o in seen] == ["bad.wav", "quiet.wav", "talk.wav", "short.wav"]
     assert "bad.wav: not readable as audio" in res[0].error and res[1].warning and res[3].error
     assert res[2].error is None and res[2].n_speakers == 2 and res[2].segments
