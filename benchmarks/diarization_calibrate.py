@@ -9,6 +9,7 @@ collar, overlap scored) and the share of conversations whose speaker count is wr
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import time
 from dataclasses import replace
@@ -21,7 +22,8 @@ from spkid.diarization.pipeline import DiarizeConfig, analyse, decide
 from spkid.diarization.rttm import Segment
 from spkid.diarization.stream import AudioStream
 
-THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+CENTRED = (0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.3)     # distances once the recording's mean is removed
+RAW = (0.3, 0.4, 0.5, 0.6)
 
 
 def _embedder(a):
@@ -43,16 +45,23 @@ def calibrate(a, work: Path) -> int:
     plans = conversations("libri-dev", 8, (1.0, 2.0), a.seed + 100) + conversations("synth-dev", 4, (1.0, 2.0),
                                                                                       a.seed + 100)
     base = DiarizeConfig(refine=False)
-    done = []
-    for cond in ("clean", "room-noise"):
-        rows = write_condition(plans, cond, work / f"dev-{cond}", a.seed + 100)
-        for r in rows:
-            with AudioStream(r["file"]) as s:
-                done.append((cond, r, analyse(s, emb, base)))
+    cache = work / f"dev-analyses-{Path(a.checkpoint).stem if a.checkpoint and not a.resemblyzer else 'resemblyzer'}.pkl"
+    if cache.exists():                       # the speech and embedding passes of an earlier run with this model
+        done = pickle.loads(cache.read_bytes())
+    else:
+        done = []
+        for cond in ("clean", "room-noise"):
+            rows = write_condition(plans, cond, work / f"dev-{cond}", a.seed + 100)
+            for r in rows:
+                with AudioStream(r["file"]) as s:
+                    done.append((cond, r, analyse(s, emb, base)))
+        cache.write_bytes(pickle.dumps(done))
     settings = [(f"ahc t={t:.2f}{' +hmm' if h else ''}", replace(base, method="ahc", threshold=t, hmm=h))
-                for t in THRESHOLDS for h in (False, True)]
+                for t in CENTRED for h in (False, True)]
+    settings += [(f"ahc uncentred t={t:.2f} +hmm", replace(base, method="ahc", threshold=t, centre=False))
+                 for t in RAW]
     settings += [(f"spectral merge<{t:.2f}{' +hmm' if h else ''}", replace(base, method="spectral", threshold=t, hmm=h))
-                 for t in THRESHOLDS[::2] for h in (False, True)]
+                 for t in CENTRED for h in (False, True)]
     results = []
     for name, cfg in settings:
         line = [name]

@@ -493,6 +493,8 @@ def _add_diarize(sub) -> None:
     p.add_argument("--min-speakers", type=int, default=1, metavar="A")
     p.add_argument("--max-speakers", type=int, metavar="B")
     p.add_argument("--method", choices=["ahc", "spectral"], default="ahc", help="clustering (default ahc)")
+    p.add_argument("--threshold", type=float, help="cosine distance at which speakers stay apart (default: "
+                                                   "calibrated for the base model; lower finds more speakers)")
     p.add_argument("--device", default="auto")
     _add_inference_options(p, nproc=False)
     p.add_argument("--quiet", action="store_true")
@@ -519,7 +521,8 @@ def _cmd_diarize(a) -> int:
         else:
             print(f"{o.path}: {o.n_speakers} speaker(s), {len(o.segments)} turns, {o.speech:.1f} s of speech in "
                   f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)")
-    res = diarize_files(a.audio, embedder, DiarizeConfig(method=a.method), registry=a.registry,
+    cfg = DiarizeConfig(method=a.method, **({} if a.threshold is None else {"threshold": a.threshold}))
+    res = diarize_files(a.audio, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
                         progress=not a.quiet, on_file=report)
     segments = [s for o in res for s in o.segments]
