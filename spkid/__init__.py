@@ -11,6 +11,7 @@ import spkid.runtime  # noqa: F401  (first: sets the OpenMP wait policy before t
 from spkid.scoring.model import Model, load
 
 __all__ = ["Model", "diarize", "load"]
+__version__ = "0.1.0"
 
 
 def __getattr__(name: str):
@@ -18,4 +19,3 @@ def __getattr__(name: str):
         from spkid.diarization.pipeline import diarize
         return diarize
     raise AttributeError(f"module 'spkid' has no attribute {name!r}")
-__version__ = "0.1.0"

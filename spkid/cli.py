@@ -6,6 +6,8 @@ Errors from the library (``SpkidError``) become one line ``spkid: error: <file>:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -14,13 +16,17 @@ import traceback
 import warnings
 from pathlib import Path
 
-from spkid.errors import SpkidError
+from spkid.errors import InputWarning, SpkidError
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a speaker classifier on an HW4 directory or on audio")
-    p.add_argument("data_dir", help="HW4 directory (metadata.json, mapping.json, uttr-*.pt), or audio: a folder of "
-                                    "speaker sub-folders or a path,speaker CSV/TSV (then --config audio is the default)")
+    p.add_argument("data_dir", nargs="+", metavar="DATA",
+                   help="HW4 directory (metadata.json, mapping.json, uttr-*.pt), or audio: a folder of speaker "
+                        "sub-folders or a path,speaker CSV/TSV (then --config audio is the default); several audio "
+                        "inputs train as one corpus (their speakers kept apart, --weights shares the crops)")
+    p.add_argument("--weights", metavar="W1,W2,...", help="several audio inputs: each one's share of the training "
+                                                          "crops (data.weights; default: by utterance count)")
     p.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, last/best.ckpt)")
     p.add_argument("--config", help="preset name (default, conformer, hw4-sample, hw4-gpu, tiny, demo: "
                                     "spkid/configs/*.toml) or a .toml/.json file")
@@ -137,7 +143,7 @@ def _cmd_train(a) -> int:
         if last.exists():
             raise SpkidError(f"{last}: run directory already holds a run; use --resume or another --out")
         from spkid.training.data import looks_like_audio
-        cfg = load_config(a.config or ("audio" if looks_like_audio(a.data_dir) else "default"))
+        cfg = load_config(a.config or ("audio" if all(looks_like_audio(d) for d in a.data_dir) else "default"))
     sets = list(a.set)
     if a.steps is not None:
         sets.append(f"train.steps={a.steps}")
@@ -157,6 +163,8 @@ def _cmd_train(a) -> int:
         sets.append(f"augment.noise_dir={a.noise}")
     if a.rir:
         sets.append(f"augment.rir_dir={a.rir}")
+    if a.weights:
+        sets.append(f"data.weights={json.dumps(a.weights)}")
     cfg = apply_overrides(cfg, sets)
     if a.init or a.freeze:
         cfg = _finetune_config(a, cfg)
@@ -164,7 +172,7 @@ def _cmd_train(a) -> int:
         return distributed.launch(a.argv, a.nproc)       # this same command line, once per rank
     if a.nproc > 1:
         distributed.check_nproc(a.nproc)
-    r = train(a.data_dir, out, cfg, resume=a.resume, progress=not a.quiet, cache_dir=a.cache,
+    r = train(a.data_dir if len(a.data_dir) > 1 else a.data_dir[0], out, cfg, resume=a.resume, progress=not a.quiet, cache_dir=a.cache,
               stop_after=a.stop_after, vad=not a.no_vad)
     if r is None:          # a non-zero DDP rank: rank 0 reports
         return 0
@@ -260,16 +268,28 @@ def _cmd_demo(a) -> int:
 
 def _add_embed(sub) -> None:
     p = sub.add_parser("embed", help="L2-normalised speaker embeddings of .pt features or audio files")
-    p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+", help="files or folders (.pt and audio)")
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT",
+                   help="optionally a model first (a checkpoint or a shipped name; default: base), then files or "
+                        "folders (.pt and audio)")
     p.add_argument("-o", "--output", required=True, help="output .npz (ids, embeddings) or .pt")
     p.add_argument("--device", default="auto")
     _add_inference_options(p, nproc=True)
 
 
+def _model_and_rest(args: list[str], n_rest: int) -> tuple[str, list[str]]:
+    """``[MODEL] REST...``: the leading model when given (``n_rest`` = how many arguments follow it when fixed,
+    0 = any), else the shipped default."""
+    from spkid.pretrained import DEFAULT
+    from spkid.training.checkpoint import is_model_spec
+    if (n_rest and len(args) == n_rest + 1) or (not n_rest and len(args) > 1 and is_model_spec(args[0])):
+        return args[0], args[1:]
+    return DEFAULT, args
+
+
 def _cmd_embed(a) -> int:
     from spkid.scoring.openset import embed_files
-    n = embed_files(a.checkpoint, a.inputs, a.output, device=a.device, quantize=a.int8, nproc=a.nproc,
+    model, inputs = _model_and_rest(a.inputs, 0)
+    n = embed_files(model, inputs, a.output, device=a.device, quantize=a.int8, nproc=a.nproc,
                     **_inference_args(a))
     print(f"wrote {n} embeddings to {a.output}")
     return 0
@@ -280,7 +300,8 @@ def _add_enroll(sub) -> None:
     p.add_argument("registry", help="registry file (created when new)")
     p.add_argument("name", help="speaker name")
     p.add_argument("files", nargs="+", help="the speaker's utterances (audio or .pt), or folders of them")
-    p.add_argument("--checkpoint", help="model that embeds (required for a new registry)")
+    p.add_argument("--checkpoint", help="model that embeds a new registry (a checkpoint or a shipped name; default: "
+                                        "base); an existing registry keeps its own")
     p.add_argument("--on-outlier", choices=["keep", "refuse"], default="keep",
                    help="a clip far from the speaker's other clips, or with under 1 s of audio: keep it (with a "
                         "warning, the default) or leave it out")
@@ -380,9 +401,7 @@ def _cmd_identify(a) -> int:
 
 def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="same speaker or not: cosine score of two files")
-    p.add_argument("checkpoint")
-    p.add_argument("a")
-    p.add_argument("b")
+    p.add_argument("files", nargs="+", metavar="[MODEL] A B", help="optionally a model (default: base), then two files")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the registry's, else the "
                                                      "checkpoint's)")
     p.add_argument("--registry", help="score through this registry's back end (domain statistics, AS-norm) and use "
@@ -394,7 +413,10 @@ def _add_verify(sub) -> None:
 
 def _cmd_verify(a) -> int:
     from spkid.scoring.openset import verify
-    r = verify(a.checkpoint, a.a, a.b, threshold=a.threshold, device=a.device, registry=a.registry, prior=a.prior)
+    if len(a.files) not in (2, 3):
+        raise SpkidError(f"verify: expected [MODEL] A B, got {len(a.files)} argument(s)")
+    model, (x, y) = _model_and_rest(a.files, 2)
+    r = verify(model, x, y, threshold=a.threshold, device=a.device, registry=a.registry, prior=a.prior)
     prob = (f", P(same) {r.probability:.3f} at prior {r.prior:g} (calibrated on {r.calibration_source})"
             if r.probability is not None else "")
     print(f"score {r.score:.4f} threshold {r.threshold:.4f}{prob}: {'same speaker' if r.same else 'different speakers'}")
@@ -404,8 +426,9 @@ def _cmd_verify(a) -> int:
 
 def _add_eval_verification(sub) -> None:
     p = sub.add_parser("eval-verification", help="EER/minDCF on speakers unseen in training; pick a threshold")
-    p.add_argument("checkpoint")
-    p.add_argument("data_dir", help="HW4 directory whose speakers the model did not see")
+    p.add_argument("args", nargs="+", metavar="[MODEL] DATA_DIR",
+                   help="optionally a model (default: base), then an HW4 directory whose speakers the model did "
+                        "not see")
     p.add_argument("--far", type=float, help="pick the threshold at this false-accept rate (default: at EER)")
     p.add_argument("--registry", help="score through this registry's back end and store the chosen threshold and the "
                                       "calibration in it (locked: later enrolls keep them)")
@@ -421,7 +444,10 @@ def _cmd_eval_verification(a) -> int:
         raise SpkidError(f"eval-verification --far {a.far}: must be in [0, 1)")
     if a.max_nontarget < 1:
         raise SpkidError(f"eval-verification --max-nontarget {a.max_nontarget}: must be >= 1")
-    r = eval_verification(a.checkpoint, a.data_dir, far=a.far, max_nontarget=a.max_nontarget, device=a.device,
+    if len(a.args) > 2:
+        raise SpkidError(f"eval-verification: expected [MODEL] DATA_DIR, got {len(a.args)} arguments")
+    model, (data_dir,) = _model_and_rest(a.args, 1)
+    r = eval_verification(model, data_dir, far=a.far, max_nontarget=a.max_nontarget, device=a.device,
                           progress=not a.quiet, registry=a.registry, prior=a.prior)
     print(f"{r['n_speakers']} unseen speakers, {r['n_utterances']} utterances, {r['n_target']} target / "
           f"{r['n_nontarget']} non-target trials; scores: {r['scoring']}")
@@ -437,7 +463,7 @@ def _cmd_eval_verification(a) -> int:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (dynamic batch and time axes)")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?", default="base", help="a checkpoint or a shipped name (default: base)")
     p.add_argument("--onnx", required=True, help="output .onnx file")
 
 
@@ -559,12 +585,52 @@ def _cmd_eval_diarization(a) -> int:
     return 0
 
 
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="a model made elsewhere (SpeechBrain, ONNX, Resemblyzer) as a spkid "
+                                      "checkpoint, read from local files only")
+    p.add_argument("source", choices=["speechbrain", "onnx", "resemblyzer"])
+    p.add_argument("path", nargs="?", help="speechbrain: the model folder (hyperparams.yaml, embedding_model.ckpt); "
+                                           "onnx: the .onnx file; resemblyzer: none (the wheel's encoder)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write")
+    p.add_argument("--frontend", help="onnx: the front end the graph expects (wespeaker, speechbrain, logmel)")
+    p.add_argument("--weights", help="resemblyzer: another GE2E pretrained.pt instead of the wheel's")
+    p.add_argument("--licence", default="", help="the model's licence as you know it (stored in its card)")
+
+
+def _cmd_import(a) -> int:
+    from spkid.fileio import refuse_overwriting_inputs
+    from spkid.importers import onnx, resemblyzer, speechbrain
+    needs_path = a.source != "resemblyzer"
+    if needs_path != bool(a.path) or (a.source == "onnx") != bool(a.frontend) or (a.weights and needs_path):
+        raise SpkidError(f"import {a.source}: give {'a PATH' if needs_path else 'no PATH'}"
+                         f"{', --frontend' if a.source == 'onnx' else ''}; --weights only with resemblyzer")
+    refuse_overwriting_inputs([a.output], [x for x in (a.path, a.weights) if x])
+    card = (speechbrain.import_speechbrain(a.path, a.output, licence=a.licence) if a.source == "speechbrain" else
+            onnx.import_onnx(a.path, a.output, frontend=a.frontend, licence=a.licence) if a.source == "onnx" else
+            resemblyzer.import_resemblyzer(a.output, weights=a.weights, licence=a.licence))
+    print(f"wrote {a.output}: {card['source']} (model {card['fingerprint']}; licence: {card['licence']})")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="what a model is: source, licence, front end, network, fingerprint")
+    p.add_argument("model", help="a checkpoint (trained or imported) or a shipped model's name")
+
+
+def _cmd_info(a) -> int:
+    from spkid.scoring.loader import model_info
+    for label, text in model_info(a.model):
+        print(f"{label + ':':14} {text}")
+    return 0
+
+
 COMMANDS = {"train": (_add_train, _cmd_train), "predict": (_add_predict, _cmd_predict),
             "evaluate": (_add_evaluate, _cmd_evaluate), "prepare": (_add_prepare, _cmd_prepare),
             "demo": (_add_demo, _cmd_demo), "embed": (_add_embed, _cmd_embed), "enroll": (_add_enroll, _cmd_enroll),
             "identify": (_add_identify, _cmd_identify), "verify": (_add_verify, _cmd_verify),
             "eval-verification": (_add_eval_verification, _cmd_eval_verification), "adapt": (_add_adapt, _cmd_adapt),
             "export": (_add_export, _cmd_export), "report": (_add_report, _cmd_report),
+            "import": (_add_import, _cmd_import), "info": (_add_info, _cmd_info),
             "diarize": (_add_diarize, _cmd_diarize),
             "eval-diarization": (_add_eval_diarization, _cmd_eval_diarization)}
 
@@ -597,7 +663,10 @@ def main(argv: list[str] | None = None) -> int:
         scoring_model.VAD_DEFAULT = not args.no_vad
     previous = _sigterm_as_interrupt()
     try:
-        return COMMANDS[args.command][1](args)
+        with warnings.catch_warnings(record=True) as caught, _progress_for_logs():
+            warnings.simplefilter("always", InputWarning)
+            rc = COMMANDS[args.command][1](args)
+        return _report_input_warnings(caught, rc)
     except SpkidError as e:
         if args.debug:
             traceback.print_exc()
@@ -614,6 +683,73 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+PROGRESS_LOG_INTERVAL_S = 30     # stderr is a file or a pipe: one progress line this often, not a redraw per step
+
+
+class _Lines:
+    """stderr for a log: tqdm redraws a bar by writing ``"\r" + bar``; here each bar prints as a line at most every
+    ``interval`` seconds, its last state is kept and printed when the bar ends (tqdm then writes a newline), and
+    everything else passes through."""
+
+    def __init__(self, stream, interval: float):
+        self.stream, self.interval = stream, interval
+        self._last: dict[str, float] = {}
+        self._pending: str | None = None
+
+    def write(self, text: str) -> int:
+        import time
+        if text.startswith("\r"):
+            bar = text[1:].rstrip()
+            key = bar.split(":", 1)[0]
+            now = time.monotonic()
+            if bar and (key not in self._last or now - self._last[key] >= self.interval):
+                self._last[key], self._pending = now, None
+                self.stream.write(bar + "\n")
+            elif bar:
+                self._pending = bar
+            return len(text)
+        if not text.strip("\n"):
+            if self._pending is not None:
+                self.stream.write(self._pending + "\n")
+                self._pending = None
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _progress_for_logs():
+    """When stderr is not a terminal (a log file, a pipe, CI), a progress bar prints a line every
+    ``PROGRESS_LOG_INTERVAL_S`` seconds and its last state, instead of a redraw per step (a 10-minute run wrote
+    215 KB of bars)."""
+    if sys.stderr.isatty():
+        yield
+        return
+    before = sys.stderr
+    sys.stderr = _Lines(sys.stderr, PROGRESS_LOG_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.stderr = before
+
+
+def _report_input_warnings(caught, rc: int) -> int:
+    """Print the inputs a many-file command went past (``InputWarning``) and the others it recorded; a complete
+    output with such inputs exits with status 2 (something was off), an error keeps its own status."""
+    off = 0
+    for w in caught:
+        if issubclass(w.category, InputWarning):
+            off += 1
+            print(f"spkid: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if off:
+        print(f"spkid: warning: {off} input(s) were off (above); the rest of the output is complete", file=sys.stderr)
+    return 2 if off and rc == 0 else rc
 
 
 def _interrupt(signum, frame):

@@ -26,6 +26,7 @@ from spkid.errors import ConfigError
 @dataclass
 class FeatureConfig:
     """The log-mel definition (the HW4 one by default); stored in every checkpoint, used by every front end."""
+    kind: str = "logmel"              # logmel (HW4) | speechbrain | kaldi | resemblyzer (spkid.audio.fbanks)
     sample_rate: int = 16000          # Hz; audio at other rates is resampled to this
     n_fft: int = 400                  # FFT size = Hann window length (25 ms)
     hop: int = 160                    # frame shift in samples (10 ms)
@@ -42,6 +43,14 @@ class DataConfig:
     crop_frames: int = 200            # training crop length (frames); shorter utterances are used whole
     crop_min_frames: int = 0          # >0: crop length drawn uniformly from [crop_min_frames, crop_frames] per batch
     batch_size: int = 64
+    # audio from several inputs at once (spkid train A B C): each input's share of the training crops, as
+    # comma-separated weights in input order ("" = every utterance equally likely, whatever its input)
+    weights: str = ""
+    min_seconds: float = 0.5          # audio: files with less detected speech than this are skipped (reported)
+    # audio: crop lengths on a grid of this many frames (0: any length). Each new batch length makes oneDNN build
+    # new convolution kernels; past its cache (1024) every step rebuilds them: measured 0.28-0.37 s a step with
+    # any of 141 lengths against 0.20 s with one (benchmarks/loader_cost.py's model, bf16, one thread)
+    crop_grid: int = 0
 
 
 @dataclass
@@ -60,9 +69,10 @@ class AugmentConfig(WaveAugmentConfig):
 @dataclass
 class ModelConfig:
     # shared by every architecture
-    encoder: str = "conformer"        # a name in spkid.models.ENCODERS: transformer | conformer | tdnn
+    encoder: str = "conformer"        # a name in spkid.models.ENCODERS: transformer | conformer | tdnn | ecapa
     norm: str = "global"              # input normalisation: global (train-set mean/std) | cmn (per utterance) | none
-    subsample: int = 2                # time subsampling before the encoder: 1 (Linear), 2 or 4 (stride-2 Conv1d)
+    subsample: int = 2                # time subsampling before the encoder: 1 (Linear), 2 or 4 (stride-2 Conv1d);
+                                      # 0: none, the encoder reads the mel bands (ecapa)
     d_model: int = 144                # encoder width (tdnn: channels)
     n_layers: int = 2                 # encoder blocks
     pooling: str = "mean"             # a name in spkid.models.POOLING: mean | sap | asp
@@ -81,6 +91,9 @@ class ModelConfig:
     # tdnn
     tdnn_kernel: int = 3              # kernel of the dilated convolutions (odd)
     agg_dim: int = 384                # channels after multi-layer aggregation (the pooling input)
+    # ecapa (SpeechBrain's ECAPA-TDNN)
+    res2_scale: int = 8               # Res2Net channel groups
+    se_dim: int = 128                 # squeeze-excitation bottleneck
     # margin heads (am, aam)
     margin: float = 0.2
     scale: float = 30.0
@@ -160,7 +173,7 @@ class RunConfig:
         return cfg
 
 
-_CHOICES = {"data.source": ("features", "audio"), "model.norm": ("global", "cmn", "none"), "model.subsample": (1, 2, 4), "model.pos_enc": ("rope", "none"),
+_CHOICES = {"features.kind": ("logmel", "speechbrain", "kaldi", "resemblyzer"), "data.source": ("features", "audio"), "model.norm": ("global", "cmn", "none"), "model.subsample": (0, 1, 2, 4), "model.pos_enc": ("rope", "none"),
             "train.amp": ("none", "bf16", "fp16", "auto")}
 
 
@@ -191,11 +204,15 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
     if cfg.data.source == "features":            # no waveforms: only SpecAugment applies
         for f in dataclasses.fields(WaveAugmentConfig):
             out.append((f"augment.{f.name}", "data.source='features' has no waveforms to augment"))
+        for name in ("weights", "min_seconds", "crop_grid"):
+            out.append((f"data.{name}", "data.source='features' reads one HW4 directory of tensors"))
     else:
         if a.p_speed == 0:
             out += [("augment.speed_slow", "augment.p_speed is 0"), ("augment.speed_fast", "augment.p_speed is 0")]
         if a.p_pause == 0:
             out.append(("augment.pause_max", "augment.p_pause is 0"))
+    if cfg.features.kind in ("kaldi", "resemblyzer"):
+        out.append(("features.floor", f"features.kind={cfg.features.kind!r} has its own floor (or no log)"))
     if a.feat_eq == 0:
         out.append(("augment.feat_eq_db", "augment.feat_eq is 0"))
     if a.spec_time_masks == 0:
@@ -203,6 +220,17 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
     if a.spec_freq_masks == 0:
         out.append(("augment.spec_freq_width", "augment.spec_freq_masks is 0"))
     return out
+
+
+def weights_list(text: str) -> list[float] | None:
+    """``data.weights`` as numbers (``[]`` for ""), or None when it is not a list of positive finite numbers."""
+    if not text.strip():
+        return []
+    try:
+        w = [float(x) for x in text.split(",")]
+    except ValueError:
+        return None
+    return w if all(0 < x < float("inf") for x in w) else None
 
 
 def validate(cfg: RunConfig, source: str = "config") -> None:
@@ -237,6 +265,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if m.attention == "full" and m.attention_params:
         raise ConfigError(f"{source}: model.attention_params={m.attention_params} would be ignored: full attention "
                           "has no parameters")
+    if (m.subsample == 0) != (m.encoder == "ecapa"):
+        raise ConfigError(f"{source}: model.subsample={m.subsample} with model.encoder={m.encoder!r}: the ecapa "
+                          "encoder reads the mel bands itself (subsample 0), the others need 1, 2 or 4")
+    if m.encoder == "ecapa" and (m.res2_scale < 2 or m.d_model % m.res2_scale or m.se_dim < 1):
+        raise ConfigError(f"{source}: model.res2_scale ({m.res2_scale}) must be >= 2 and divide model.d_model "
+                          f"({m.d_model}); model.se_dim must be >= 1")
     if "n_heads" in ENCODERS.uses(m.encoder) and m.d_model % m.n_heads:
         raise ConfigError(f"{source}: model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
     for key, value in (("model.conv_kernel", m.conv_kernel), ("model.tdnn_kernel", m.tdnn_kernel)):
@@ -251,6 +285,14 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if d.crop_min_frames > d.crop_frames or d.crop_min_frames < 0:
         raise ConfigError(f"{source}: data.crop_min_frames ({d.crop_min_frames}) must be in 0..data.crop_frames "
                           f"({d.crop_frames})")
+    if d.weights and weights_list(d.weights) is None:
+        raise ConfigError(f"{source}: data.weights={d.weights!r}: expected positive numbers separated by commas, "
+                          "one per training input")
+    if d.crop_grid < 0 or (d.crop_grid and d.crop_min_frames == 0):
+        raise ConfigError(f"{source}: data.crop_grid={d.crop_grid}: must be >= 0, and it needs a range of crop lengths "
+                          "(data.crop_min_frames > 0)")
+    if not 0 <= d.min_seconds <= 10:
+        raise ConfigError(f"{source}: data.min_seconds must be in [0, 10], got {d.min_seconds}")
     if d.val_per_speaker < 0 or m.embed_dim < 0:
         raise ConfigError(f"{source}: data.val_per_speaker and model.embed_dim must be >= 0")
     if not 0 <= m.dropout < 1 or not 0 <= m.label_smoothing < 1:

@@ -18,3 +18,9 @@ class ConfigError(SpkidError):
 
 class CheckpointError(SpkidError):
     """Missing, corrupt or incompatible checkpoint."""
+
+
+class InputWarning(UserWarning):
+    """One input of a many-file command was off but the command went on (no speech detected: the whole recording
+    was used; unreadable: its row says why). The CLI prints each as ``spkid: warning: <file>: <problem>`` and exits
+    with status 2 once the output is complete."""

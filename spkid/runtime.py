@@ -111,30 +111,72 @@ def _cpu_times(cpus: list[int]) -> dict[int, tuple[int, int]] | None:
     return out or None
 
 
-def busy_cores(sample_s: float = 0.25) -> float:
-    """Cores of the affinity mask that other work keeps busy: the larger of the utilisation over the next
-    ``sample_s`` seconds (``/proc/stat``, this process idle meanwhile) and the 1-minute load average (scaled to
-    the mask). The load average lags but remembers bursts; the sample sees a load that has just started."""
+def _busy_jiffies(cpus: list[int]) -> tuple[int, int] | None:
+    """``(busy, total)`` jiffies summed over ``cpus`` since boot; None where ``/proc/stat`` is unreadable."""
+    times = _cpu_times(cpus)
+    if times is None:
+        return None
+    return sum(t - i for i, t in times.values()), sum(t for _, t in times.values())
+
+
+class BusyMeter:
+    """Cores that OTHER programs keep busy between two readings: the machine's busy time over the interval minus
+    this process's own CPU time (all its threads), so a run never counts itself. ``read()`` returns the cores busy
+    since the previous reading (None on the first, or where ``/proc/stat`` is unreadable)."""
+
+    def __init__(self):
+        self.cpus = allowed_cpus()
+        self._last = self._now()
+
+    def _now(self):
+        j = _busy_jiffies(self.cpus)
+        return None if j is None else (j, time.process_time(), time.monotonic())
+
+    def read(self) -> float | None:
+        now, last = self._now(), self._last
+        self._last = now
+        if now is None or last is None:
+            return None
+        (busy1, total1), own1, _ = now
+        (busy0, total0), own0, _ = last
+        if total1 <= total0:
+            return None
+        wall_cores = (total1 - total0) / len(self.cpus)            # jiffies of one core over the interval
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        others = (busy1 - busy0) - (own1 - own0) * hz
+        return min(float(len(self.cpus)), max(0.0, others / wall_cores))
+
+
+def busy_cores(sample_s: float = 0.5) -> float:
+    """Cores of the affinity mask that other work keeps busy NOW: the utilisation over the next ``sample_s``
+    seconds (``/proc/stat``, minus this process's own CPU time). Not the load average: it remembers the last
+    minute, so the run that has just ended would still count (a benchmark's next run would train on one thread of
+    two free cores). Where ``/proc/stat`` is unreadable (not Linux), the 1-minute load average is the estimate."""
     cpus = allowed_cpus()
-    now = 0.0
-    before = _cpu_times(cpus)
-    if before is not None and sample_s > 0:
+    meter = BusyMeter()
+    if sample_s > 0:
         time.sleep(sample_s)
-        after = _cpu_times(cpus) or {}
-        for c, (idle0, total0) in before.items():
-            idle1, total1 = after.get(c, (idle0, total0))
-            if total1 > total0:
-                now += 1.0 - (idle1 - idle0) / (total1 - total0)
+        now = meter.read()
+        if now is not None:
+            return now
     try:
         load = os.getloadavg()[0] * len(cpus) / (os.cpu_count() or len(cpus))
     except (OSError, AttributeError):                        # not available (Windows)
         load = 0.0
-    return min(float(len(cpus)), max(now, load))
+    return min(float(len(cpus)), load)
 
 
-def free_cores(sample_s: float = 0.25) -> int:
-    """Whole cores nobody else is using (at least 1): the affinity mask minus :func:`busy_cores`, rounded."""
-    return max(1, math.floor(len(allowed_cpus()) - busy_cores(sample_s) + 0.5))
+def free_cores(sample_s: float = 0.5) -> int:
+    """Whole cores nobody else is using (at least 1): the affinity mask minus :func:`busy_cores` (``threads_for``)."""
+    return threads_for(len(allowed_cpus()), busy_cores(sample_s))
+
+
+def threads_for(n_cpus: int, others: float) -> int:
+    """Threads for ``n_cpus`` cores of which other programs keep ``others`` busy: a core counts as taken once a
+    quarter of it is busy. Erring low is cheap, erring high is not: on this 2-core machine a bf16 TDNN step took
+    0.25 s on one thread and 4.1 s on two beside one other CPU-bound program (every OpenMP barrier waits for the
+    descheduled thread; docs/scaling.md)."""
+    return max(1, math.floor(n_cpus - others + 0.25))
 
 
 def resolve_threads(threads: int = 0) -> int:
@@ -156,3 +198,34 @@ def use_threads(threads: int = 0) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+class ThreadGovernor:
+    """A long run's CPU threads, revisited: every ``every_s`` seconds of training, torch's intra-op threads are
+    set to the cores other programs left free over that interval (``BusyMeter``), so a run started beside a
+    benchmark takes the second core when the benchmark ends, and gives it back when another job starts. Inactive
+    (``step()`` does nothing) when the user fixed the threads (``train.threads > 0`` or ``OMP_NUM_THREADS``).
+    ``changes`` records ``(elapsed_s, threads)`` for the run's log."""
+
+    def __init__(self, threads: int, every_s: float = 60.0):
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        self.active = threads == 0 and not (env.isdigit() and int(env) > 0)
+        self.every_s = every_s
+        self.meter = BusyMeter() if self.active else None
+        self._t0 = time.monotonic()
+        self.changes: list[tuple[float, int]] = []
+
+    def step(self, elapsed: float) -> int | None:
+        """Call once per training step; returns the new thread count when it changed, else None."""
+        if not self.active or time.monotonic() - self._t0 < self.every_s:
+            return None
+        self._t0 = time.monotonic()
+        others = self.meter.read()
+        if others is None:
+            return None
+        n = threads_for(len(self.meter.cpus), others)
+        if n == torch.get_num_threads():
+            return None
+        torch.set_num_threads(n)
+        self.changes.append((round(elapsed, 1), n))
+        return n

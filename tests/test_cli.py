@@ -91,3 +91,13 @@ def test_predict_with_checkpoint_of_wrong_kind(tmp_path):
 def test_evaluate_shared_answers_against_themselves(capsys):
     assert main(["evaluate", str(SHARED_HW4 / "answers.csv"), str(SHARED_HW4 / "answers.csv")]) == 0
     assert capsys.readouterr().out.strip() == "accuracy 1.0000"
+
+
+def test_progress_in_a_log_is_a_line_now_and_then_not_a_redraw_per_step(hw4, tmp_path):
+    """stderr to a file or pipe: no carriage-return redraws; a few lines for a whole run (issue 23)."""
+    r = _run("train", str(hw4["root"]), "--out", str(tmp_path / "run"), "--config", "tiny", "--steps", "300")
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr
+    bars = [ln for ln in r.stderr.splitlines() if ln.startswith("train:")]
+    assert 1 <= len(bars) <= 4, r.stderr                     # the first draw, perhaps one every 30 s, the last
+    assert "300/300" in bars[-1]

@@ -22,7 +22,8 @@ def _fields(cfg: RunConfig):
 
 def _other(section: str, name: str, value):
     """A different valid-looking value for a setting."""
-    choices = {"model.encoder": ENCODERS.names(), "model.pooling": POOLING.names(), "model.head": HEADS.names(),
+    choices = {"model.encoder": [e for e in ENCODERS.names() if e != "ecapa"],     # ecapa needs subsample 0 too
+               "features.kind": ["logmel", "speechbrain", "kaldi", "resemblyzer"], "model.pooling": POOLING.names(), "model.head": HEADS.names(),
                "model.attention": ATTENTION.names(), "model.norm": ["global", "cmn", "none"],
                "model.subsample": [1, 2, 4], "model.pos_enc": ["rope", "none"],
                "train.amp": ["none", "bf16", "auto"], "train.device": ["cpu", "auto"],
@@ -45,11 +46,14 @@ def _other(section: str, name: str, value):
         return "/tmp"
     if name == "codecs":
         return "gsm"
+    if name == "weights":
+        return "1,2"
     raise AssertionError(f"no perturbation for {section}.{name}={value!r}")
 
 
 def test_presets_are_shipped_toml_files():
-    assert set(PRESETS) == {"default", "audio", "conformer", "hw4-sample", "hw4-gpu", "tiny", "demo"}
+    assert set(PRESETS) == {"default", "audio", "base", "conformer", "hw4-sample", "hw4-gpu", "tiny",
+                            "demo"}
     assert load_config("default").model.encoder == "tdnn"
 
 
@@ -122,6 +126,8 @@ def test_every_setting_is_read_by_training_and_inference(preset, tmp_path, monke
         from spkid.audio.synth import synth_corpus
         data = synth_corpus(tmp_path / "corpus", n_speakers=3, n_train=3, n_test=1, seed=0).train_dir
         sets += ["augment.noise_clips=4", "augment.n_rooms=2", "augment.codec_per_speaker=1"]
+        if base.data.weights:                  # one synthetic input here (base trains on three)
+            sets.append('data.weights=""')
     else:
         data = make_hw4(tmp_path / "hw4", n_speakers=3, per_speaker=3, lengths=(20, 40))["root"]
     cfg = apply_overrides(base, sets)

@@ -130,11 +130,16 @@ def _reflect_pad(wav: torch.Tensor, lengths: torch.Tensor, half: int) -> torch.T
     return out.scatter(1, lengths + half + j, right)
 
 
-def frontend_for(features=None, device: torch.device | str = "cpu") -> LogMel:
+def frontend_for(features=None, device: torch.device | str = "cpu") -> nn.Module:
     """The one cached ``LogMel`` per (feature definition, device); ``features`` is a ``FeatureConfig`` (duck-typed)
-    or None for the HW4 definition. Every front end in spkid (prepare, inference, audio training) comes from here."""
-    key = (None if features is None else (features.sample_rate, features.n_fft, features.hop, features.n_mels,
-                                          features.f_min, features.f_max, features.floor), str(device))
+    or None for the HW4 definition. Every front end in spkid (prepare, inference, audio training) comes from here;
+    ``features.kind`` other than ``logmel`` selects another toolkit's definition (``spkid.audio.fbanks``)."""
+    key = (None if features is None else (features.kind, features.sample_rate, features.n_fft, features.hop,
+                                          features.n_mels, features.f_min, features.f_max, features.floor),
+           str(device))
+    if key not in _CACHE and features is not None and features.kind != "logmel":
+        from spkid.audio.fbanks import build_fbank          # another toolkit's definition (imported models)
+        _CACHE[key] = build_fbank(features).to(device)
     if key not in _CACHE:
         kw = {} if features is None else dict(sample_rate=features.sample_rate, n_fft=features.n_fft,
                                               hop=features.hop, n_mels=features.n_mels, f_min=features.f_min,

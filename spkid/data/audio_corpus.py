@@ -29,7 +29,7 @@ from spkid.audio.frontend import LogMel
 from spkid.audio.io import SAMPLE_RATE, load_audio
 from spkid.audio.noise import take_segments
 from spkid.audio.vad import VadConfig, keep_speech
-from spkid.errors import DataError
+from spkid.errors import ConfigError, DataError
 
 INT16_SCALE = 32767.0
 
@@ -60,6 +60,7 @@ class AudioCorpus:
     utts: list[AudioUtt]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds_before_vad: float = 0.0
+    groups: torch.Tensor | None = None      # (N,) the input each utterance came from (``load_many``); None: one
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -116,6 +117,36 @@ class AudioCorpus:
         offsets = torch.tensor([0] + [c.shape[0] for c in chunks], dtype=torch.long).cumsum(0)
         return cls(torch.cat(chunks), offsets, torch.tensor([ids[u.speaker] for u in utts]), speakers, utts,
                    sorted(skipped), seconds)
+
+    @classmethod
+    def load_many(cls, inputs, *, vad: VadConfig | None = VadConfig(), min_seconds: float = 0.5, workers: int = 0,
+                  progress: bool = True) -> "AudioCorpus":
+        """Several training inputs as one corpus: one input is ``load`` itself; with more, every speaker name and
+        utterance key is prefixed with its input's tag (the folder or list name, ``#2``... on a clash), so two
+        corpora never share a speaker, and ``groups`` says which input each utterance came from."""
+        inputs = [Path(p) for p in inputs]
+        if len(inputs) == 1:
+            return cls.load(inputs[0], vad=vad, min_seconds=min_seconds, workers=workers, progress=progress)
+        tags: list[str] = []
+        for p in inputs:
+            tag = p.resolve().name or "input"
+            tags.append(tag if tag not in tags else f"{tag}#{len(tags) + 1}")
+        parts = [cls.load(p, vad=vad, min_seconds=min_seconds, workers=workers, progress=progress) for p in inputs]
+        speakers = sorted(f"{t}/{s}" for t, c in zip(tags, parts) for s in c.speakers)
+        ids = {s: i for i, s in enumerate(speakers)}
+        utts, labels, groups, skipped, before = [], [], [], [], 0.0
+        for g, (t, c) in enumerate(zip(tags, parts)):
+            for u in c.utts:
+                utts.append(AudioUtt(f"{t}/{u.key}", f"{t}/{u.speaker}"))
+                labels.append(ids[f"{t}/{u.speaker}"])
+                groups.append(g)
+            skipped += [(f"{t}/{k}", why) for k, why in c.skipped]
+            before += c.seconds_before_vad
+        shift = torch.tensor([0] + [int(c.offsets[-1]) for c in parts[:-1]]).cumsum(0)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long)] +
+                            [c.offsets[1:] + s for c, s in zip(parts, shift.tolist())])
+        return cls(torch.cat([c.audio for c in parts]), offsets, torch.tensor(labels), speakers, utts, sorted(skipped),
+                   before, torch.tensor(groups))
 
     def split(self, per_speaker: int, seed: int) -> tuple[list[int], list[int]]:
         """Stratified hold-out as for features: ``(train indices, validation indices)``."""
@@ -179,6 +210,10 @@ class AudioCropSampler:
         augment: ``WaveAugmentConfig`` (None: clean crops). Speed perturbation multiplies the classes:
             ``n_classes = n_speakers * len(augment.speeds())``; label ``l + n_speakers * k`` is speaker ``l``
             at speed ``augment.speeds()[k]`` (``speed_label``).
+        crop_grid (int): crop lengths ``crop_seconds[0] + k * crop_grid`` samples only (0: any length).
+        weights: one share per input of a ``load_many`` corpus (its ``groups``): a crop comes from input ``c`` with
+            probability ``weights[c] / sum(weights)``, any of that input's utterances equally likely; None: every
+            utterance equally likely.
         frontend: a ``LogMel`` (default: the HW4 definition).
         seed (int), rank (int): the randomness stream.
         workers (int): processes that code the codec bank at start (augment.p_codec > 0).
@@ -187,16 +222,19 @@ class AudioCropSampler:
 
     def __init__(self, corpus: AudioCorpus, *, batch_size: int, crop_seconds: tuple[float, float] = (2.0, 2.0),
                  indices=None, augment: WaveAugmentConfig | None = None, frontend: LogMel | None = None, seed: int = 0,
-                 rank: int = 0, workers: int = 1, progress: bool = False):
+                 rank: int = 0, workers: int = 1, progress: bool = False, weights: list[float] | None = None,
+                 crop_grid: int = 0):
         lo, hi = crop_seconds
         if batch_size < 1 or not 0 < lo <= hi:
             raise ValueError(f"need batch_size >= 1 and 0 < crop_seconds[0] <= crop_seconds[1], got {batch_size}, "
                              f"{crop_seconds}")
         self.corpus, self.batch_size, self.seed, self.rank = corpus, batch_size, seed, rank
         self.crop = (int(lo * SAMPLE_RATE), int(hi * SAMPLE_RATE))
+        self.crop_grid = crop_grid              # samples: crop lengths on this grid (0: any)
         self.indices = torch.as_tensor(range(len(corpus)) if indices is None else list(indices), dtype=torch.long)
         if len(self.indices) == 0:
             raise ValueError("the sampler needs at least one utterance")
+        self.probs = None if not weights else self._utterance_probs(weights)
         self.cfg = augment
         self.augmenter = Augmenter(augment, progress=progress) if augment is not None else None
         self.speeds = augment.speeds() if augment is not None else (1.0,)
@@ -211,6 +249,18 @@ class AudioCropSampler:
                 corpus.labels[self.indices].tolist(), per_speaker=augment.codec_per_speaker,
                 codecs=augment.codec_list(), seed=seed, workers=workers, progress=progress)
 
+    def _utterance_probs(self, weights: list[float]) -> torch.Tensor:
+        """Drawing probability ``(len(indices),)`` of each training utterance under the inputs' ``weights``."""
+        groups = self.corpus.groups
+        n_groups = 1 if groups is None else int(groups.max()) + 1
+        if len(weights) != n_groups:
+            raise ConfigError(f"data.weights has {len(weights)} weight(s) for {n_groups} training input(s)")
+        g = torch.zeros(len(self.indices), dtype=torch.long) if groups is None else groups[self.indices]
+        count = torch.bincount(g, minlength=n_groups).double()
+        w = torch.tensor(weights, dtype=torch.float64)
+        w = torch.where(count > 0, w, torch.zeros_like(w))
+        return (w[g] / count[g] / w.sum()).float()
+
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batch number ``step`` -> ``(feats (B, T, F) float32, frame_lengths (B,) long, labels (B,) long)``;
         frames past ``frame_lengths`` are 0."""
@@ -223,8 +273,15 @@ class AudioCropSampler:
         """The augmented crops of batch ``step`` before the front end: ``(wav (B, S), lengths (B,), labels (B,))``."""
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) * 1_000_000_007 + step)
         b = self.batch_size
-        idx = self.indices[torch.randint(len(self.indices), (b,), generator=g)]
-        crop = self.crop[0] + int(torch.randint(self.crop[1] - self.crop[0] + 1, (1,), generator=g))
+        if self.probs is None:
+            idx = self.indices[torch.randint(len(self.indices), (b,), generator=g)]
+        else:
+            idx = self.indices[torch.multinomial(self.probs, b, replacement=True, generator=g)]
+        if self.crop_grid:
+            crop = self.crop[0] + self.crop_grid * int(torch.randint((self.crop[1] - self.crop[0]) // self.crop_grid + 1,
+                                                                     (1,), generator=g))
+        else:
+            crop = self.crop[0] + int(torch.randint(self.crop[1] - self.crop[0] + 1, (1,), generator=g))
         u = torch.rand(b, 4, generator=g)
         speakers = self.corpus.labels[idx]
         speed = torch.zeros(b, dtype=torch.long)

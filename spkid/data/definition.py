@@ -42,7 +42,8 @@ def feature_definition(folder: Path) -> FeatureConfig:
 
 def differences(have: FeatureConfig, want: FeatureConfig, whose: str = "model") -> list[str]:
     """``["f_max 4000 (model: 8000)", ...]``: the fields where ``have`` makes other numbers than ``want``."""
-    return [f"{n} {a:g} ({whose}: {b:g})" for n, a, b in zip(_NAMES, _key(have), _key(want)) if a != b]
+    kind = [f"kind {have.kind} ({whose}: {want.kind})"] if have.kind != want.kind else []
+    return kind + [f"{n} {a:g} ({whose}: {b:g})" for n, a, b in zip(_NAMES, _key(have), _key(want)) if a != b]
 
 
 def check_definition(folder: Path, model_features: FeatureConfig, what: str) -> None:
@@ -58,7 +59,8 @@ def check_training_definition(data_dir: Path, run_features: FeatureConfig) -> No
     have = feature_definition(Path(data_dir))
     diff = differences(have, run_features, "run")
     if diff:
-        sets = " ".join(f"--set features.{n}={a:g}" for n, a, b in zip(_NAMES, _key(have), _key(run_features))
-                        if a != b)
+        sets = " ".join(([f"--set features.kind={have.kind}"] if have.kind != run_features.kind else [])
+                        + [f"--set features.{n}={a:g}" for n, a, b in zip(_NAMES, _key(have), _key(run_features))
+                           if a != b])
         raise DataError(f"{Path(data_dir) / DEFINITION_FILE}: the features were prepared with another log-mel "
                         f"definition than the run's ({', '.join(diff)}); train with {sets}")

@@ -3,7 +3,7 @@
 ``ENCODERS``, ``ATTENTION``, ``POOLING``, ``HEADS``: name -> builder (``spkid.models.registry``);
 ``build_model(cfg, n_speakers)`` assembles a ``SpeakerNet``.
 """
-from spkid.models import attention, conformer, heads, pooling, tdnn, transformer  # noqa: F401  (registration)
+from spkid.models import attention, conformer, ecapa, heads, pooling, tdnn, transformer  # noqa: F401  (registration)
 from spkid.models.registry import ATTENTION, ENCODERS, HEADS, POOLING
 from spkid.models.speaker_net import SpeakerNet, build_model
 

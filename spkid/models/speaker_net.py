@@ -106,7 +106,8 @@ class ChannelAugment(nn.Module):
 
 
 class Subsample(nn.Module):
-    """Input projection ``(B, T, F)`` -> ``(B, T', D)``: a Linear (factor 1) or stride-2 Conv1d layers (2 or 4).
+    """Input projection ``(B, T, F)`` -> ``(B, T', D)``: a Linear (factor 1) or stride-2 Conv1d layers (2 or 4);
+    factor 0 passes the bands through (``(B, T, F)``, for an encoder that reads them itself).
 
     Output lengths are ``ceil(L / factor)``; padded frames are zeroed before each convolution, so an
     utterance gives the same frames alone or in a padded batch.
@@ -115,7 +116,10 @@ class Subsample(nn.Module):
     def __init__(self, n_mels: int, d_model: int, factor: int):
         super().__init__()
         self.factor = factor
-        if factor == 1:
+        if factor == 0:                  # the encoder reads the mel bands itself (ecapa)
+            self.proj = nn.Identity()
+            self.convs = nn.ModuleList()
+        elif factor == 1:
             self.proj = nn.Linear(n_mels, d_model)
             self.convs = nn.ModuleList()
         else:
@@ -149,11 +153,13 @@ class SpeakerNet(nn.Module):
         self.channel = ChannelAugment(a.feat_eq, a.feat_eq_db, a.feat_band_drop, cfg.features.floor)
         self.augment = SpecAugment(a.spec_time_masks, a.spec_time_width, a.spec_freq_masks, a.spec_freq_width)
         self.subsample = Subsample(n_mels, m.d_model, m.subsample)
-        self.encoder = ENCODERS.build(m.encoder, m)
+        self.encoder = (ENCODERS.build(m.encoder, m, n_mels) if m.subsample == 0    # reads the bands itself
+                        else ENCODERS.build(m.encoder, m))
         self.pool = POOLING.build(m.pooling, self.encoder.out_dim)    # every encoder says its output width
         self.embed_proj = nn.Linear(self.pool.out_dim, m.embed_dim) if m.embed_dim > 0 else nn.Identity()
         self.embed_dim = m.embed_dim if m.embed_dim > 0 else self.pool.out_dim
-        self.head = HEADS.build(m.head, m, self.embed_dim, n_speakers)
+        # an imported embedder has no classes: no head, (B, 0) logits (spkid.load refuses to predict with it)
+        self.head = HEADS.build(m.head, m, self.embed_dim, n_speakers) if n_speakers > 0 else None
         self.n_mels = n_mels
         # found once, not on every training step (a plain tuple: not registered twice as submodules)
         self._span_modules = tuple(x for x in self.modules() if hasattr(x, "span_loss"))
@@ -169,6 +175,8 @@ class SpeakerNet(nn.Module):
 
     def classify(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, E)`` -> logits ``(B, N)``; with ``labels`` ``(B,)`` a margin head penalises the target class."""
+        if self.head is None:
+            return emb.new_zeros(emb.shape[0], 0)
         return self.head(emb, labels)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,

@@ -7,6 +7,7 @@ so the validation accuracy measures exactly what ``predict`` does on the test se
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,14 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spkid.training.checkpoint import build_checked, checkpoint_config, load_checkpoint, model_fingerprint
 from spkid.config import InferConfig, RunConfig
 from spkid.data.sampler import length_buckets, pad_batch
 from spkid.data.definition import check_definition
 from spkid.data.hw4 import load_tensor
-from spkid.errors import DataError, SpkidError
+from spkid.errors import DataError, InputWarning, SpkidError
 from spkid.runtime import flush_denormal, resolve_device
-from spkid.models.speaker_net import SpeakerNet, build_model
+from spkid.models.speaker_net import SpeakerNet
+from spkid.scoring.loader import open_model
 
 
 def _windows(t: int, window: int, hop: int) -> list[tuple[int, int]]:
@@ -86,6 +87,12 @@ def class_scores(net: SpeakerNet, emb: torch.Tensor, device: torch.device | str 
     return probs
 
 
+def none_readable(failures: list) -> DataError:
+    """The error of a command none of whose inputs could be read: the first one's message (file: problem)."""
+    more = f" (and {len(failures) - 1} more unreadable input(s))" if len(failures) > 1 else ""
+    return DataError(f"{failures[0][1]}{more}")
+
+
 VAD_DEFAULT = True      # speech detection on audio files; the CLI's --no-vad turns it off for the whole command
 MIN_SPEECH_S = 0.25     # seconds of detected speech an audio file must have
 
@@ -103,33 +110,44 @@ class Model:
 
     def __init__(self, path: str | Path, device: str = "auto", *, runtime: str = "torch", threads: int = 0,
                  quantize: bool = False, vad: bool | None = None):
+        from spkid.pretrained import display_name
         from spkid.scoring.onnx_runtime import check_runtime
-        self.path = Path(path)
+        self.name = display_name(path)          # "base" for a shipped model, else the path as given
         self.runtime = check_runtime(runtime)
         self.quantize = quantize
         if quantize and runtime != "onnx":
             raise SpkidError("int8 quantisation needs runtime onnx")
-        ckpt = load_checkpoint(self.path)
-        self.cfg: RunConfig = checkpoint_config(ckpt, self.path)
-        self.speakers: list[str] = list(ckpt["speakers"])
         if runtime == "onnx" and device not in ("auto", "cpu"):
             raise SpkidError(f"--runtime onnx runs on the CPU, not {device!r}; use --runtime torch for a GPU")
         self.device = resolve_device("cpu" if runtime == "onnx" else device)
-        n_classes = int(ckpt.get("n_classes", len(self.speakers)))
-        self.net = build_checked(self.cfg, n_classes, ckpt["model"], self.path)
-        self.net.to(self.device).eval()
-        self.model_id = model_fingerprint(ckpt["model"])
+        loaded = open_model(path, "cpu")        # checkpoint, shipped name or imported model: spkid.scoring.loader
+        self.path = loaded.path
+        self.cfg: RunConfig = loaded.cfg
+        self.speakers: list[str] = loaded.speakers
+        self.card: dict = loaded.card             # arch, source, licence, front end (spkid info)
+        if loaded.arch == "onnx":                 # ONNX Runtime already: --runtime onnx asks for what runs
+            self.device = resolve_device("cpu" if device == "auto" else device)
+        self.net = loaded.net.to(self.device).eval()
+        self.model_id = loaded.model_id
         # EER threshold on the run's validation trials (training speakers), when the run validated
-        self.val_eer_threshold: float | None = ckpt.get("val_eer_threshold")
+        self.val_eer_threshold: float | None = loaded.ckpt.get("val_eer_threshold")
         self.vad = VAD_DEFAULT if vad is None else vad   # audio files: keep only the detected speech
         self.runner = None                     # the batch function replacing net.embed (ONNX Runtime), or None
-        if runtime == "onnx":
-            from spkid.scoring.onnx_runtime import OrtEmbedder, ensure_onnx
+        if runtime == "onnx" and loaded.arch == "spkid":
+            from spkid.scoring.onnx_cache import ensure_onnx
+            from spkid.scoring.onnx_runtime import OrtEmbedder
             self.runner = OrtEmbedder(ensure_onnx(self.path, self.model_id, quantize=quantize), threads)
+        elif runtime == "onnx" and (quantize or loaded.arch != "onnx"):
+            raise SpkidError(f"{self.path}: --runtime onnx{' --int8' if quantize else ''} needs a model of spkid's "
+                             f"own architecture; this one is {loaded.arch!r} (run it with --runtime torch)")
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def features(self, inputs) -> list[torch.Tensor]:
-        """Turn each input item into log-mel features ``(T, n_mels)``."""
+    def features(self, inputs, *, failures: list | None = None) -> list[torch.Tensor | None]:
+        """Turn each input item into log-mel features ``(T, n_mels)``.
+
+        ``failures``: a list to collect ``(index, message)`` of the items that cannot be read (their feature is
+        None, an ``InputWarning`` names each) while the rest go on; None: the first bad item raises ``DataError``.
+        """
         if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)):
             inputs = [inputs]
         first_pt = {}                                   # folder -> its first .pt input: one definition check each
@@ -138,7 +156,17 @@ class Model:
                 first_pt.setdefault(Path(item).parent, item)
         for folder, item in first_pt.items():
             check_definition(folder, self.cfg.features, str(item))
-        return [self._one(item) for item in inputs]
+        if failures is None:
+            return [self._one(item) for item in inputs]
+        out: list[torch.Tensor | None] = []
+        for k, item in enumerate(inputs):
+            try:
+                out.append(self._one(item))
+            except DataError as e:
+                failures.append((k, str(e)))
+                warnings.warn(InputWarning(f"{e}; left out"), stacklevel=2)
+                out.append(None)
+        return out
 
     def _one(self, item) -> torch.Tensor:
         n_mels = self.cfg.features.n_mels
@@ -151,10 +179,12 @@ class Model:
             if self.vad and self.cfg.features.sample_rate == 16000:       # Silero runs at 16 kHz
                 from spkid.audio.vad import keep_speech
                 speech, seconds = keep_speech(wav)
-                if seconds < MIN_SPEECH_S:
-                    raise DataError(f"{path}: only {seconds:.2f} s of speech found (need {MIN_SPEECH_S} s); "
-                                    "--no-vad uses the whole file")
-                wav = speech
+                if seconds >= MIN_SPEECH_S:
+                    wav = speech
+                else:             # a quiet or unusual recording: the whole signal rather than nothing
+                    warnings.warn(InputWarning(f"{path}: only {seconds:.2f} s of speech detected (need "
+                                               f"{MIN_SPEECH_S} s); used the whole {wav.shape[0] / 16000:.2f} s "
+                                               "recording"), stacklevel=2)
             return self._logmel(wav, str(path))
         x = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item).float()
         if x.dim() == 2 and x.shape[1] == n_mels and x.shape[0] >= 1:
@@ -182,7 +212,14 @@ class Model:
 
     def scores(self, inputs) -> torch.Tensor:
         """Class probabilities ``(N, n_speakers)``, columns in ``self.speakers`` order."""
+        self.check_classes()
         return class_scores(self.net, self.embed_raw(self.features(inputs)), self.device, len(self.speakers))
+
+    def check_classes(self) -> None:
+        """An imported embedder has no training speakers: closed-set prediction is an error naming it."""
+        if not self.speakers:
+            raise SpkidError(f"{self.path}: an imported speaker embedder has no classes to predict "
+                             f"({self.card.get('source', 'imported')}); enroll speakers and use identify")
 
     def predict(self, inputs) -> list[str]:
         """The most likely training speaker for each input."""
@@ -204,6 +241,8 @@ def load(checkpoint: str | Path, device: str = "auto", *, runtime: str = "torch"
 def ensemble_scores(models: Sequence[Model], feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean class probabilities over models that share one speaker list: ``(N, n_speakers)``."""
     first = models[0]
+    for m in models:
+        m.check_classes()
     for m in models[1:]:
         if m.speakers != first.speakers:
             raise SpkidError(f"{m.path}: speaker list differs from {first.path}; cannot ensemble")

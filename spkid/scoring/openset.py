@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from spkid.fileio import atomic_write, refuse_overwriting_inputs
 from spkid.errors import DataError, SpkidError
 from spkid.data.scan import gather, input_files
 from spkid.scoring.backend import COHORT_KINDS, DEFAULT_COHORT_WITHOUT_FOLDER, DEFAULT_TOP_N
-from spkid.scoring.model import Model, load
+from spkid.pretrained import stored_name
+from spkid.scoring.model import Model, load, none_readable
 
 def embed_files(checkpoint: str | Path, sources, out: str | Path, *, device: str = "auto", runtime: str = "torch",
                 threads: int = 0, quantize: bool = False, nproc: int = 0) -> int:
@@ -38,15 +40,24 @@ def embed_files(checkpoint: str | Path, sources, out: str | Path, *, device: str
         run = run_sharded("embed", [model], items, item_lengths(items, model.cfg.features.n_mels), out,
                           nproc=nproc, device=device, threads=threads)
         emb = run.values                                       # (N, E)
-    else:
-        emb = model.embed(items)                               # (N, E)
+    failed: list[tuple[str, str]] = []                        # (id, why): unreadable files, listed in the output
+    if nproc <= 1:
+        fails: list = []
+        feats = model.features(items, failures=fails)
+        if len(fails) == len(items):
+            raise none_readable(fails)
+        failed = [(ids[k], why) for k, why in fails]
+        ids = [i for i, f in zip(ids, feats) if f is not None]
+        emb = F.normalize(model.embed_raw([f for f in feats if f is not None]), dim=-1)   # (N, E)
 
     def write(tmp):
+        extra = {"failed_ids": [i for i, _ in failed], "failed_reasons": [w for _, w in failed]}
         if out.suffix == ".npz":
             with open(tmp, "wb") as f:
-                np.savez(f, ids=np.array(ids), embeddings=emb.numpy(), model_id=np.array(model.model_id))
+                np.savez(f, ids=np.array(ids), embeddings=emb.numpy(), model_id=np.array(model.model_id),
+                         **{k: np.array(v, dtype=str) for k, v in extra.items()})
         else:
-            torch.save({"ids": ids, "embeddings": emb, "model_id": model.model_id}, tmp)
+            torch.save({"ids": ids, "embeddings": emb, "model_id": model.model_id, **extra}, tmp)
     atomic_write(out, write)
     if run is not None:
         from spkid.scoring.shards import remove_shards
@@ -173,7 +184,6 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
     them out. ``domain``: a folder of unlabelled clips of the target domain, adapted to in the same step
     (``adapt``). Returns the facts (``EnrollResult``); the caller decides what to print.
     """
-    import torch.nn.functional as F
     from spkid.scoring.enrollment import flag_outliers
     from spkid.scoring.speaker_db import SpeakerDB
     if on_outlier not in ("keep", "refuse"):
@@ -188,12 +198,17 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
             model = _registry_model(reg_ctx, checkpoint, device)
         else:
             if checkpoint is None:
-                raise SpkidError(f"{registry}: new registry: give --checkpoint to say which model embeds")
+                from spkid.pretrained import DEFAULT
+                checkpoint = DEFAULT                   # a new registry without a model: the shipped one
             model = load(checkpoint, device)
         ids, items = gather(files)
-        feats = model.features(items)   # before creating a new registry: a bad file must leave no registry behind
+        fails: list = []                # unreadable clips are left out with a warning; all unreadable: an error
+        feats = model.features(items, failures=fails)
+        if len(fails) == len(items):    # before creating a new registry: nothing readable leaves no registry
+            raise none_readable(fails)
+        sources = [s for s, f in zip(_item_sources(items), feats) if f is not None]
+        feats = [f for f in feats if f is not None]
         emb = F.normalize(model.embed_raw(feats), dim=-1).numpy()
-        sources = _item_sources(items)
         adaptation = None
         if domain is not None or cohort is not None or whiten:
             adaptation = domain_adaptation(model, domain, whiten=whiten, cohort=cohort, top_n=top_n)
@@ -203,7 +218,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         raise
     if reg_ctx is None:
         threshold, source = default_threshold(model)
-        reg_ctx = SpeakerDB.create(registry, model_id=model.model_id, checkpoint=str(Path(checkpoint).resolve()),
+        reg_ctx = SpeakerDB.create(registry, model_id=model.model_id, checkpoint=stored_name(checkpoint),
                                    embed_dim=model.net.embed_dim, threshold=threshold, threshold_source=source)
     with reg_ctx as reg:
         if adaptation is not None:
@@ -268,11 +283,21 @@ def identify(registry: str | Path, files, *, top_k: int = 1, device: str = "auto
         if not reg.speakers():
             raise SpkidError(f"{registry}: no speakers enrolled yet")
         ids, items = gather(files)
-        emb = model.embed(items)
-        decided = reg.decide(emb)
-        ranked = reg.identify(emb, top_k=top_k) if top_k > 1 else None
+        fails: list = []               # unreadable files: a row "error:<why>" with no score, a warning each
+        feats = model.features(items, failures=fails)
+        good = [k for k, f in enumerate(feats) if f is not None]
+        if not good:
+            raise none_readable(fails)
+        emb = F.normalize(model.embed_raw([feats[k] for k in good]), dim=-1)
+        decided = dict(zip(good, reg.decide(emb)))
+        ranked = dict(zip(good, reg.identify(emb, top_k=top_k))) if top_k > 1 else {}
+    why = dict(fails)
     rows = []
-    for k, (fid, (spk, score)) in enumerate(zip(ids, decided)):
+    for k, fid in enumerate(ids):
+        if k in why:
+            rows.append((fid, f"error:{why[k]}", ""))
+            continue
+        spk, score = decided[k]
         rows.append((fid, spk, round(score, 4)))
         for alt, s in (ranked[k][1:] if ranked else []):
             rows.append((fid, f"candidate:{alt}", round(s, 4)))

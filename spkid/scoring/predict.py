@@ -4,12 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from spkid.data.hw4 import write_predictions
-from spkid.scoring.model import ensemble_scores, load
+from spkid.errors import DataError
+from spkid.scoring.model import ensemble_scores, load, none_readable
 
 
-def gather_inputs(models, source: str | Path, progress: bool = True) -> tuple[list[str], list]:
+def gather_inputs(models, source: str | Path, progress: bool = True, failures: list | None = None
+                  ) -> tuple[list[str], list]:
     """``(ids, features)`` for an HW4 directory (``testdata.json``; Id = feature_path), or for ``.pt`` feature and
-    audio files, a file or a folder searched recursively (Id = path relative to the folder, or the file name)."""
+    audio files, a file or a folder searched recursively (Id = path relative to the folder, or the file name).
+    ``failures``: collects ``(index, message)`` of unreadable files (their feature is None) instead of raising."""
     from spkid.data.features import load_test_features
     from spkid.data.scan import gather
     src = Path(source)
@@ -20,7 +23,7 @@ def gather_inputs(models, source: str | Path, progress: bool = True) -> tuple[li
     ids, items = gather(src)
     if src.is_file():
         ids = [src.name]                   # a CSV Id is the file name, not the path typed
-    return ids, models[0].features(items)
+    return ids, models[0].features(items, failures=failures)
 
 
 def gather_paths(models, source: str | Path) -> tuple[list[str], list[Path], list[int]]:
@@ -65,10 +68,18 @@ def predict(checkpoints: list[str], source: str | Path, output: str | Path, *, d
         run = run_sharded("scores", models, items, lengths, output, nproc=nproc, device=device, threads=threads)
         probs = run.values
     else:
-        ids, feats = gather_inputs(models, source, progress)
-        probs = ensemble_scores(models, feats)
+        failures: list = []                   # unreadable files: a row with an empty Category, a warning each
+        ids, feats = gather_inputs(models, source, progress, failures)
+        good = [k for k, f in enumerate(feats) if f is not None]
+        if not good:
+            raise none_readable(failures)
+        probs = ensemble_scores(models, [feats[k] for k in good])
     speakers = models[0].speakers
-    write_predictions(output, ids, [speakers[i] for i in probs.argmax(-1).tolist()])
+    labels = [speakers[i] for i in probs.argmax(-1).tolist()]
+    if not sharded and len(good) < len(ids):
+        by_k = dict(zip(good, labels))
+        labels = [by_k.get(k, "") for k in range(len(ids))]
+    write_predictions(output, ids, labels)
     if sharded:
         remove_shards(run)
     return len(ids)

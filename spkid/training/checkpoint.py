@@ -9,6 +9,12 @@ perturbation, whose extra classes inference ignores), ``best_val``, ``val_acc``,
 the training data), and in a finished run's checkpoints ``cohort`` (training speakers' mean embeddings with the
 source ``DomainStats``) and ``calibration`` (score -> LLR on validation pairs; ``spkid.training.cohort``).
 Inference needs only ``spkid``, ``config``, ``speakers`` and ``model``.
+
+An imported model (``spkid import``, ``spkid.importers``) also has ``card``: where it came from, as plain strings
+(``arch``, ``source``, ``origin``, ``licence``, ``frontend``, ...); ``arch`` says which network the weights are for
+(``ARCHS``: ``spkid``, a ``SpeakerNet`` built from the config; ``ge2e``, Resemblyzer's LSTM; ``onnx``, a graph run by
+ONNX Runtime, held as bytes in ``onnx``, with ``model`` empty). Its ``speakers`` list may be empty: an embedder
+trained on other people has no classes to predict.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from spkid.errors import CheckpointError, ConfigError
 from spkid.fileio import atomic_write
 
 FORMAT = 2                     # 2: config with features/augment sections and per-encoder settings
+ARCHS = ("spkid", "ge2e", "onnx")   # card["arch"] of an imported model; a checkpoint without a card is "spkid"
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -48,10 +55,31 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def is_model_spec(arg: str) -> bool:
+    """Whether a command-line argument names a model: a shipped name, a ``.ckpt`` file, or a ``.pt`` file holding a
+    spkid checkpoint (HW4 feature tensors are ``.pt`` files too)."""
+    from spkid.pretrained import NAMES
+    p = Path(arg)
+    if arg in NAMES or (p.suffix == ".ckpt" and p.is_file()):
+        return True
+    if p.suffix != ".pt" or not p.is_file():
+        return False
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(obj, dict) and "spkid" in obj
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Read and check a spkid checkpoint (tensors and plain data only)."""
-    path = Path(path)
+    """Read and check a spkid checkpoint (tensors and plain data only); ``path`` may be a shipped name
+    (``spkid.pretrained``: ``"base"``)."""
+    from spkid.pretrained import NAMES, resolve
+    name, path = str(path), resolve(path)
     if not path.is_file():
+        if name in NAMES:
+            raise CheckpointError(f"{name}: the shipped model's file {path} is missing (a broken install); "
+                                  "reinstall spkid")
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -69,7 +97,8 @@ def load_checkpoint(path: str | Path) -> dict:
     for key, kind in (("spkid", int), ("config", dict), ("speakers", list), ("model", dict)):
         if not isinstance(ckpt[key], kind):
             raise CheckpointError(f"{path}: {key!r} entry must be {kind.__name__}, found {type(ckpt[key]).__name__}")
-    if not ckpt["speakers"] or not all(isinstance(s, str) for s in ckpt["speakers"]):
+    card = _check_card(ckpt, path)
+    if (not ckpt["speakers"] and card is None) or not all(isinstance(s, str) for s in ckpt["speakers"]):
         raise CheckpointError(f"{path}: 'speakers' entry must be a non-empty list of names")
     for k, v in ckpt["model"].items():
         if not isinstance(v, torch.Tensor):
@@ -86,6 +115,29 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: written by an older spkid (format {ckpt['spkid']} < {FORMAT}, before the "
                               "configuration gained its features section); retrain with this version")
     return ckpt
+
+
+def _check_card(ckpt: dict, path) -> dict | None:
+    """The card of an imported model (None for a trained one), checked: plain strings, a known ``arch``, and for
+    ``onnx`` the graph bytes."""
+    card = ckpt.get("card")
+    if card is None:
+        return None
+    if not isinstance(card, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in card.items()):
+        raise CheckpointError(f"{path}: 'card' entry must map names to strings")
+    arch = card.get("arch", "spkid")
+    if arch not in ARCHS:
+        raise CheckpointError(f"{path}: unknown architecture {arch!r} (this spkid knows {list(ARCHS)})")
+    graph = ckpt.get("onnx")
+    if arch == "onnx" and not (isinstance(graph, torch.Tensor) and graph.dtype == torch.uint8 and graph.dim() == 1
+                               and graph.numel() > 0):
+        raise CheckpointError(f"{path}: an imported ONNX model needs its graph as a 'onnx' uint8 tensor")
+    return card
+
+
+def model_card(ckpt: dict) -> dict:
+    """The card of a checkpoint: an imported model's own, or a trained one's ``{"arch": "spkid", ...}``."""
+    return dict(ckpt["card"]) if "card" in ckpt else {"arch": "spkid", "source": "trained with spkid"}
 
 
 def checkpoint_config(ckpt: dict, path: str | Path) -> RunConfig:
@@ -121,6 +173,11 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
     """``load_state_dict`` with a one-line error when the checkpoint belongs to another model configuration."""
     _check_fit(model.state_dict(), state, path)
     model.load_state_dict(state)
+
+
+def checkpoint_fingerprint(ckpt: dict) -> str:
+    """``model_fingerprint`` of the weights a checkpoint runs: its ``model`` state, and an ONNX graph's bytes."""
+    return model_fingerprint({**ckpt["model"], **({"onnx": ckpt["onnx"]} if "onnx" in ckpt else {})})
 
 
 def model_fingerprint(state: dict) -> str:

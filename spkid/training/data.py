@@ -41,8 +41,22 @@ def looks_like_audio(path: str | Path) -> bool:
     return p.is_file() or (p.is_dir() and not any((p / n).exists() for n in hw4))
 
 
-def load_train_data(data_dir: Path, cfg, *, rank: int = 0, progress: bool = True, cache_dir=None,
+def load_train_data(data_dir, cfg, *, rank: int = 0, progress: bool = True, cache_dir=None,
                     vad: bool = True) -> TrainData:
+    """``data_dir``: one input, or a list of audio inputs trained on as one corpus (``data.weights``)."""
+    inputs = [Path(p) for p in data_dir] if isinstance(data_dir, (list, tuple)) else [Path(data_dir)]
+    if len(inputs) > 1:
+        if cfg.data.source == "features":
+            raise ConfigError(f"{len(inputs)} training inputs: only audio trains from several at once (data.source="
+                              "'audio'); merge HW4 feature directories with spkid prepare")
+        for p in inputs:
+            if p.is_dir() and (p / "metadata.json").exists():
+                raise ConfigError(f"{p}: an HW4 feature directory among several audio inputs")
+        return _audio(inputs, cfg, rank, progress, vad)
+    data_dir = inputs[0]
+    if cfg.data.weights:
+        raise ConfigError(f"data.weights={cfg.data.weights!r}: weights share crops between several training "
+                          f"inputs; {data_dir} is one")
     if cfg.data.source == "features":
         if looks_like_audio(data_dir) and data_dir.exists():
             raise ConfigError(f"{data_dir}: holds no metadata.json (audio?); train on audio with --config audio or "
@@ -51,14 +65,13 @@ def load_train_data(data_dir: Path, cfg, *, rank: int = 0, progress: bool = True
     if data_dir.is_dir() and (data_dir / "metadata.json").exists():
         raise ConfigError(f"{data_dir}: an HW4 feature directory, but data.source='audio'; use a features preset "
                           "(e.g. --config default)")
-    return _audio(data_dir, cfg, rank, progress, vad)
+    return _audio([data_dir], cfg, rank, progress, vad)
 
 
 def _features(data_dir: Path, cfg, rank: int, progress: bool, cache_dir) -> TrainData:
     from spkid.data.features import load_train_features
     from spkid.data.sampler import CropSampler, split_per_speaker
     from spkid.training.checkpoint import data_fingerprint
-    from spkid.training.loop import feature_stats
     from spkid.data.definition import check_training_definition
     check_training_definition(data_dir, cfg.features)      # the checkpoint's front end must be the tensors' own
     data = load_train_features(data_dir, cfg.features.n_mels, progress=progress, cache_dir=cache_dir)
@@ -79,12 +92,13 @@ def _features(data_dir: Path, cfg, rank: int, progress: bool, cache_dir) -> Trai
                      data_fingerprint(data.speakers, data.utts), train_utterances)
 
 
-def _audio(data_dir: Path, cfg, rank: int, progress: bool, vad: bool) -> TrainData:
+def _audio(inputs: list[Path], cfg, rank: int, progress: bool, vad: bool) -> TrainData:
     from spkid.audio.frontend import frontend_for
     from spkid.audio.vad import VadConfig
     from spkid.data.audio_corpus import AudioCorpus, AudioCropSampler
-    from spkid.training.loop import feature_stats
-    corpus = AudioCorpus.load(data_dir, vad=VadConfig() if vad else None, progress=progress)
+    from spkid.config import weights_list
+    corpus = AudioCorpus.load_many(inputs, vad=VadConfig() if vad else None, min_seconds=cfg.data.min_seconds,
+                                   progress=progress)
     train_idx, val_idx = corpus.split(cfg.data.val_per_speaker, cfg.train.seed)
     fe, d = cfg.features, cfg.data
     # crop lengths in seconds that give crop_min_frames..crop_frames frames (T = S // hop + 1)
@@ -92,7 +106,8 @@ def _audio(data_dir: Path, cfg, rank: int, progress: bool, vad: bool) -> TrainDa
     hi = max(1, d.crop_frames - 1) * fe.hop / fe.sample_rate
     sampler = AudioCropSampler(corpus, batch_size=d.batch_size, crop_seconds=(lo, hi), indices=train_idx,
                                augment=cfg.augment, frontend=frontend_for(fe), seed=cfg.train.seed, rank=rank,
-                               progress=progress)
+                               progress=progress, weights=weights_list(d.weights) or None,
+                               crop_grid=d.crop_grid * fe.hop)
     # input statistics from augmented training batches (what the network will see); a fixed, reproducible draw
     stats = feature_stats([x[:n] for k in range(8) for x, n in zip(*sampler.batch(10**9 + k)[:2])])
     h = hashlib.sha256("\n".join(corpus.speakers).encode())
@@ -106,3 +121,15 @@ def _audio(data_dir: Path, cfg, rank: int, progress: bool, vad: bool) -> TrainDa
         return [sampler.features_of(i) for i in pick], [labels[i] for i in pick]
     return TrainData(corpus.speakers, sampler.n_classes, sampler, [sampler.features_of(i) for i in val_idx],
                      [labels[i] for i in val_idx], stats, h.hexdigest()[:16], train_utterances)
+
+
+def feature_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and std over all training frames ``[(T_i, F)]`` -> ``(F,)``, ``(F,)``, in float64."""
+    n, s, ss = 0, 0.0, 0.0
+    for f in feats:
+        f = f.double()
+        n += f.shape[0]
+        s = s + f.sum(0)
+        ss = ss + (f * f).sum(0)
+    mean = s / n
+    return mean.float(), (ss / n - mean * mean).clamp(min=0).sqrt().float()

@@ -41,22 +41,24 @@ def init_config(cfg: RunConfig, init: str | Path, *, explicit_model: bool) -> Ru
     ``explicit_model``: the user chose the model (``--config`` or ``--set model.*``/``features.*``): then a model
     other than the checkpoint's is an error instead of being replaced.
     """
-    from spkid.training.checkpoint import checkpoint_config, load_checkpoint
-    init = Path(init)
-    ckpt_cfg = checkpoint_config(load_checkpoint(init), init)
+    from spkid.scoring.loader import spkid_architecture
+    from spkid.training.checkpoint import checkpoint_config
+    init, ckpt = spkid_architecture(init, "fine-tuning (train --init)")      # a shipped name, a path
+    ckpt_cfg = checkpoint_config(ckpt, init)
     if explicit_model:
         check_init(cfg, ckpt_cfg, init)
     d = cfg.to_dict()
     d["model"], d["features"] = ckpt_cfg.to_dict()["model"], ckpt_cfg.to_dict()["features"]
-    d["train"]["init"] = str(init.resolve())
+    from spkid.pretrained import stored_name
+    d["train"]["init"] = stored_name(init)       # a shipped name stays a name; a file, its absolute path
     return RunConfig.from_dict(d, f"--init {init}")
 
 
 def load_init(model: torch.nn.Module, cfg: RunConfig) -> dict:
     """Copy the weights of checkpoint ``cfg.train.init`` into ``model``, all but the head; returns the checkpoint."""
-    from spkid.training.checkpoint import checkpoint_config, load_checkpoint
-    path = Path(cfg.train.init)
-    ckpt = load_checkpoint(path)
+    from spkid.scoring.loader import spkid_architecture
+    from spkid.training.checkpoint import checkpoint_config
+    path, ckpt = spkid_architecture(cfg.train.init, "fine-tuning (train --init)")
     check_init(cfg, checkpoint_config(ckpt, path), path)
     own = model.state_dict()
     body = {k: v for k, v in ckpt["model"].items() if not k.startswith(HEAD_PREFIX)}

@@ -22,12 +22,12 @@ from spkid.config import RunConfig
 from spkid.errors import ConfigError, SpkidError
 from spkid.fileio import RunDir, atomic_write
 from spkid.models import build_model
-from spkid.runtime import flush_denormal, resolve_amp, resolve_device, use_threads
+from spkid.runtime import ThreadGovernor, flush_denormal, resolve_amp, resolve_device, use_threads
 from spkid.training import distributed as dist
 from spkid.training.checkpoint import (load_resume_state, load_weights, rng_state, save_checkpoint, set_rng_state,
                                        training_state)
 from spkid.training.cohort import finish_checkpoints
-from spkid.training.data import load_train_data
+from spkid.training.data import feature_stats, load_train_data  # noqa: F401  (feature_stats: benchmarks)
 from spkid.training.finetune import (PROTOTYPE_MAX, PROTOTYPE_PER_SPEAKER, freeze, init_head_from_prototypes,
                                     load_init, train_mode)
 from spkid.training.schedules import Schedule
@@ -51,11 +51,12 @@ class TrainingDiverged(SpkidError):
     """The loss became NaN/Inf: nothing non-finite is saved."""
 
 
-def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: bool = False,
+def train(data_dir: str | Path | list, out_dir: str | Path, cfg: RunConfig, *, resume: bool = False,
           progress: bool = True, cache_dir: str | Path | None = None, stop_after: int = 0,
           vad: bool = True) -> TrainResult | None:
     """Train on an HW4 directory (``data.source = "features"``) or on audio (``"audio"``: speaker folders or a
-    ``path,speaker`` list; ``vad`` keeps only detected speech); writes ``config.json``, ``metrics.jsonl``,
+    ``path,speaker`` list, or a list of such inputs trained as one corpus, ``data.weights``; ``vad`` keeps only
+    detected speech); writes ``config.json``, ``metrics.jsonl``,
     ``last.ckpt``, ``best.ckpt``.
 
     ``stop_after > 0`` ends this invocation after that step (checkpoint saved, schedule unchanged), for
@@ -65,11 +66,12 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, resume: 
     with flush_denormal(), contextlib.ExitStack() as stack:
         if int(os.environ.get("RANK", "0")) == 0:     # rank 0 owns the folder: a fresh run needs an empty one
             stack.enter_context(RunDir(out_dir, fresh=not resume))
-        return _train(Path(data_dir), out_dir, cfg, resume=resume, progress=progress, cache_dir=cache_dir,
+        inputs = [Path(p) for p in data_dir] if isinstance(data_dir, (list, tuple)) else Path(data_dir)
+        return _train(inputs, out_dir, cfg, resume=resume, progress=progress, cache_dir=cache_dir,
                       stop_after=stop_after, vad=vad)
 
 
-def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progress: bool, cache_dir,
+def _train(data_dir, out_dir: Path, cfg: RunConfig, *, resume: bool, progress: bool, cache_dir,
            stop_after: int, vad: bool) -> TrainResult | None:
     t = cfg.train
     # -- system --------------------------------------------------------------------------------------------------
@@ -81,11 +83,14 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
     rank, world = dist.setup(device)              # NCCL for CUDA, gloo for CPU
     main = rank == 0
     use_threads(t.threads)                        # 0: the cores nobody else is using (spkid.runtime)
+    governor = ThreadGovernor(t.threads if world == 1 else 1)   # ... revisited every minute (one process)
     device = dist.device_for_rank(device, rank)
     ckpt = load_resume_state(out_dir / "last.ckpt", cfg) if resume else None
     torch.manual_seed(t.seed)
 
     # -- data ----------------------------------------------------------------------------------------------------
+    if isinstance(data_dir, list) and len(data_dir) == 1:
+        data_dir = data_dir[0]
     data = load_train_data(data_dir, cfg, rank=rank, progress=progress and main, cache_dir=cache_dir, vad=vad)
     if ckpt is not None and list(ckpt["speakers"]) != data.speakers:
         raise SpkidError(f"{out_dir / 'last.ckpt'}: the run was trained on other speakers than {data_dir} "
@@ -188,13 +193,16 @@ def _train(data_dir: Path, out_dir: Path, cfg: RunConfig, *, resume: bool, progr
             step += 1
             if avg is not None and sched.average_now(step, p):
                 avg.update_parameters(model)
+            threads = governor.step(elapsed)
+            if threads is not None:
+                log.write(step=step, elapsed=round(elapsed, 2), threads=threads)
             run_loss = 0.98 * run_loss + 0.02 * loss.item() if step > 1 else loss.item()
             acc = float((logits.argmax(-1) == y).float().mean())
             run_acc = 0.98 * run_acc + 0.02 * acc if step > 1 else acc
             bar.update(1)
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}", lr=f"{lr:.2e}",
-                                val="-" if not val else f"{val['val_acc']:.3f}")
+                                val="-" if not val else f"{val['val_acc']:.3f}", refresh=False)
                 log.write(step=step, elapsed=round(elapsed, 2), lr=lr, loss=round(run_loss, 4), acc=round(run_acc, 4),
                           steps_per_s=round(step / max(elapsed, 1e-6), 3))
             due_val = (t.val_every and step % t.val_every == 0) or (
@@ -260,15 +268,3 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def feature_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-band mean and std over all training frames ``[(T_i, F)]`` -> ``(F,)``, ``(F,)``, in float64."""
-    n, s, ss = 0, 0.0, 0.0
-    for f in feats:
-        f = f.double()
-        n += f.shape[0]
-        s = s + f.sum(0)
-        ss = ss + (f * f).sum(0)
-    mean = s / n
-    return mean.float(), (ss / n - mean * mean).clamp(min=0).sqrt().float()

@@ -29,16 +29,53 @@ def _fake_cpu(monkeypatch, busy: list[float], load: float) -> None:
     monkeypatch.setattr(runtime.os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(runtime.time, "sleep", lambda s: None)
+    monkeypatch.setattr(runtime.time, "process_time", lambda: 0.0)          # this process idle over the sample
 
 
 @pytest.mark.parametrize("busy, load, free", [([0.0, 0.0], 0.1, 2),     # idle: both cores
                                               ([1.0, 0.0], 0.2, 1),     # a neighbour has just started
-                                              ([0.0, 0.1], 1.8, 1),     # a burst the sample missed
+                                              ([0.4, 0.0], 0.2, 1),     # a part-time neighbour takes a core too
+                                              ([0.0, 0.1], 1.8, 2),     # the load average remembers a run that ended
                                               ([1.0, 1.0], 4.0, 1)])    # all busy: still one thread
-def test_free_cores_counts_what_the_sample_and_the_load_average_leave(monkeypatch, busy, load, free):
+def test_free_cores_counts_what_is_busy_now_not_the_load_average(monkeypatch, busy, load, free):
     _fake_cpu(monkeypatch, busy, load)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert runtime.resolve_threads(0) == free
+
+
+def test_back_to_back_runs_get_the_cores_the_previous_run_left():
+    """A CPU-bound run of two threads ends; the next decision, a moment later, sees two free cores although the
+    1-minute load average still counts the finished run."""
+    burn = ("import torch, time; torch.set_num_threads(2); a = torch.randn(400, 400); t = time.time()\n"
+            "while time.time() - t < 4: a @ a")
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    code = "from spkid.runtime import free_cores; import os; print(free_cores(0.5), os.getloadavg()[0])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    free, load = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(ROOT)), text=True,
+                                capture_output=True, check=True).stdout.split()
+    others = runtime.busy_cores(0.5)                              # what other programs (tests in parallel...) use
+    if others < 0.5:                                             # the machine is otherwise quiet: both cores
+        assert int(free) == len(runtime.allowed_cpus()), (free, load)
+
+
+def test_a_long_run_revisits_its_threads(monkeypatch):
+    """ThreadGovernor: every interval, the threads follow what other programs leave free; fixed threads stay."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    readings = iter([1.0, 0.0, 0.0])
+    gov = runtime.ThreadGovernor(0, every_s=0.0)
+    monkeypatch.setattr(gov.meter, "read", lambda: next(readings))
+    monkeypatch.setattr(gov.meter, "cpus", [0, 1])
+    before = torch.get_num_threads()
+    try:
+        assert gov.step(1.0) == (None if before == 1 else 1)         # a neighbour took one core
+        assert gov.step(2.0) == 2 and torch.get_num_threads() == 2   # it ended: both cores
+        assert gov.step(3.0) is None                                 # nothing changed
+        assert gov.changes[-1] == (2.0, 2)
+        assert not runtime.ThreadGovernor(3).active
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert not runtime.ThreadGovernor(0).active
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_explicit_threads_and_omp_num_threads_win(monkeypatch):

@@ -38,17 +38,54 @@ def test_silent_stereo_8k_44k_float_and_very_short_audio_predict_and_embed(model
     assert rc == 0 and f"enrolled odd: {len(names)} utterance(s)" in out, err
 
 
-@pytest.mark.parametrize("command", ["predict", "embed", "enroll"])
-def test_with_speech_detection_a_file_without_speech_is_a_one_line_error(model, tmp_path, capsys, command):
-    quiet = tmp_path / "in" / "quiet.wav"
-    quiet.parent.mkdir()
-    sf.write(quiet, 0.01 * np.random.default_rng(0).standard_normal(16000 * 2), 16000)   # 2 s of faint hiss
-    args = {"predict": ["predict", model["ckpt"], quiet.parent, "-o", tmp_path / "p.csv"],
-            "embed": ["embed", model["ckpt"], quiet.parent, "-o", tmp_path / "e.npz"],
-            "enroll": ["enroll", tmp_path / "r.db", "x", quiet, "--checkpoint", model["ckpt"]]}[command]
+@pytest.mark.parametrize("command", ["predict", "embed", "identify", "enroll"])
+def test_a_file_without_speech_falls_back_to_the_whole_signal_and_the_batch_finishes(model, tmp_path, capsys,
+                                                                                      command):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "quiet.wav", 0.01 * np.random.default_rng(0).standard_normal(16000 * 2), 16000)  # faint hiss
+    for k in range(3):
+        sf.write(folder / f"voice{k}.wav", _voice(16000, seconds=1.5, seed=k), 16000)
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")                       # cannot be decoded
+    if command == "identify":
+        rc, _, err = _cli(capsys, "enroll", tmp_path / "r.db", "v", folder / "voice0.wav", "--checkpoint",
+                          model["ckpt"])
+        assert rc == 0, err
+    out = {"predict": tmp_path / "p.csv", "embed": tmp_path / "e.npz", "identify": tmp_path / "i.csv",
+           "enroll": tmp_path / "r.db"}[command]
+    args = {"predict": ["predict", model["ckpt"], folder, "-o", out, "--quiet"],
+            "embed": ["embed", model["ckpt"], folder, "-o", out],
+            "identify": ["identify", tmp_path / "r.db", folder, "-o", out],
+            "enroll": ["enroll", out, "x", folder, "--checkpoint", model["ckpt"]]}[command]
     rc, _, err = _cli(capsys, *args)
-    _one_line_error(rc, err, "quiet.wav", "s of speech found", "--no-vad")
-    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "e.npz").exists() and not (tmp_path / "r.db").exists()
+    assert rc == 2, err                                           # complete output, something was off
+    lines = [ln for ln in err.splitlines() if ln.startswith("spkid: warning:")]
+    assert any("quiet.wav" in ln and "whole" in ln for ln in lines), err
+    assert any("broken.wav" in ln for ln in lines), err
+    assert "Traceback" not in err
+    if command == "predict":
+        rows = {r[0]: r[1] for r in list(csv.reader(open(out)))[1:]}
+        assert set(rows) == {"quiet.wav", "broken.wav", "voice0.wav", "voice1.wav", "voice2.wav"}
+        assert rows["broken.wav"] == "" and all(rows[k] in model["speakers"] for k in rows if k != "broken.wav")
+    elif command == "embed":
+        z = np.load(out)
+        assert sorted(z["ids"].tolist()) == ["quiet.wav", "voice0.wav", "voice1.wav", "voice2.wav"]
+        assert z["failed_ids"].tolist() == ["broken.wav"] and z["failed_reasons"][0]
+    elif command == "identify":
+        rows = {r[0]: r for r in list(csv.reader(open(out)))[1:]}
+        assert len(rows) == 5 and rows["broken.wav"][1].startswith("error:") and rows["broken.wav"][2] == ""
+    else:
+        import sqlite3
+        n = sqlite3.connect(out).execute("select count(*) from sqlite_master").fetchone()[0]
+        assert n > 0
+
+
+def test_a_command_whose_every_input_fails_is_a_one_line_error(model, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
+    rc, _, err = _cli(capsys, "embed", model["ckpt"], tmp_path / "in", "-o", tmp_path / "e.npz")
+    assert rc == 1 and "broken.wav" in err and "Traceback" not in err, err
+    assert not (tmp_path / "e.npz").exists()
 
 
 def test_speech_detection_removes_silence_padding(model, tmp_path):
@@ -117,14 +154,15 @@ def test_broken_audio_fails_predict_embed_enroll_naming_the_file(model, tmp_path
         assert not out.exists(), f"{args[0]} left {out}"
 
 
-def test_predict_folder_with_one_broken_file_fails_whole(model, tmp_path, capsys):
-    """A Kaggle CSV needs every row: predict names the bad file instead of silently dropping it."""
-    _odd_but_valid_audio(tmp_path / "audio")
+def test_predict_folder_with_one_broken_file_keeps_every_row_and_names_it(model, tmp_path, capsys):
+    """A Kaggle CSV needs every row: the bad file keeps its row (empty Category), a warning names it, status 2."""
+    names = _odd_but_valid_audio(tmp_path / "audio")
     (tmp_path / "audio" / "zz_bad.wav").write_text("nope")
     rc, _, err = _cli(capsys, "predict", model["ckpt"], tmp_path / "audio", "-o", tmp_path / "p.csv", "--quiet",
                       "--no-vad")
-    _one_line_error(rc, err, f"{tmp_path / 'audio' / 'zz_bad.wav'}: not readable as audio")
-    assert not (tmp_path / "p.csv").exists()
+    assert rc == 2 and f"spkid: warning: {tmp_path / 'audio' / 'zz_bad.wav'}: not readable as audio" in err, err
+    rows = dict(list(csv.reader(open(tmp_path / "p.csv")))[1:])
+    assert sorted(rows) == sorted(names + ["zz_bad.wav"]) and rows["zz_bad.wav"] == ""
 
 
 def test_prepare_skips_bad_audio_processes_the_rest_and_warns(tmp_path, capsys):

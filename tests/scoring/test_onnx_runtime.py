@@ -13,7 +13,7 @@ import spkid
 from spkid.cli import main
 from spkid.config import InferConfig
 from spkid.errors import SpkidError
-from spkid.scoring import onnx_runtime
+from spkid.scoring import onnx_cache
 from spkid.scoring.model import embed_features
 from spkid.scoring.openset import enroll
 from spkid.scoring.onnx_runtime import MODEL_ID_KEY, OrtEmbedder, stamp_of
@@ -69,10 +69,10 @@ def test_export_is_cached_beside_the_checkpoint_and_keyed_by_its_weights(ckpt):
 
 
 def test_read_only_checkpoint_folder_caches_in_the_temp_dir(ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_runtime.tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(onnx_cache.tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    real_access = onnx_runtime.os.access
-    monkeypatch.setattr(onnx_runtime.os, "access",
+    real_access = onnx_cache.os.access
+    monkeypatch.setattr(onnx_cache.os, "access",
                         lambda p, mode: False if str(p) == str(ckpt.parent) else real_access(p, mode))
     m = spkid.load(ckpt, runtime="onnx", threads=1)
     assert m.runner.path == tmp_path / "tmp" / "spkid-onnx" / f"{m.model_id}.onnx"
