@@ -48,7 +48,7 @@ class DiarizeConfig:
     block_s: float = 300.0           # audio decoded per block: memory per block is 4 bytes x 16000 x block_s
     batch: int = 64                  # windows per embedding batch
     method: str = "ahc"
-    threshold: float = 0.6
+    threshold: float = 1.1           # in the centred space; best on the dev conversations for three models (1.05-1.2)
     max_points: int = 2000           # clustering sees at most this many points (averages of consecutive windows)
     hmm: bool = True
     hmm_scale: float = 12.0
@@ -58,7 +58,8 @@ class DiarizeConfig:
     refine_window_s: float = 1.0
     refine_step_s: float = 0.15
     overlap: float = 0.0             # > 0: around a refined change, short windows this close to BOTH speakers' centres
-                                     # (cosine, clustering space) are given to both (overlapped speech); 0: off
+                                     # (raw cosine: in the centred space two speakers' centres are opposite) are
+                                     # given to both (overlapped speech); 0: off
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self):
@@ -161,7 +162,8 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers)
     cents = C.centroids(x, labels)
     refine = cfg.refine and stream is not None and embedder is not None
-    bounds, overlaps = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu)
+    bounds, overlaps = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu,
+                                   C.centroids(C._unit(a.emb), labels))
     segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents, overlaps)
     names = [f"SPEAKER_{k:02d}" for k in range(len(cents))]
     segments = [Segment(s.file, s.start, s.end, names[int(s.speaker)], s.score) for s in segments]
@@ -247,7 +249,7 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
 
 
 def _boundaries(stream: AudioStream | None, win: np.ndarray, labels: np.ndarray, cents: np.ndarray,
-                embedder: Embedder | None, cfg: DiarizeConfig, refine: bool, mu: np.ndarray):
+                embedder: Embedder | None, cfg: DiarizeConfig, refine: bool, mu: np.ndarray, raw_cents: np.ndarray):
     """``({t: sample}, {t: (start, end)})``: where speech passes from window ``t``'s speaker to window ``t+1``'s, for
     each change between overlapping windows (without ``refine``: halfway between the window centres), and, with
     ``cfg.overlap``, the stretch around that change where both speakers talk."""
@@ -265,14 +267,15 @@ def _boundaries(stream: AudioStream | None, win: np.ndarray, labels: np.ndarray,
             continue
         audio = stream.read(int(points[0]) - half, int(points[-1]) + half)
         wavs = [audio[p - points[0]: p - points[0] + 2 * half] for p in points]
-        e = _space(np.concatenate([embedder(wavs[i: i + cfg.batch]) for i in range(0, len(wavs), cfg.batch)]), mu)
+        raw = C._unit(np.concatenate([embedder(wavs[i: i + cfg.batch]) for i in range(0, len(wavs), cfg.batch)]))
+        e = _space(raw, mu)
         d = e @ cents[labels[t]] - e @ cents[labels[t + 1]]                 # > 0: sounds like the first speaker
         # split after point j: evidence for the first speaker before, for the second after
         gain = np.cumsum(d)[:-1] - (d.sum() - np.cumsum(d)[:-1])
         j = int(np.argmax(gain))
         out[int(t)] = int((points[j] + points[j + 1]) // 2)
         if cfg.overlap > 0:
-            both = np.minimum(e @ cents[labels[t]], e @ cents[labels[t + 1]]) >= cfg.overlap
+            both = np.minimum(raw @ raw_cents[labels[t]], raw @ raw_cents[labels[t + 1]]) >= cfg.overlap
             if both[j] or both[j + 1]:
                 first, last = (j, j) if both[j] else (j + 1, j + 1)
                 while first > 0 and both[first - 1]:
