@@ -45,7 +45,8 @@ def calibrate(a, work: Path) -> int:
     plans = conversations("libri-dev", 8, (1.0, 2.0), a.seed + 100) + conversations("synth-dev", 4, (1.0, 2.0),
                                                                                       a.seed + 100)
     base = DiarizeConfig(refine=False)
-    cache = work / f"dev-analyses-{Path(a.checkpoint).stem if a.checkpoint and not a.resemblyzer else 'resemblyzer'}.pkl"
+    tag = "resemblyzer" if a.resemblyzer else Path(a.checkpoint).stem
+    cache = work / f"dev-analyses-{tag}.pkl"
     if cache.exists():                       # the speech and embedding passes of an earlier run with this model
         done = pickle.loads(cache.read_bytes())
     else:

@@ -67,7 +67,8 @@ def score_diarization(reference: list[Segment], hypothesis: list[Segment],
     (nothing to score it against), as md-eval does."""
     _, PSegment, Timeline, DER, JER = _pyannote()
     metrics = {"der_collar": DER(collar=MD_EVAL_COLLAR), "der": DER(collar=0.0),
-               "der_collar_skip": DER(collar=MD_EVAL_COLLAR, skip_overlap=True), "der_skip": DER(collar=0.0, skip_overlap=True),
+               "der_collar_skip": DER(collar=MD_EVAL_COLLAR, skip_overlap=True),
+               "der_skip": DER(collar=0.0, skip_overlap=True),
                "jer": JER(collar=0.0)}
     files = sorted({s.file for s in reference})
     rows = []
@@ -110,8 +111,8 @@ def format_table(rows: list[DerRow]) -> str:
             f"{'conf':>6} {'JER':>7} {'ref':>4} {'hyp':>4} {'speech s':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.file[:24]:<24} {100 * r.der_collar:>7.2f}% {100 * r.der:>6.2f}% {100 * r.der_collar_skip:>10.2f}% "
-                     f"{100 * r.der_skip:>7.2f}% {100 * r.false_alarm:>5.2f}% {100 * r.miss:>5.2f}% "
+        lines.append(f"{r.file[:24]:<24} {100 * r.der_collar:>7.2f}% {100 * r.der:>6.2f}% "
+                     f"{100 * r.der_collar_skip:>10.2f}% {100 * r.der_skip:>7.2f}% {100 * r.false_alarm:>5.2f}% {100 * r.miss:>5.2f}% "
                      f"{100 * r.confusion:>5.2f}% {100 * r.jer:>6.2f}% {r.n_ref:>4} {r.n_hyp:>4} {r.speech:>9.1f}")
     return "\n".join(lines)
 

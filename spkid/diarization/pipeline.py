@@ -356,5 +356,5 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
     return named(r, registry, embedder.model_id) if registry is not None else r.segments
 
 
-__all__ = ["DiarizeConfig", "SpkidEmbedder", "Analysis", "FileDiarization", "analyse", "decide", "diarize_file", "diarize",
-           "METHODS"]
+__all__ = ["DiarizeConfig", "SpkidEmbedder", "Analysis", "FileDiarization", "analyse", "decide", "diarize_file",
+           "diarize", "METHODS"]

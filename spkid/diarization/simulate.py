@@ -43,8 +43,9 @@ def speech_span(wav: np.ndarray, cfg: VadConfig | None = None) -> tuple[np.ndarr
 
 
 def build_conversation(pools: dict[str, list[tuple[np.ndarray, list[tuple[int, int]]]]], duration_s: float,
-                       rng: np.random.Generator, *, name: str = "conversation", turn_s: tuple[float, float] = (1.0, 15.0),
-                       pause_s: tuple[float, float] = (0.2, 1.2), overlap: float = 0.0,
+                       rng: np.random.Generator, *, name: str = "conversation",
+                       turn_s: tuple[float, float] = (1.0, 15.0), pause_s: tuple[float, float] = (0.2, 1.2),
+                       overlap: float = 0.0,
                        transform: Callable[[np.ndarray, int], np.ndarray] | None = None) -> Conversation:
     """A conversation of about ``duration_s`` seconds among ``pools``' speakers.
 

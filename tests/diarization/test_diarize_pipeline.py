@@ -62,7 +62,7 @@ def test_8khz_input_and_forced_counts(tmp_path):
     write_conversation(path, n_speakers=2, seconds=30.0, sample_rate=8000, seed=2)
     assert len(diarize_file(path, MeanLogMel(), diar_config()).labels) == 2
     assert len(diarize_file(path, MeanLogMel(), diar_config(), n_speakers=1).labels) == 1
-    assert len(diarize_file(path, MeanLogMel(), diar_config(), min_speakers=3).labels) >= 2     # the HMM may drop an empty one
+    assert len(diarize_file(path, MeanLogMel(), diar_config(), min_speakers=3).labels) >= 2   # HMM: drops an empty one
     with pytest.raises(ConfigError, match="--min-speakers 3 / --max-speakers 2"):
         diarize_file(path, MeanLogMel(), diar_config(), min_speakers=3, max_speakers=2)
 
