@@ -112,8 +112,8 @@ def format_table(rows: list[DerRow]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.file[:24]:<24} {100 * r.der_collar:>7.2f}% {100 * r.der:>6.2f}% "
-                     f"{100 * r.der_collar_skip:>10.2f}% {100 * r.der_skip:>7.2f}% {100 * r.false_alarm:>5.2f}% {100 * r.miss:>5.2f}% "
-                     f"{100 * r.confusion:>5.2f}% {100 * r.jer:>6.2f}% {r.n_ref:>4} {r.n_hyp:>4} {r.speech:>9.1f}")
+                     f"{100 * r.der_collar_skip:>10.2f}% {100 * r.der_skip:>7.2f}% {100 * r.false_alarm:>5.2f}% "
+                     f"{100 * r.miss:>5.2f}% {100 * r.confusion:>5.2f}% {100 * r.jer:>6.2f}% {r.n_ref:>4} {r.n_hyp:>4} {r.speech:>9.1f}")
     return "\n".join(lines)
 
 
