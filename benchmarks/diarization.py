@@ -310,6 +310,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         rows = write_condition(plans, cond, work / cond, a.seed)
         audio = sum(r["seconds"] for r in rows)
+        write_rttm(work / cond / "reference.rttm", [Segment(**s) for r in rows for s in r["reference"]])
         print(f"[{cond}] {len(rows)} conversations, {audio / 60:.1f} min, overlap "
               f"{100 * np.mean([r['overlap'] for r in rows]):.1f} % (built in {time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
