@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "diarize":             # imported on first use: diarization pulls in scipy's clustering
-        from spkid.diarization.pipeline import diarize
+        from spkid.diarization.batch import diarize
         return diarize
     raise AttributeError(f"module 'spkid' has no attribute {name!r}")

@@ -1,8 +1,10 @@
 """Many files, one RTTM: ``diarize_files`` runs the pipeline file by file, names speakers from a registry, and
-never lets one bad file stop the others (its error is kept, the rest finish; the CLI exits non-zero)."""
+never lets one bad file stop the others (its error is kept, the rest finish; the CLI exits non-zero).
+``diarize`` is the Python API for one file (``spkid.diarize``)."""
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,4 +113,26 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
     return out
 
 
-__all__ = ["DEFAULT_CHECKPOINT", "load_embedder", "named", "FileOutcome", "diarize_files"]
+def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry: str | Path | None = None,
+            n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
+            device: str = "auto", runtime: str = "torch", threads: int = 0,
+            config: DiarizeConfig | None = None) -> list[Segment]:
+    """Who spoke when in one audio file: ``spkid.diarize("meeting.wav", registry="speakers.db")``.
+
+    Returns the speaker turns (``Segment``: file, start, end, speaker, score) in time order. Speakers are
+    ``SPEAKER_00``, ... or, with ``registry``, the enrolled names the registry's back end and threshold give them
+    (one-to-one; ``names.name_clusters``). Without ``checkpoint`` the registry's own model embeds, or without a
+    registry the pretrained ``base`` model. A file without speech gives ``[]`` and a
+    ``UserWarning``."""
+    from spkid.diarization.names import check_registry
+    embedder = load_embedder(checkpoint, registry, device=device, runtime=runtime, threads=threads)
+    if registry is not None:
+        check_registry(registry, embedder.model_id)
+    r = diarize_file(path, embedder, config, n_speakers=n_speakers, min_speakers=min_speakers,
+                     max_speakers=max_speakers)
+    if r.warning:
+        warnings.warn(r.warning, stacklevel=2)
+    return named(r, registry, embedder.model_id) if registry is not None else r.segments
+
+
+__all__ = ["DEFAULT_CHECKPOINT", "load_embedder", "named", "FileOutcome", "diarize_files", "diarize"]

@@ -16,7 +16,6 @@ spkid model (PyTorch or ONNX Runtime), and the benchmark plugs Resemblyzer in th
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,28 +332,5 @@ def _turn(stem: str, a: int, b: int, label: int, sims: np.ndarray) -> Segment:
     return Segment(stem, a / SAMPLE_RATE, b / SAMPLE_RATE, str(int(label)), float(np.mean(sims)))
 
 
-def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry: str | Path | None = None,
-            n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
-            device: str = "auto", runtime: str = "torch", threads: int = 0,
-            config: DiarizeConfig | None = None) -> list[Segment]:
-    """Who spoke when in one audio file: ``spkid.diarize("meeting.wav", registry="speakers.db")``.
-
-    Returns the speaker turns (``Segment``: file, start, end, speaker, score) in time order. Speakers are
-    ``SPEAKER_00``, ... or, with ``registry``, the enrolled names the registry's back end and threshold give them
-    (one-to-one; ``names.name_clusters``). Without ``checkpoint`` the registry's own model embeds, or without a
-    registry the pretrained ``base`` model. A file without speech gives ``[]`` and a
-    ``UserWarning``."""
-    from spkid.diarization.batch import load_embedder, named
-    from spkid.diarization.names import check_registry
-    embedder = load_embedder(checkpoint, registry, device=device, runtime=runtime, threads=threads)
-    if registry is not None:
-        check_registry(registry, embedder.model_id)
-    r = diarize_file(path, embedder, config, n_speakers=n_speakers, min_speakers=min_speakers,
-                     max_speakers=max_speakers)
-    if r.warning:
-        warnings.warn(r.warning, stacklevel=2)
-    return named(r, registry, embedder.model_id) if registry is not None else r.segments
-
-
 __all__ = ["DiarizeConfig", "SpkidEmbedder", "Analysis", "FileDiarization", "analyse", "decide", "diarize_file",
-           "diarize", "METHODS"]
+           "METHODS"]
