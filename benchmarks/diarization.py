@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, help="clustering threshold of the base rows (default: diarize's)")
     ap.add_argument("--checkpoint-10min", help="checkpoint trained 10 minutes (the 'spkid 10-min' rows)")
     ap.add_argument("--threshold-10min", type=float, help="its own calibrated threshold (--calibrate on it)")
-    ap.add_argument("--method", choices=["ahc", "spectral"], default="ahc", help="clustering of every system")
+    ap.add_argument("--method", choices=["ahc", "spectral"], default="spectral", help="clustering of every system")
     ap.add_argument("--resemblyzer", action="store_true", help="also the Resemblyzer-embedding pipeline")
     ap.add_argument("--full", action="store_true", help="12 conversations per corpus, 1-10 min, plus one of an hour")
     ap.add_argument("--conversations", type=int, help="per corpus (default 6 librispeech, 4 FSDD, 3 synthetic)")

@@ -518,7 +518,7 @@ def _add_diarize(sub) -> None:
     p.add_argument("--num-speakers", type=int, metavar="N", help="exactly N speakers (default: found automatically)")
     p.add_argument("--min-speakers", type=int, default=1, metavar="A")
     p.add_argument("--max-speakers", type=int, metavar="B")
-    p.add_argument("--method", choices=["ahc", "spectral"], default="ahc", help="clustering (default ahc)")
+    p.add_argument("--method", choices=["ahc", "spectral"], default="spectral", help="clustering (default spectral)")
     p.add_argument("--threshold", type=float, help="cosine distance at which speakers stay apart (default: "
                                                    "calibrated for the base model; lower finds more speakers)")
     p.add_argument("--device", default="auto")

@@ -122,6 +122,34 @@ def merge_close(x: np.ndarray, labels: np.ndarray, threshold: float, min_speaker
     return labels
 
 
+def merge_same_speaker(raw: np.ndarray, labels: np.ndarray, margin: float, min_speakers: int = 1) -> np.ndarray:
+    """Merge clusters that this recording says are one speaker: ``raw`` ``(N, E)`` uncentred embeddings.
+
+    Each cluster's windows, split into their first and second half in time, give two centres whose cosine is what
+    one speaker scores against itself here (same model, channel and room); two clusters whose centres score within
+    ``margin`` of the lower of their two self-scores are merged, the closest pair first (``(N,) -> (N,)``). This
+    catches one speaker split in two after centring (with one speaker, the mean removed is the speaker)."""
+    labels = relabel(labels)
+    raw = _unit(raw)
+    while labels.max() + 1 > min_speakers:
+        k = int(labels.max()) + 1
+        self_score = np.full(k, np.nan)
+        for j in range(k):
+            idx = np.flatnonzero(labels == j)
+            if len(idx) >= 4:
+                a, b = _unit(raw[idx[: len(idx) // 2]].mean(0)), _unit(raw[idx[len(idx) // 2:]].mean(0))
+                self_score[j] = a @ b
+        c = centroids(raw, labels)
+        gap = c @ c.T - np.fmin.outer(self_score, self_score)        # (K, K); NaN where a cluster is too small
+        gap[np.isnan(gap)] = -np.inf
+        np.fill_diagonal(gap, -np.inf)
+        i, j = np.unravel_index(np.argmax(gap), gap.shape)
+        if gap[i, j] <= -margin:
+            break
+        labels = relabel(np.where(labels == max(i, j), min(i, j), labels))
+    return labels
+
+
 def hmm_resegment(x: np.ndarray, labels: np.ndarray, *, gaps: np.ndarray | None = None, scale: float = 12.0,
                   loop: float = 0.9, iters: int = 3, min_share: float = 0.01, min_speakers: int = 1,
                   n_speakers: int | None = None) -> np.ndarray:
