@@ -77,3 +77,16 @@ def test_compact_bounds_the_points_and_keeps_the_mapping():
     assert len(reps) <= 100 and group.shape == (1200,) and group.max() == len(reps) - 1
     assert np.all(np.diff(group) >= 0)
     assert np.allclose(np.linalg.norm(reps, axis=1), 1.0)
+
+
+def test_merge_same_speaker_keeps_one_voice_whole_and_two_apart():
+    rng = np.random.default_rng(3)
+    common = C._unit(rng.standard_normal(16))                  # what every window of a recording shares (raw)
+    one = C._unit(common + 0.6 * C._unit(rng.standard_normal(16)) + 0.25 * rng.standard_normal((60, 16)))
+    split = rng.integers(0, 2, 60)                              # one speaker cut in two by noise
+    assert C.merge_same_speaker(one, split, 0.08).max() == 0
+    two_x = np.concatenate([one[:30], C._unit(common + 0.6 * C._unit(rng.standard_normal(16))
+                                              + 0.25 * rng.standard_normal((30, 16)))])
+    two_y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    assert C.merge_same_speaker(two_x, two_y, 0.08).max() == 1
+    assert C.merge_same_speaker(one, split, 0.08, min_speakers=2).max() == 1
