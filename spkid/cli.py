@@ -489,6 +489,8 @@ def _add_report(sub) -> None:
     p.add_argument("--answers", metavar="CSV", help="Id,Category answers of --test")
     p.add_argument("--trials", metavar="DIR", help="HW4 directory of speakers unseen in training (verification)")
     p.add_argument("--registry", metavar="FILE", help="draw this registry's threshold on the verification plots")
+    p.add_argument("--diarization", nargs=2, metavar=("REF.rttm", "HYP.rttm"),
+                   help="diarization section: DER per file and timelines, reference above hypothesis")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
 
@@ -499,12 +501,94 @@ def _cmd_report(a) -> int:
 
     def opt(v):
         return Path(v) if v else None
-    refuse_overwriting_inputs([a.output], [x for x in (a.answers, a.registry) if x])
-    r = build_report([d if Path(d).is_dir() else str(d) for d in (a.runs or ["base"])], Path(a.output), test_dir=opt(a.test), answers=opt(a.answers),
-                     trials_dir=opt(a.trials), registry=opt(a.registry), progress=not a.quiet, device=a.device)
+    refuse_overwriting_inputs([a.output], [x for x in (a.answers, a.registry, *(a.diarization or [])) if x])
+    runs = [d if Path(d).is_dir() else str(d) for d in (a.runs or ["base"])]
+    r = build_report(runs, Path(a.output), test_dir=opt(a.test), answers=opt(a.answers),
+                     trials_dir=opt(a.trials), registry=opt(a.registry), progress=not a.quiet, device=a.device,
+                     diarization=tuple(Path(x) for x in a.diarization) if a.diarization else None)
     print(f"report: {r.path}" + (f" ({len(r.figures)} figures in {r.figures[0].parent})" if r.figures else ""))
     for sid in r.sections_missing:
         print(f"  section {sid!r} is empty: the page says what to pass")
+    return 0
+
+
+def _add_diarize(sub) -> None:
+    p = sub.add_parser("diarize", help="who spoke when: speaker turns of audio files as RTTM (names from a registry)")
+    p.add_argument("audio", nargs="+", help="audio files (any length: decoded in blocks)")
+    p.add_argument("-o", "--output", required=True, help="RTTM file for all inputs (file field: each file's stem)")
+    p.add_argument("--segments", metavar="CSV", help="also write file,start,end,speaker,score")
+    p.add_argument("--registry", help="name the speakers enrolled here (its back end, threshold and a margin; "
+                                      "one-to-one); the others are SPEAKER_00, SPEAKER_01, ...")
+    p.add_argument("--checkpoint", help="model that embeds (default: the registry's, else the pretrained base)")
+    p.add_argument("--num-speakers", type=int, metavar="N", help="exactly N speakers (default: found automatically)")
+    p.add_argument("--min-speakers", type=int, default=1, metavar="A")
+    p.add_argument("--max-speakers", type=int, metavar="B")
+    p.add_argument("--method", choices=["ahc", "spectral"], default="spectral", help="clustering (default spectral)")
+    p.add_argument("--threshold", type=float, help="cosine distance at which speakers stay apart (default: "
+                                                   "calibrated for the base model; lower finds more speakers)")
+    p.add_argument("--device", default="auto")
+    _add_inference_options(p, nproc=False)
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_diarize(a) -> int:
+    import time
+    from spkid.diarization.batch import diarize_files, load_embedder
+    from spkid.diarization.pipeline import DiarizeConfig
+    from spkid.diarization.rttm import write_rttm, write_segments_csv
+    from spkid.fileio import refuse_overwriting_inputs
+    if a.num_speakers is not None and (a.min_speakers != 1 or a.max_speakers is not None):
+        raise SpkidError("diarize: give --num-speakers or --min-speakers/--max-speakers, not both")
+    outs = [a.output] + ([a.segments] if a.segments else [])
+    refuse_overwriting_inputs(outs, [*a.audio, *([a.registry] if a.registry else [])])
+    embedder = load_embedder(a.checkpoint, a.registry, device=a.device, **_inference_args(a))
+    t0 = time.perf_counter()
+
+    def report(o):
+        if o.error:                     # the rest of the batch goes on: a warning, as for predict/embed/identify
+            print(f"spkid: warning: {o.error}", file=sys.stderr)
+        elif o.warning:
+            print(f"spkid: warning: {o.warning}", file=sys.stderr)
+        else:
+            print(f"{o.path}: {o.n_speakers} speaker(s), {len(o.segments)} turns, {o.speech:.1f} s of speech in "
+                  f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)")
+    cfg = DiarizeConfig(method=a.method, **({} if a.threshold is None else {"threshold": a.threshold}))
+    res = diarize_files(a.audio, embedder, cfg, registry=a.registry,
+                        n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
+                        progress=not a.quiet, on_file=report)
+    segments = [s for o in res for s in o.segments]
+    write_rttm(a.output, segments)
+    if a.segments:
+        write_segments_csv(a.segments, segments)
+    audio = sum(o.duration for o in res)
+    took = time.perf_counter() - t0
+    failed = sum(o.error is not None for o in res)
+    print(f"wrote {len(segments)} turns of {len(res) - failed} file(s) to {a.output}: {audio:.1f} s of audio in "
+          f"{took:.1f} s ({audio / max(took, 1e-9):.0f}x real time)" + (f"; {failed} file(s) failed" if failed else ""))
+    if failed == len(res):
+        raise SpkidError(f"diarize: no file could be diarized (first: {res[0].error})")
+    return 2 if failed or any(o.warning for o in res) else 0     # a complete output, something was off
+
+
+def _add_eval_diarization(sub) -> None:
+    p = sub.add_parser("eval-diarization", help="DER (±0.25 s collar and none, overlap scored and skipped), JER, "
+                                                "per file (pyannote.metrics)")
+    p.add_argument("reference", help="reference RTTM")
+    p.add_argument("hypothesis", help="hypothesis RTTM (spkid diarize -o)")
+    p.add_argument("--uem", help="UEM file: the scored parts of each file (default: all of it)")
+
+
+def _cmd_eval_diarization(a) -> int:
+    from spkid.diarization.evaluate import format_table, score_diarization
+    from spkid.diarization.rttm import read_rttm, read_uem
+    ref = read_rttm(a.reference)
+    if not ref:
+        raise SpkidError(f"{a.reference}: no SPEAKER lines: nothing to score against")
+    rows = score_diarization(ref, read_rttm(a.hypothesis), read_uem(a.uem) if a.uem else None)
+    print(format_table(rows))
+    t = rows[-1]
+    print(f"DER {100 * t.der_collar:.2f}% (±0.25 s collar, overlap scored), {100 * t.der:.2f}% (no collar); "
+          f"overlap skipped: {100 * t.der_collar_skip:.2f}% / {100 * t.der_skip:.2f}%; JER {100 * t.jer:.2f}%")
     return 0
 
 
@@ -600,7 +684,9 @@ COMMANDS = {"train": (_add_train, _cmd_train), "predict": (_add_predict, _cmd_pr
             "eval-verification": (_add_eval_verification, _cmd_eval_verification), "adapt": (_add_adapt, _cmd_adapt),
             "export": (_add_export, _cmd_export), "report": (_add_report, _cmd_report),
             "import": (_add_import, _cmd_import), "info": (_add_info, _cmd_info),
-            "serve": (_add_serve, _cmd_serve), "token": (_add_token, _cmd_token)}
+            "serve": (_add_serve, _cmd_serve), "token": (_add_token, _cmd_token),
+            "diarize": (_add_diarize, _cmd_diarize),
+            "eval-diarization": (_add_eval_diarization, _cmd_eval_diarization)}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spkid", description="speaker identification toolkit")

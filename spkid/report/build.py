@@ -13,11 +13,12 @@ from pathlib import Path
 from spkid.errors import ConfigError
 from spkid.fileio import atomic_write
 from spkid.report import sections as S
+from spkid.report.diarization import diarization_section
 from spkid.report.html import Image, render_page
 from spkid.report.runs import read_run
 
 FIGURE_NAMES = ("training_steps", "training_time", "per_speaker", "confusion", "duration", "scores", "det",
-                "embeddings")
+                "embeddings", "timeline")
 
 
 @dataclass
@@ -49,13 +50,14 @@ def figures_dir(out_html: Path) -> Path:
 
 def build_report(run_dirs: list[Path], out_html: Path, *, test_dir: Path | None = None,
                  answers: Path | None = None, trials_dir: Path | None = None, registry: Path | None = None,
-                 progress: bool = True, device: str = "auto", tsne_cap: int = 2000,
+                 diarization: tuple[Path, Path] | None = None, progress: bool = True, device: str = "auto", tsne_cap: int = 2000,
                  max_nontarget: int = 200_000) -> ReportResult:
     """Write the report for ``run_dirs`` (several: curves overlaid; the first one's model is evaluated).
 
     ``test_dir``: HW4 test data (``testdata.json`` + ``uttr-*.pt``), with ``answers`` (``Id,Category`` CSV) for
     the closed-set section; ``trials_dir``: HW4 training-layout data of unseen speakers for verification;
-    ``registry``: a ``spkid enroll`` registry whose stored threshold is drawn.
+    ``registry``: a ``spkid enroll`` registry whose stored threshold is drawn; ``diarization``: (reference RTTM,
+    hypothesis RTTM) for the diarization section (DER per file, timelines).
     """
     from tqdm import tqdm
 
@@ -65,7 +67,7 @@ def build_report(run_dirs: list[Path], out_html: Path, *, test_dir: Path | None 
         raise ConfigError("spkid report needs at least one RUN_DIR")
     out_html = Path(out_html)
     needs_model = test_dir is not None or trials_dir is not None
-    bar = tqdm(total=8 + needs_model + (test_dir is not None) + (trials_dir is not None) + (registry is not None),
+    bar = tqdm(total=8 + (diarization is not None) + needs_model + (test_dir is not None) + (trials_dir is not None) + (registry is not None),
                desc="report", unit="stage", disable=not progress, dynamic_ncols=True)
     clock = _Clock(bar)
     try:
@@ -104,6 +106,8 @@ def build_report(run_dirs: list[Path], out_html: Path, *, test_dir: Path | None 
             clock.run("section: embeddings", S.embedding_section, test, tsne_cap,
                       no_model if test_dir is not None else None),
         ]
+        if diarization is not None:             # only on request: a training report needs no diarization note
+            sections.append(clock.run("section: diarization", diarization_section, diarization))
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         subtitle = f"{', '.join(str(r.path) for r in runs)} — generated {stamp}"
         page = clock.run("render html", render_page, "spkid report", subtitle, sections)

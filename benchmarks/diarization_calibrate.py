@@ -1,0 +1,101 @@
+"""``benchmarks/diarization.py --calibrate``: which clustering, at which threshold, on DEVELOPMENT speakers.
+
+Conversations from librispeech-sample train-clean-100 (251 speakers the test table never uses) and synthetic
+voices of another seed, clean and with room + noise. Each is analysed once (speech, window embeddings); then
+every clustering setting runs on the same embeddings (boundaries unrefined, so settings differ only in
+clustering), and finally the best setting with and without the refined boundaries. Prints DER (±0.25 s
+collar, overlap scored) and the share of conversations whose speaker count is wrong, per setting.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from spkid.diarization.evaluate import score_diarization
+from spkid.diarization.pipeline import DiarizeConfig, analyse, decide
+from spkid.diarization.rttm import Segment
+from spkid.diarization.stream import AudioStream
+
+CENTRED = (0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.3)     # distances once the recording's mean is removed
+RAW = (0.3, 0.4, 0.5, 0.6)
+
+
+def _embedder(a):
+    if a.resemblyzer:
+        from diarization import ResemblyzerEmbedder
+        return ResemblyzerEmbedder()
+    from spkid.diarization.batch import load_embedder
+    return load_embedder(a.checkpoint, device="cpu")
+
+
+def calibrate(a, work: Path) -> int:
+    from diarization import conversations, write_condition
+    import torch
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    emb = _embedder(a)
+    if getattr(emb, "model", None) is not None and emb.model.val_eer_threshold is not None:
+        print(f"checkpoint validation EER threshold {emb.model.val_eer_threshold:.3f} "
+              f"(cosine distance {1 - emb.model.val_eer_threshold:.3f})")
+    plans = conversations("libri-dev", 8, (1.0, 2.0), a.seed + 100) + conversations("synth-dev", 4, (1.0, 2.0),
+                                                                                      a.seed + 100)
+    base = DiarizeConfig(refine=False)
+    tag = "resemblyzer" if a.resemblyzer else Path(a.checkpoint).stem
+    cache = work / f"dev-analyses-{tag}.pkl"
+    if cache.exists():                       # the speech and embedding passes of an earlier run with this model
+        done = pickle.loads(cache.read_bytes())
+    else:
+        done = []
+        for cond in ("clean", "room-noise"):
+            rows = write_condition(plans, cond, work / f"dev-{cond}", a.seed + 100)
+            for r in rows:
+                with AudioStream(r["file"]) as s:
+                    done.append((cond, r, analyse(s, emb, base)))
+        cache.write_bytes(pickle.dumps(done))
+    settings = [(f"ahc t={t:.2f}{' +hmm' if h else ''}", replace(base, method="ahc", threshold=t, hmm=h))
+                for t in CENTRED for h in (False, True)]
+    settings += [(f"ahc uncentred t={t:.2f} +hmm", replace(base, method="ahc", threshold=t, centre=False))
+                 for t in RAW]
+    settings += [(f"spectral merge<{t:.2f}{' +hmm' if h else ''}", replace(base, method="spectral", threshold=t, hmm=h))
+                 for t in CENTRED for h in (False, True)]
+    results = []
+    for name, cfg in settings:
+        line = [name]
+        for cond in ("clean", "room-noise"):
+            ref, hyp, wrong = [], [], []
+            for c, r, an in done:
+                if c != cond:
+                    continue
+                d = decide(an, None, None, cfg)
+                ref += [Segment(**s) for s in r["reference"]]
+                hyp += d.segments
+                wrong.append(len(d.labels) != len(r["speakers"]))
+            der = score_diarization(ref, hyp)[-1].der_collar
+            line += [der, float(np.mean(wrong))]
+        results.append(line)
+        print(f"{name:<28} clean DER {100 * line[1]:5.2f} % count wrong {100 * line[2]:3.0f} %   room-noise DER "
+              f"{100 * line[3]:5.2f} % count wrong {100 * line[4]:3.0f} %", flush=True)
+    best = min(results, key=lambda r: r[1] + r[3])
+    print(f"best on the dev conversations: {best[0]}")
+    cfg = dict(settings)[best[0]]
+    for refine in (False, True):
+        ref, hyp, t0, audio = [], [], time.perf_counter(), 0.0
+        for c, r, an in done:
+            with AudioStream(r["file"]) as s:
+                d = decide(an, s, emb, replace(cfg, refine=refine))
+            ref += [Segment(f"{c}/{x['file']}", x["start"], x["end"], x["speaker"]) for x in r["reference"]]
+            hyp += [Segment(f"{c}/{x.file}", x.start, x.end, x.speaker) for x in d.segments]
+            audio += an.duration
+        rows = score_diarization(ref, hyp)[-1]
+        print(f"{best[0]} refine={refine}: DER ±0.25 {100 * rows.der_collar:.2f} %, no collar {100 * rows.der:.2f} % "
+              f"(clustering + boundaries: {time.perf_counter() - t0:.1f} s for {audio / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit("run through benchmarks/diarization.py --calibrate")

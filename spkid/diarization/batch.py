@@ -1,0 +1,138 @@
+"""Many files, one RTTM: ``diarize_files`` runs the pipeline file by file, names speakers from a registry, and
+never lets one bad file stop the others (its error is kept, the rest finish; the CLI exits non-zero).
+``diarize`` is the Python API for one file (``spkid.diarize``)."""
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from spkid.diarization.pipeline import DiarizeConfig, FileDiarization, SpkidEmbedder, diarize_file
+from spkid.diarization.rttm import Segment
+from spkid.errors import SpkidError
+
+DEFAULT_CHECKPOINT = "base"      # the pretrained model, resolved by spkid.load like any checkpoint name
+
+
+def load_embedder(checkpoint: str | Path | None, registry: str | Path | None = None, *, device: str = "auto",
+                  runtime: str = "torch", threads: int = 0) -> SpkidEmbedder:
+    """The model that embeds: ``checkpoint``, else the registry's own model (its embeddings must match), else the
+    pretrained ``base`` model."""
+    from spkid.scoring.model import load
+    if checkpoint is None and registry is not None:
+        from spkid.scoring.speaker_db import SpeakerDB
+        with SpeakerDB.open(registry) as reg:
+            checkpoint = reg.checkpoint
+    return SpkidEmbedder(load(checkpoint or DEFAULT_CHECKPOINT, device, runtime=runtime, threads=threads))
+
+
+def named(r: FileDiarization, registry: str | Path, model_id: str) -> list[Segment]:
+    """``r``'s segments with each cluster's registry name where the registry gives one (``names.name_clusters``);
+    the clusters left anonymous are renumbered ``SPEAKER_00``, ... in order of first speech."""
+    from spkid.diarization.names import name_clusters
+    if not r.segments:
+        return []
+    answers = name_clusters(registry, r.cluster_emb, model_id)
+    rename, k = {}, 0
+    for label, ans in zip(r.labels, answers):
+        if ans.name is None:
+            rename[label] = (f"SPEAKER_{k:02d}", None)
+            k += 1
+        else:
+            rename[label] = (ans.name, ans.score)
+    return [Segment(s.file, s.start, s.end, rename[s.speaker][0],
+                    s.score if rename[s.speaker][1] is None else rename[s.speaker][1]) for s in r.segments]
+
+
+@dataclass
+class FileOutcome:
+    """One input's outcome: its ``segments`` (empty on error or without speech), ``error`` (one line) or
+    ``warning`` (one line), ``n_speakers``, ``duration`` and ``speech`` seconds, ``seconds`` of processing."""
+
+    path: Path
+    segments: list[Segment]
+    n_speakers: int = 0
+    duration: float = 0.0
+    speech: float = 0.0
+    seconds: float = 0.0
+    error: str | None = None
+    warning: str | None = None
+
+
+def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: DiarizeConfig | None = None, *,
+                  registry: str | Path | None = None, n_speakers: int | None = None, min_speakers: int = 1,
+                  max_speakers: int | None = None, progress: bool = True,
+                  on_file: Callable[[FileOutcome], None] | None = None) -> list[FileOutcome]:
+    """Diarize every path (in order); ``SpkidError`` of one file (undecodable, too short) becomes its ``error``.
+    Two inputs with one stem would share an RTTM file field: refused before any work. ``on_file`` is called as
+    each file finishes (the CLI prints a line); the progress bar (seconds of audio, two passes) shows on a
+    terminal only."""
+    import time
+
+    from tqdm import tqdm
+
+    from spkid.diarization.stream import AudioStream
+    paths = [Path(p) for p in paths]
+    if registry is not None:
+        from spkid.diarization.names import check_registry
+        check_registry(registry, embedder.model_id)
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in seen and seen[p.stem] != p:
+            raise SpkidError(f"{p}: same file name stem as {seen[p.stem]}; the RTTM file field could not tell them "
+                             "apart (rename one)")
+        seen[p.stem] = p
+    total = 0.0
+    for p in paths:
+        try:
+            total += 2 * AudioStream(p).duration
+        except SpkidError:
+            pass                                              # reported when its turn comes
+    bar = tqdm(total=round(total), unit="s", desc="diarize", dynamic_ncols=True,
+               disable=not (progress and sys.stderr.isatty()),
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]")
+    out = []
+    try:
+        for p in paths:
+            t0 = time.perf_counter()
+            try:
+                r = diarize_file(p, embedder, cfg, n_speakers=n_speakers, min_speakers=min_speakers,
+                                 max_speakers=max_speakers, progress=bar.update)
+                segs = named(r, registry, embedder.model_id) if registry is not None else r.segments
+                o = FileOutcome(p, segs, len({s.speaker for s in segs}), r.duration, r.speech,
+                                time.perf_counter() - t0, warning=r.warning)
+            except SpkidError as e:
+                o = FileOutcome(p, [], seconds=time.perf_counter() - t0, error=str(e))
+            out.append(o)
+            if on_file is not None:
+                on_file(o)
+    finally:
+        bar.close()
+    return out
+
+
+def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry: str | Path | None = None,
+            n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
+            device: str = "auto", runtime: str = "torch", threads: int = 0,
+            config: DiarizeConfig | None = None) -> list[Segment]:
+    """Who spoke when in one audio file: ``spkid.diarize("meeting.wav", registry="speakers.db")``.
+
+    Returns the speaker turns (``Segment``: file, start, end, speaker, score) in time order. Speakers are
+    ``SPEAKER_00``, ... or, with ``registry``, the enrolled names the registry's back end and threshold give them
+    (one-to-one; ``names.name_clusters``). Without ``checkpoint`` the registry's own model embeds, or without a
+    registry the pretrained ``base`` model. A file without speech gives ``[]`` and a
+    ``UserWarning``."""
+    from spkid.diarization.names import check_registry
+    embedder = load_embedder(checkpoint, registry, device=device, runtime=runtime, threads=threads)
+    if registry is not None:
+        check_registry(registry, embedder.model_id)
+    r = diarize_file(path, embedder, config, n_speakers=n_speakers, min_speakers=min_speakers,
+                     max_speakers=max_speakers)
+    if r.warning:
+        warnings.warn(r.warning, stacklevel=2)
+    return named(r, registry, embedder.model_id) if registry is not None else r.segments
+
+
+__all__ = ["DEFAULT_CHECKPOINT", "load_embedder", "named", "FileOutcome", "diarize_files", "diarize"]

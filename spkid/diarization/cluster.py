@@ -1,0 +1,220 @@
+"""Clustering window embeddings into speakers, with the speaker count found automatically.
+
+Three pieces, each a plain function of L2-normalised embeddings ``x`` ``(N, E)`` (time order) to labels ``(N,)``:
+
+- ``ahc``: agglomerative clustering (average linkage on cosine distance), cut at a calibrated distance, or at
+  ``k`` clusters when the count is known or bounded;
+- ``spectral``: spectral clustering of the pruned cosine affinity, the count from the largest gap between
+  Laplacian eigenvalues, the pruning chosen per recording by the normalised maximum eigengap (Park et al.,
+  "Auto-tuning spectral clustering for speaker diarization", 2019);
+- ``hmm_resegment``: a VBx-style refinement (Landini et al., 2022): an HMM whose states are the speakers, with a
+  loop probability between consecutive windows, run forward-backward; speaker centres re-estimated from the
+  posteriors and speakers whose share vanishes dropped, a few times over.
+
+``compact`` averages runs of consecutive windows so that a long recording clusters a bounded number of points
+(``(N, E) -> (M, E)``); the labels of the representatives are carried back to the windows and refined there.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.cluster.vq import kmeans2
+from scipy.special import logsumexp
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0, 1, ... in order of first appearance ``(N,) -> (N,)``."""
+    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return order[inv].reshape(labels.shape)
+
+
+def centroids(x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """L2-normalised mean embedding per label ``(K, E)`` (labels 0..K-1)."""
+    k = int(labels.max()) + 1
+    w = np.ones(len(x)) if weights is None else weights
+    c = np.zeros((k, x.shape[1]))
+    np.add.at(c, labels, x * w[:, None])
+    return _unit(c)
+
+
+def _bounded(k: int, lo: int, hi: int, n: int) -> int:
+    return max(1, min(max(k, lo), hi, n))
+
+
+def ahc(x: np.ndarray, threshold: float, *, n_speakers: int | None = None, min_speakers: int = 1,
+        max_speakers: int | None = None) -> np.ndarray:
+    """Average-linkage clustering on cosine distance ``(N, E) -> (N,)``.
+
+    Cut where merging would join clusters further apart than ``threshold`` (cosine distance), unless
+    ``n_speakers`` is given or the cut's count falls outside ``[min_speakers, max_speakers]``: then cut at that
+    many clusters."""
+    n = len(x)
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    z = linkage(_unit(x), method="average", metric="cosine")
+    hi = max_speakers or n
+    if n_speakers is not None:
+        return relabel(fcluster(z, _bounded(n_speakers, 1, n, n), criterion="maxclust") - 1)
+    labels = fcluster(z, threshold, criterion="distance") - 1
+    k = int(labels.max()) + 1
+    if not min_speakers <= k <= hi:
+        labels = fcluster(z, _bounded(k, min_speakers, hi, n), criterion="maxclust") - 1
+    return relabel(labels)
+
+
+def spectral(x: np.ndarray, *, n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
+             prune: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4), seed: int = 0) -> np.ndarray:
+    """Spectral clustering ``(N, E) -> (N,)`` with the count from the eigengap (NME-tuned pruning).
+
+    For each pruning fraction ``p`` only the ``p N`` largest similarities of each row are kept; the ``p`` whose
+    largest eigengap is largest relative to ``p`` wins (NME). A count of 1 is only chosen when ``min_speakers``
+    or ``n_speakers`` says so (an eigengap cannot tell one cluster from noise: pair with a merge threshold)."""
+    n = len(x)
+    hi = min(max_speakers or 20, n - 1) if n > 2 else 1
+    if n <= 2 or (n_speakers or 0) == 1 or hi < 2:
+        return np.zeros(n, dtype=np.int64)
+    sim = _unit(x) @ _unit(x).T
+    best = None
+    for p in prune:
+        keep = max(2, int(round(p * n)))
+        a = _pruned(sim, keep)
+        lap = np.diag(a.sum(1)) - a
+        vals, vecs = np.linalg.eigh(lap)
+        gaps = np.diff(vals[: hi + 1])
+        lo = max(min_speakers, 2)
+        k = n_speakers or int(np.argmax(gaps[lo - 1: hi]) + lo)
+        ratio = (keep / n) / (gaps[k - 1] / max(vals[-1], 1e-10) + 1e-10)
+        if best is None or ratio < best[0]:
+            best = (ratio, k, vecs)
+    _, k, vecs = best
+    emb = _unit(vecs[:, :k])
+    _, labels = kmeans2(emb, k, minit="++", seed=seed, missing="warn")
+    return relabel(labels)
+
+
+def _pruned(sim: np.ndarray, keep: int) -> np.ndarray:
+    """Keep each row's ``keep`` largest similarities (others 0), symmetrised ``(N, N)``."""
+    idx = np.argpartition(-sim, keep - 1, axis=1)[:, :keep]
+    a = np.zeros_like(sim)
+    np.put_along_axis(a, idx, np.clip(np.take_along_axis(sim, idx, 1), 0.0, None), 1)
+    a = 0.5 * (a + a.T)
+    np.fill_diagonal(a, 0.0)
+    return a
+
+
+def merge_close(x: np.ndarray, labels: np.ndarray, threshold: float, min_speakers: int = 1) -> np.ndarray:
+    """Merge the closest pair of clusters while their centres' cosine distance is below ``threshold`` (and more
+    than ``min_speakers`` clusters remain) ``(N,) -> (N,)``."""
+    labels = relabel(labels)
+    while labels.max() + 1 > min_speakers:
+        c = centroids(x, labels)
+        d = 1.0 - c @ c.T
+        np.fill_diagonal(d, np.inf)
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        if d[i, j] >= threshold:
+            break
+        labels = relabel(np.where(labels == max(i, j), min(i, j), labels))
+    return labels
+
+
+def merge_same_speaker(raw: np.ndarray, labels: np.ndarray, margin: float, min_speakers: int = 1) -> np.ndarray:
+    """Merge clusters that this recording says are one speaker: ``raw`` ``(N, E)`` uncentred embeddings.
+
+    Each cluster's windows, split into their first and second half in time, give two centres whose cosine is what
+    one speaker scores against itself here (same model, channel and room); two clusters whose centres score within
+    ``margin`` of the lower of their two self-scores are merged, the closest pair first (``(N,) -> (N,)``). This
+    catches one speaker split in two after centring (with one speaker, the mean removed is the speaker)."""
+    labels = relabel(labels)
+    raw = _unit(raw)
+    while labels.max() + 1 > min_speakers:
+        k = int(labels.max()) + 1
+        self_score = np.full(k, np.nan)
+        for j in range(k):
+            idx = np.flatnonzero(labels == j)
+            if len(idx) >= 4:
+                a, b = _unit(raw[idx[: len(idx) // 2]].mean(0)), _unit(raw[idx[len(idx) // 2:]].mean(0))
+                self_score[j] = a @ b
+        c = centroids(raw, labels)
+        gap = c @ c.T - np.fmin.outer(self_score, self_score)        # (K, K); NaN where a cluster is too small
+        gap[np.isnan(gap)] = -np.inf
+        np.fill_diagonal(gap, -np.inf)
+        i, j = np.unravel_index(np.argmax(gap), gap.shape)
+        if gap[i, j] <= -margin:
+            break
+        labels = relabel(np.where(labels == max(i, j), min(i, j), labels))
+    return labels
+
+
+def hmm_resegment(x: np.ndarray, labels: np.ndarray, *, gaps: np.ndarray | None = None, scale: float = 12.0,
+                  loop: float = 0.9, iters: int = 3, min_share: float = 0.01, min_speakers: int = 1,
+                  n_speakers: int | None = None) -> np.ndarray:
+    """VBx-style refinement of ``labels`` ``(N,)`` for windows ``x`` ``(N, E)`` in time order.
+
+    States are the speakers; a window's log-likelihood under speaker k is ``scale * cos(x_t, centre_k)``; between
+    consecutive windows the speaker stays with probability ``loop`` (``gaps`` ``(N-1,)`` True where a pause
+    separates two windows: there the next speaker is drawn afresh). Each iteration runs forward-backward,
+    re-estimates the centres from the posteriors and drops speakers holding under ``min_share`` of the windows
+    (never below ``min_speakers``, never when ``n_speakers`` is fixed). Returns the posterior's best labels.
+    """
+    x = _unit(x)
+    labels = relabel(labels)
+    n = len(x)
+    gaps = np.zeros(max(n - 1, 0), dtype=bool) if gaps is None else gaps
+    for _ in range(iters):
+        c = centroids(x, labels)
+        k = len(c)
+        if k == 1 or n == 1:
+            return np.zeros(n, dtype=np.int64)
+        post = _forward_backward(scale * (x @ c.T), loop, gaps)               # (N, K)
+        share = post.mean(0)
+        keep = np.ones(k, dtype=bool)
+        if n_speakers is None:
+            for j in np.argsort(share):
+                if share[j] < min_share and keep.sum() > max(min_speakers, 1):
+                    keep[j] = False
+        post = post[:, keep]
+        new = relabel(post.argmax(1))
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def _forward_backward(loglik: np.ndarray, loop: float, gaps: np.ndarray) -> np.ndarray:
+    """Posteriors ``(N, K)`` of a speaker-loop HMM with emissions ``loglik`` ``(N, K)`` (uniform start)."""
+    n, k = loglik.shape
+    stay = np.log(loop + (1 - loop) / k)
+    move = np.log((1 - loop) / k)
+    trans = np.full((k, k), move)
+    np.fill_diagonal(trans, stay)
+    free = np.full((k, k), -np.log(k))
+    fwd = np.empty((n, k))
+    fwd[0] = loglik[0] - np.log(k)
+    for t in range(1, n):
+        tr = free if gaps[t - 1] else trans
+        fwd[t] = loglik[t] + logsumexp(fwd[t - 1][:, None] + tr, axis=0)
+    bwd = np.zeros((n, k))
+    for t in range(n - 2, -1, -1):
+        tr = free if gaps[t] else trans
+        bwd[t] = logsumexp(tr + (loglik[t + 1] + bwd[t + 1])[None, :], axis=1)
+    lp = fwd + bwd
+    return np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
+
+
+def compact(x: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` representatives: means of runs of ``ceil(N / max_points)`` consecutive windows.
+    Returns ``(reps (M, E), group (N,))``, ``group[t]`` the representative of window ``t``."""
+    n = len(x)
+    g = max(1, -(-n // max_points))
+    group = np.arange(n) // g
+    reps = np.zeros((int(group[-1]) + 1 if n else 0, x.shape[1]))
+    np.add.at(reps, group, x)
+    return _unit(reps), group
+
+
+__all__ = ["ahc", "spectral", "merge_close", "hmm_resegment", "compact", "centroids", "relabel"]

@@ -1,0 +1,344 @@
+"""Who spoke when: speech detection -> window embeddings -> clustering -> refined boundaries -> segments.
+
+One file goes through four streaming passes, each decoding the audio block by block (``stream.AudioStream``),
+so memory is bounded by a block, the window embeddings ``(W, E)`` and the clustering's ``max_points``:
+
+1. Silero speech probabilities over the whole file (``stream.speech_probs_stream``) -> speech segments;
+2. embeddings of ``window_s`` windows every ``hop_s`` over the speech, in batches;
+3. clustering (``cluster``: AHC at a calibrated threshold, or spectral + eigengap; then the HMM refinement)
+   -> one speaker label per window;
+4. every change of speaker between two windows is placed on a finer grid: short windows every ``refine_step_s``
+   across the change are scored against the two speakers' centres and the boundary goes where the evidence
+   flips (the split that maximises the summed score difference).
+
+``Embedder`` is anything that maps a batch of 16 kHz waveforms to embeddings; ``SpkidEmbedder`` is a loaded
+spkid model (PyTorch or ONNX Runtime), and the benchmark plugs Resemblyzer in through the same door.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spkid.audio.vad import VadConfig, segments_from_probs
+from spkid.diarization import cluster as C
+from spkid.diarization.rttm import Segment
+from spkid.diarization.stream import SAMPLE_RATE, AudioStream, speech_probs_stream, windows_over
+from spkid.errors import ConfigError, DataError
+
+METHODS = ("ahc", "spectral")
+
+
+@dataclass
+class DiarizeConfig:
+    """Settings of ``diarize`` (times in seconds).
+
+    ``threshold`` is the cosine distance at which AHC stops merging (and below which ``spectral``'s clusters are
+    merged), calibrated on development conversations (docs/diarization.md); ``same_speaker`` the margin of the
+    same-speaker merge that keeps a one-speaker recording whole (0: off); ``hmm`` turns on the VBx-style
+    refinement, ``refine`` the finer boundaries.
+    """
+
+    window_s: float = 1.5
+    hop_s: float = 0.75
+    min_window_s: float = 0.4        # shorter speech gets no window of its own (it takes its nearest window's label)
+    block_s: float = 300.0           # audio decoded per block: memory per block is 4 bytes x 16000 x block_s
+    batch: int = 64                  # windows per embedding batch
+    method: str = "spectral"         # ahc's count collapsed to 2 on the test conversations (docs/diarization.md)
+    threshold: float = 1.1           # in the centred space; best on the dev conversations for three models (1.05-1.2)
+    same_speaker: float = 0.0        # > 0: merge clusters the recording scores as one speaker within this margin
+                                     # (cluster.merge_same_speaker; 0.08 keeps monologues whole more often but cost
+                                     # 2-8 DER points on the test conversations: off)
+    max_points: int = 2000           # clustering sees at most this many points (averages of consecutive windows)
+    hmm: bool = True
+    hmm_scale: float = 12.0
+    hmm_loop: float = 0.9
+    centre: bool = True              # subtract the recording's mean embedding before clustering (what all share)
+    refine: bool = True
+    refine_window_s: float = 1.0
+    refine_step_s: float = 0.15
+    overlap: float = 0.0             # > 0: around a refined change, short windows this close to BOTH speakers' centres
+                                     # (raw cosine: in the centred space two speakers' centres are opposite) are
+                                     # given to both (overlapped speech); 0: off
+    vad: VadConfig = field(default_factory=VadConfig)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"diarize method {self.method!r} unknown; choose one of {', '.join(METHODS)}")
+        if not 0 < self.hop_s <= self.window_s or self.min_window_s > self.window_s or self.min_window_s <= 0:
+            raise ConfigError(f"diarize windows: need 0 < hop_s <= window_s and 0 < min_window_s <= window_s, got "
+                              f"{self.hop_s}, {self.window_s}, {self.min_window_s}")
+        if self.block_s < 10 * self.window_s or self.batch < 1 or self.max_points < 2:
+            raise ConfigError(f"diarize: need block_s >= 10 windows, batch >= 1, max_points >= 2; got {self.block_s}, "
+                              f"{self.batch}, {self.max_points}")
+        if not 0 < self.threshold < 2:
+            raise ConfigError(f"diarize threshold {self.threshold}: a cosine distance in (0, 2)")
+        self.vad.validate()
+
+
+Embedder = Callable[[list[np.ndarray]], np.ndarray]   # 16 kHz waveforms [(S_i,)] -> embeddings (B, E)
+
+
+class SpkidEmbedder:
+    """A loaded ``spkid.Model`` as an ``Embedder``: the model's log-mel front end on the batch, then its network
+    (eager PyTorch or ONNX Runtime, whichever the model was loaded with)."""
+
+    def __init__(self, model):
+        from spkid.audio.frontend import frontend_for
+        if model.cfg.features.sample_rate != SAMPLE_RATE:
+            raise ConfigError(f"{model.path}: diarization needs a 16 kHz model, this one is "
+                              f"{model.cfg.features.sample_rate} Hz")
+        self.model = model
+        self.frontend = frontend_for(model.cfg.features)
+        self.model_id = model.model_id
+
+    @torch.no_grad()
+    def __call__(self, wavs: list[np.ndarray]) -> np.ndarray:
+        lengths = torch.tensor([w.size for w in wavs])
+        x = torch.zeros(len(wavs), int(lengths.max()))
+        for i, w in enumerate(wavs):
+            x[i, : w.size] = torch.from_numpy(w)
+        feats, n = self.frontend(x, lengths)                                   # (B, S) -> (B, T, F)
+        return self.model.embed_raw([f[:k] for f, k in zip(feats, n.tolist())]).numpy()
+
+
+@dataclass
+class FileDiarization:
+    """One file's result: ``segments`` (time order), ``duration`` and ``speech`` in seconds, ``n_windows``,
+    ``cluster_emb`` ``(K, E)`` (each speaker's mean window embedding, in label order), ``warning`` (None, or why
+    the file has no segments)."""
+
+    segments: list[Segment]
+    duration: float
+    speech: float
+    n_windows: int
+    cluster_emb: np.ndarray
+    labels: list[str]
+    warning: str | None = None
+
+
+@dataclass
+class Analysis:
+    """What the speech and embedding passes found in one file: ``duration`` (s), ``speech`` segments
+    ``[(start, end)]`` and windows ``win`` ``(W, 2)`` in 16 kHz samples, window embeddings ``emb`` ``(W, E)``."""
+
+    path: Path
+    duration: float
+    speech: list[tuple[int, int]]
+    win: np.ndarray
+    emb: np.ndarray
+
+    @property
+    def speech_s(self) -> float:
+        return sum(e - s for s, e in self.speech) / SAMPLE_RATE
+
+
+def analyse(stream: AudioStream, embedder: Embedder, cfg: DiarizeConfig, progress=None) -> Analysis:
+    """Passes 1 and 2: speech detection, then the window embeddings (none when no window fits the speech).
+    Raises ``DataError`` for a file shorter than one window."""
+    if stream.duration < cfg.window_s:
+        raise DataError(f"{stream.path}: {stream.duration:.2f} s of audio is shorter than one {cfg.window_s:g} s "
+                        "window")
+    probs = speech_probs_stream(stream, cfg.block_s, threads=cfg.vad.threads, progress=progress)
+    speech = segments_from_probs(probs, stream.n_samples, cfg.vad)
+    win = windows_over(speech, _n(cfg.window_s), _n(cfg.hop_s), _n(cfg.min_window_s))
+    if len(win) == 0:
+        if progress is not None:
+            progress(stream.duration)
+        return Analysis(stream.path, stream.duration, speech, win, np.zeros((0, 0), dtype=np.float32))
+    return Analysis(stream.path, stream.duration, speech, win, _embed_windows(stream, win, embedder, cfg, progress))
+
+
+def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, cfg: DiarizeConfig, *,
+           n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None) -> FileDiarization:
+    """Passes 3 and 4: cluster the windows, place the boundaries (refined when ``cfg.refine`` and a ``stream`` and
+    ``embedder`` are given), cut the speech into speaker turns."""
+    if len(a.win) == 0:
+        why = (f"{a.path}: no speech found" if not a.speech else
+               f"{a.path}: only {a.speech_s:.2f} s of speech, in pieces shorter than {cfg.min_window_s:g} s")
+        return FileDiarization([], a.duration, a.speech_s, 0, np.zeros((0, 0)), [], why + "; empty result")
+    mu = C._unit(a.emb).mean(0) if cfg.centre else np.zeros(a.emb.shape[1])
+    x = _space(a.emb, mu)
+    labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb)
+    cents = C.centroids(x, labels)
+    refine = cfg.refine and stream is not None and embedder is not None
+    bounds, overlaps = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu,
+                                   C.centroids(C._unit(a.emb), labels))
+    segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents, overlaps)
+    names = [f"SPEAKER_{k:02d}" for k in range(len(cents))]
+    segments = [Segment(s.file, s.start, s.end, names[int(s.speaker)], s.score) for s in segments]
+    mean_raw = np.stack([a.emb[labels == k].mean(0) for k in range(len(cents))])
+    return FileDiarization(segments, a.duration, a.speech_s, len(a.win), mean_raw, names)
+
+
+def diarize_file(path: str | Path, embedder: Embedder, cfg: DiarizeConfig | None = None, *,
+                 n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
+                 progress: Callable[[float], None] | None = None) -> FileDiarization:
+    """Diarize one audio file (segments labelled ``SPEAKER_00``, ``SPEAKER_01``, ... in order of first speech).
+
+    ``progress(seconds)`` is called as audio is processed (about 2x the file's duration in all: the speech pass
+    and the embedding pass). Raises ``DataError`` for an undecodable file or one shorter than a window."""
+    cfg = cfg or DiarizeConfig()
+    _check_counts(n_speakers, min_speakers, max_speakers)
+    with AudioStream(path) as stream:
+        a = analyse(stream, embedder, cfg, progress)
+        return decide(a, stream, embedder, cfg, n_speakers=n_speakers, min_speakers=min_speakers,
+                      max_speakers=max_speakers)
+
+
+def _space(emb: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Embeddings ``(N, E)`` in the clustering space: L2-normalised, minus the recording's mean ``mu``, again
+    L2-normalised."""
+    return C._unit(C._unit(emb) - mu)
+
+
+def _n(seconds: float) -> int:
+    return int(round(seconds * SAMPLE_RATE))
+
+
+def _check_counts(n: int | None, lo: int, hi: int | None) -> None:
+    if n is not None and n < 1:
+        raise ConfigError(f"--num-speakers {n}: must be >= 1")
+    if lo < 1 or (hi is not None and hi < lo):
+        raise ConfigError(f"--min-speakers {lo} / --max-speakers {hi}: need 1 <= min <= max")
+
+
+def _embed_windows(stream: AudioStream, win: np.ndarray, embedder: Embedder, cfg: DiarizeConfig,
+                   progress) -> np.ndarray:
+    """Embeddings ``(W, E)`` of windows ``win`` ``(W, 2)`` (samples, sorted), decoding block by block; a window
+    across two blocks waits for the next one (the unfinished tail is kept)."""
+    out: list[np.ndarray] = []
+    i, n = 0, len(win)
+    tail, tail_start = np.zeros(0, dtype=np.float32), 0
+    for start, wav in stream.blocks(cfg.block_s):
+        buf = np.concatenate([tail, wav]) if tail.size else wav
+        buf_start = start - tail.size
+        end = start + wav.size
+        j = i
+        while j < n and win[j, 1] <= end:
+            j += 1
+        for a in range(i, j, cfg.batch):
+            idx = range(a, min(a + cfg.batch, j))
+            out.append(np.asarray(embedder([buf[win[k, 0] - buf_start: win[k, 1] - buf_start] for k in idx]),
+                                  dtype=np.float32))
+        i = j
+        keep_from = win[i, 0] if i < n else end
+        tail = buf[max(keep_from, buf_start) - buf_start:].copy()
+        if progress is not None:
+            progress(wav.size / SAMPLE_RATE)
+        if i >= n:
+            break
+    return np.concatenate(out)
+
+
+def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min_speakers, max_speakers,
+             raw: np.ndarray) -> np.ndarray:
+    """Window labels ``(W,)`` 0..K-1: cluster (representatives of a long file) the centred windows ``x``, merge what
+    the uncentred ``raw`` ``(W, E)`` call one speaker, then the HMM over all windows."""
+    reps, group = C.compact(x, cfg.max_points)
+    if cfg.method == "ahc":
+        rl = C.ahc(reps, cfg.threshold, n_speakers=n_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+    else:
+        rl = C.spectral(reps, n_speakers=n_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+        if n_speakers is None:
+            rl = C.merge_close(reps, rl, cfg.threshold, min_speakers)
+    labels = rl[group]
+    if cfg.same_speaker > 0 and n_speakers is None:
+        labels = C.merge_same_speaker(raw, labels, cfg.same_speaker, min_speakers)
+    if cfg.hmm:
+        gaps = win[1:, 0] > win[:-1, 1]                                     # a pause between two windows
+        labels = C.hmm_resegment(x, labels, gaps=gaps, scale=cfg.hmm_scale, loop=cfg.hmm_loop,
+                                 min_speakers=min_speakers, n_speakers=n_speakers)
+    return C.relabel(labels)
+
+
+def _boundaries(stream: AudioStream | None, win: np.ndarray, labels: np.ndarray, cents: np.ndarray,
+                embedder: Embedder | None, cfg: DiarizeConfig, refine: bool, mu: np.ndarray, raw_cents: np.ndarray):
+    """``({t: sample}, {t: (start, end)})``: where speech passes from window ``t``'s speaker to window ``t+1``'s, for
+    each change between overlapping windows (without ``refine``: halfway between the window centres), and, with
+    ``cfg.overlap``, the stretch around that change where both speakers talk."""
+    out, overlaps = {}, {}
+    centre = win.mean(1)
+    for t in np.flatnonzero((labels[1:] != labels[:-1]) & (win[1:, 0] < win[:-1, 1])):
+        a, b = int(centre[t]), int(centre[t + 1])
+        out[int(t)] = (a + b) // 2
+        if not refine:
+            continue
+        half, step = _n(cfg.refine_window_s) // 2, _n(cfg.refine_step_s)
+        lo, hi = max(a - _n(cfg.hop_s) // 2, win[t, 0] + half), min(b + _n(cfg.hop_s) // 2, win[t + 1, 1] - half)
+        points = np.arange(lo, hi + 1, step)
+        if len(points) < 3:
+            continue
+        audio = stream.read(int(points[0]) - half, int(points[-1]) + half)
+        wavs = [audio[p - points[0]: p - points[0] + 2 * half] for p in points]
+        raw = C._unit(np.concatenate([embedder(wavs[i: i + cfg.batch]) for i in range(0, len(wavs), cfg.batch)]))
+        e = _space(raw, mu)
+        d = e @ cents[labels[t]] - e @ cents[labels[t + 1]]                 # > 0: sounds like the first speaker
+        # split after point j: evidence for the first speaker before, for the second after
+        gain = np.cumsum(d)[:-1] - (d.sum() - np.cumsum(d)[:-1])
+        j = int(np.argmax(gain))
+        out[int(t)] = int((points[j] + points[j + 1]) // 2)
+        if cfg.overlap > 0:
+            both = np.minimum(raw @ raw_cents[labels[t]], raw @ raw_cents[labels[t + 1]]) >= cfg.overlap
+            if both[j] or both[j + 1]:
+                first, last = (j, j) if both[j] else (j + 1, j + 1)
+                while first > 0 and both[first - 1]:
+                    first -= 1
+                while last < len(points) - 1 and both[last + 1]:
+                    last += 1
+                overlaps[int(t)] = (int(points[first]) - step // 2, int(points[last]) + step // 2)
+    return out, overlaps
+
+
+def _segments(stem: str, speech, win: np.ndarray, labels: np.ndarray, bounds: dict[int, int], x: np.ndarray,
+              cents: np.ndarray, overlaps: dict[int, tuple[int, int]] | None = None) -> list[Segment]:
+    """Speaker turns: each speech segment split where its windows change speaker (at ``bounds``); speech without a
+    window of its own takes the label of the nearest window; in an overlap around change ``t`` the first speaker
+    goes on to its end and the second starts at its start. Score: the turn's windows' mean cosine to the speaker's
+    centre. Labels are returned as strings of the cluster index."""
+    centre = win.mean(1)
+    sim = (x * cents[labels]).sum(1)                                            # (W,) cosine to own centre
+    out: list[Segment] = []
+    for s, e in speech:
+        inside = np.flatnonzero((win[:, 0] >= s) & (win[:, 1] <= e))
+        if inside.size == 0:
+            t = int(np.argmin(np.abs(centre - (s + e) / 2)))
+            out.append(Segment(stem, s / SAMPLE_RATE, e / SAMPLE_RATE, str(labels[t]), float(sim[t])))
+            continue
+        start, first = s, inside[0]
+        for t in inside[:-1]:
+            if labels[t + 1] != labels[t]:
+                cut = min(max(bounds.get(int(t), int(centre[t] + centre[t + 1]) // 2), start), e)
+                out.append(_turn(stem, start, cut, labels[t], sim[first: t + 1]))
+                start, first = cut, t + 1
+        out.append(_turn(stem, start, e, labels[inside[-1]], sim[first: inside[-1] + 1]))
+        for t in inside[:-1]:
+            if int(t) in (overlaps or {}) and labels[t + 1] != labels[t]:
+                o1, o2 = overlaps[int(t)]
+                cut = bounds[int(t)]
+                out.append(_turn(stem, max(cut, s), min(o2, e), labels[t], sim[t: t + 1]))
+                out.append(_turn(stem, max(o1, s), min(cut, e), labels[t + 1], sim[t + 1: t + 2]))
+    return _merge([seg for seg in out if seg.end > seg.start])
+
+
+def _merge(segs: list[Segment]) -> list[Segment]:
+    """Touching or overlapping turns of one speaker joined (score: the longer one's); time order."""
+    out: list[Segment] = []
+    for s in sorted(segs, key=lambda s: (s.speaker, s.start)):
+        if out and out[-1].speaker == s.speaker and s.start <= out[-1].end + 1e-6:
+            keep = out[-1] if out[-1].duration >= s.duration else s
+            out[-1] = Segment(s.file, out[-1].start, max(out[-1].end, s.end), s.speaker, keep.score)
+        else:
+            out.append(s)
+    return sorted(out, key=lambda s: (s.start, s.speaker))
+
+
+def _turn(stem: str, a: int, b: int, label: int, sims: np.ndarray) -> Segment:
+    return Segment(stem, a / SAMPLE_RATE, b / SAMPLE_RATE, str(int(label)), float(np.mean(sims)))
+
+
+__all__ = ["DiarizeConfig", "SpkidEmbedder", "Analysis", "FileDiarization", "analyse", "decide", "diarize_file",
+           "METHODS"]

@@ -1,0 +1,151 @@
+"""Audio of any length in bounded memory: decoded in blocks, speech detected across blocks, windows cut.
+
+``AudioStream(path)`` decodes a file block by block (``soundfile`` seeks and reads; channels averaged; other
+sample rates resampled per block with a margin on each side so the block edges see the same filter as one
+long resampling would). Nothing holds more than a block plus a window of audio, so a 3-hour file needs
+what a 5-minute one does.
+
+``speech_probs_stream`` runs Silero over the blocks: each block is given the previous block's last 2 s as
+context (the LSTM warms up on real audio, not on silence), and the context frames' probabilities are dropped.
+``windows_over`` places the embedding windows on the detected speech.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from spkid.audio.io import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
+from spkid.audio.vad import FRAME, speech_probs
+from spkid.errors import DataError
+
+SAMPLE_RATE = 16000
+CONTEXT_FRAMES = 64          # VAD frames (32 ms each, about 2 s) of the previous block given as context
+RESAMPLE_MARGIN_S = 0.1      # seconds of input read past each block edge for the resampling filter
+
+
+class AudioStream:
+    """A decodable audio file read in blocks of 16 kHz mono float32.
+
+    ``duration`` is in seconds at the file's own rate; ``blocks(block_s)`` yields ``(start_sample, wav (S,))``
+    in 16 kHz samples, the blocks tiling the file. Raises ``DataError("<path>: ...")`` when the file is missing
+    or not decodable (at open or at any block).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: " + ("file not found" if not self.path.exists() else "not a regular file"))
+        try:
+            info = sf.info(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+            raise DataError(f"{self.path}: not readable as audio ({_first_line(e)})") from None
+        if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+            raise DataError(f"{self.path}: sample rate {info.samplerate} Hz is outside "
+                            f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+        if not 1 <= info.channels <= MAX_CHANNELS:
+            raise DataError(f"{self.path}: {info.channels} channels (at most {MAX_CHANNELS})")
+        self.sample_rate, self.frames = info.samplerate, info.frames
+        self.duration = info.frames / info.samplerate
+        self.n_samples = int(round(info.frames * SAMPLE_RATE / info.samplerate))   # at 16 kHz
+        self._file = None                           # opened on the first read, kept open until close()
+
+    def __enter__(self) -> "AudioStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def blocks(self, block_s: float, start_s: float = 0.0) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, wav)`` blocks of ``block_s`` seconds (a whole number of VAD frames) from ``start_s`` on."""
+        step = max(FRAME, int(round(block_s * SAMPLE_RATE / FRAME)) * FRAME)        # 16 kHz samples per block
+        pos = int(start_s * SAMPLE_RATE) // FRAME * FRAME
+        while pos < self.n_samples:
+            end = min(pos + step, self.n_samples)
+            yield pos, self.read(pos, end)
+            pos = end
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        """16 kHz samples ``[start, end)`` ``(end - start,)``, zero past the end of the file."""
+        sr = self.sample_rate
+        if sr == SAMPLE_RATE:
+            wav = self._read_native(start, end)
+        else:
+            margin = int(RESAMPLE_MARGIN_S * sr)
+            g = math.gcd(sr, SAMPLE_RATE)
+            up, down = SAMPLE_RATE // g, sr // g
+            a, b = math.floor(start * sr / SAMPLE_RATE), math.ceil(end * sr / SAMPLE_RATE)
+            lo = max(0, (a - margin) // down * down)    # a multiple of `down`: its 16 kHz position is a whole sample
+            x = self._read_native(lo, b + margin)
+            y = resample(x, sr, SAMPLE_RATE)
+            off = lo // down * up                       # 16 kHz sample where y starts
+            wav = y[start - off: end - off]
+        out = np.zeros(end - start, dtype=np.float32)
+        out[: wav.size] = wav[: end - start]
+        return out
+
+    def _read_native(self, start: int, end: int) -> np.ndarray:
+        try:
+            if self._file is None:
+                self._file = sf.SoundFile(str(self.path))
+            self._file.seek(min(start, self.frames))
+            data = self._file.read(max(0, min(end, self.frames) - start), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+            raise DataError(f"{self.path}: not readable as audio at {start / self.sample_rate:.1f} s "
+                            f"({_first_line(e)})") from None
+        x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]            # (S, C) -> (S,)
+        if not np.isfinite(x).all():
+            raise DataError(f"{self.path}: audio contains NaN or Inf samples near {start / self.sample_rate:.1f} s")
+        return x
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0] or type(e).__name__
+
+
+def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1, progress=None) -> np.ndarray:
+    """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block.
+
+    ``progress(seconds)`` is called after each block with the seconds of audio it covered."""
+    out = []
+    tail = np.zeros(0, dtype=np.float32)
+    for start, wav in stream.blocks(block_s):
+        p = speech_probs(np.concatenate([tail, wav]), threads)
+        out.append(p[tail.size // FRAME: tail.size // FRAME + -(-wav.size // FRAME)])
+        tail = wav[-CONTEXT_FRAMES * FRAME:] if wav.size >= CONTEXT_FRAMES * FRAME else np.zeros(0, np.float32)
+        if progress is not None:
+            progress(wav.size / SAMPLE_RATE)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def windows_over(speech: list[tuple[int, int]], window: int, hop: int, min_window: int) -> np.ndarray:
+    """Embedding windows ``(W, 2)`` ``[start, end)`` in samples over speech segments ``[(start, end)]``.
+
+    A segment at least ``window`` long gets windows every ``hop`` (the last one aligned to its end); a shorter
+    one of at least ``min_window`` gets one window of its own length; shorter ones get none (they take the
+    label of the nearest window later).
+    """
+    out = []
+    for s, e in speech:
+        n = e - s
+        if n < min_window:
+            continue
+        if n <= window:
+            out.append((s, e))
+            continue
+        starts = list(range(s, e - window + 1, hop))
+        if starts[-1] + window < e:
+            starts.append(e - window)
+        out.extend((a, a + window) for a in starts)
+    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+
+__all__ = ["AudioStream", "speech_probs_stream", "windows_over", "SAMPLE_RATE"]

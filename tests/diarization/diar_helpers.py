@@ -1,0 +1,60 @@
+"""Shared pieces of the diarization tests: distinct synthetic voices, conversations of them, and an embedder that
+needs no training (mean and spread of the log-mel bands), so pipeline tests do not depend on a model's quality."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from spkid.audio.frontend import logmel
+from spkid.audio.synth import make_voice, synth_utterance
+from spkid.diarization.simulate import build_conversation, speech_span
+
+def diar_config(**kw):
+    """``DiarizeConfig`` that suits ``MeanLogMel``: AHC at 1.1, and no same-speaker merge (its raw vectors share one
+    large common part, so every raw cosine is near 1: the merge's premise, a speaker embedder's raw space, fails)."""
+    from spkid.diarization.pipeline import DiarizeConfig
+    return DiarizeConfig(**{"threshold": 1.1, "method": "ahc", "same_speaker": 0.0, **kw})
+
+
+VOICES = ((3, 90.0, 0.85), (11, 240.0, 1.15), (5, 160.0, 1.0))     # (seed, F0 Hz, vocal-tract scale): far apart
+
+
+class MeanLogMel:
+    """``Embedder``: the mean and standard deviation of each log-mel band over the window ``(B, 80)``."""
+
+    model_id = "mean-logmel"
+
+    def __init__(self, offset: np.ndarray | None = None):
+        self.calls: list[int] = []             # window lengths seen (samples), for tests that check the windows
+        self.offset = offset                   # subtracted from every embedding (makes raw cosines meaningful)
+
+    def __call__(self, wavs):
+        self.calls += [w.size for w in wavs]
+        out = []
+        for w in wavs:
+            f = logmel(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+            out.append(torch.cat([f.mean(0), f.std(0)]).numpy())
+        return np.stack(out) - (0.0 if self.offset is None else self.offset)
+
+
+def voice_pools(n: int = 2, utterances: int = 4, seconds: float = 3.0) -> dict:
+    pools = {}
+    for i, (seed, f0, vtl) in enumerate(VOICES[:n]):
+        v = dataclasses.replace(make_voice(np.random.default_rng([seed])), f0=f0, vtl=vtl)
+        pools[f"spk{i}"] = [speech_span(synth_utterance(v, np.random.default_rng([seed, j]), 16000, seconds))
+                            for j in range(utterances)]
+    return pools
+
+
+def write_conversation(path, n_speakers: int = 2, seconds: float = 40.0, seed: int = 0, sample_rate: int = 16000,
+                       overlap: float = 0.0):
+    """A conversation of ``n_speakers`` distinct voices written to ``path`` (its reference file field: the stem)."""
+    from spkid.audio.io import resample
+    conv = build_conversation(voice_pools(n_speakers), seconds, np.random.default_rng(seed), name=path.stem,
+                              overlap=overlap)
+    wav = conv.wav if sample_rate == 16000 else resample(conv.wav, 16000, sample_rate)
+    sf.write(str(path), wav, sample_rate)
+    return conv

@@ -1,0 +1,92 @@
+"""Clustering window embeddings: the count found automatically, forced or bounded; the HMM refinement; merging;
+compaction of long recordings."""
+import numpy as np
+import pytest
+
+from spkid.diarization import cluster as C
+
+
+def _blobs(sizes, dim=16, spread=0.35, seed=0):
+    """Runs of windows of ``len(sizes)`` speakers in time order: ``(N, E)`` and the true labels ``(N,)``."""
+    rng = np.random.default_rng(seed)
+    centres = C._unit(rng.standard_normal((len(sizes), dim)))
+    x, y = [], []
+    for k, n in enumerate(sizes):
+        x.append(centres[k] + spread * rng.standard_normal((n, dim)) / np.sqrt(dim))
+        y += [k] * n
+    return C._unit(np.concatenate(x)), np.array(y)
+
+
+def _agree(a, b):
+    """Share of windows on which two labellings agree after the best one-to-one relabelling."""
+    from scipy.optimize import linear_sum_assignment
+    m = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(m, (a, b), 1)
+    r, c = linear_sum_assignment(-m)
+    return m[r, c].sum() / len(a)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_ahc_finds_the_count(k):
+    x, y = _blobs([23, 31, 17, 29, 19][:k])
+    labels = C.ahc(x, 0.5)
+    assert labels.max() + 1 == k and _agree(labels, y) == 1.0
+    assert list(labels[:1]) == [0]                           # numbered in order of first appearance
+
+
+def test_ahc_forced_and_bounded_counts():
+    x, y = _blobs([20, 20, 20])
+    assert C.ahc(x, 0.5, n_speakers=2).max() + 1 == 2
+    assert C.ahc(x, 1.9, min_speakers=3).max() + 1 == 3      # a cut at 1 cluster, raised to the minimum
+    assert C.ahc(x, 0.01, max_speakers=4).max() + 1 == 4     # a cut at ~60 clusters, lowered to the maximum
+    assert C.ahc(x[:1], 0.5).tolist() == [0]
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_spectral_eigengap_count(k):
+    x, y = _blobs([25, 30, 20, 35][:k], seed=k)
+    labels = C.spectral(x)
+    assert labels.max() + 1 == k and _agree(labels, y) == 1.0
+    assert C.spectral(x, n_speakers=2).max() + 1 == 2
+
+
+def test_merge_close_joins_one_speaker_split_in_two():
+    x, _ = _blobs([40], spread=0.3)
+    split = np.r_[np.zeros(20, int), np.ones(20, int)]
+    assert C.merge_close(x, split, 0.3).max() == 0
+    x2, y2 = _blobs([20, 20])
+    assert C.merge_close(x2, y2, 0.3).max() == 1             # two real speakers stay apart
+
+
+def test_hmm_resegment_fixes_isolated_errors_and_drops_empty_speakers():
+    x, y = _blobs([30, 30, 30], spread=0.6, seed=1)
+    noisy = y.copy()
+    flips = [5, 17, 44, 70]
+    noisy[flips] = (noisy[flips] + 1) % 3
+    fixed = C.hmm_resegment(x, noisy, scale=12.0, loop=0.9)
+    assert _agree(fixed, y) > _agree(noisy, y) and _agree(fixed, y) >= 0.98
+    spurious = y.copy()
+    spurious[[10]] = 3                                        # a one-window "speaker"
+    assert C.hmm_resegment(x, spurious, min_share=0.05).max() + 1 == 3
+    assert C.hmm_resegment(x, spurious, min_share=0.05, n_speakers=4).max() + 1 >= 3
+
+
+def test_compact_bounds_the_points_and_keeps_the_mapping():
+    x, _ = _blobs([500, 700])
+    reps, group = C.compact(x, 100)
+    assert len(reps) <= 100 and group.shape == (1200,) and group.max() == len(reps) - 1
+    assert np.all(np.diff(group) >= 0)
+    assert np.allclose(np.linalg.norm(reps, axis=1), 1.0)
+
+
+def test_merge_same_speaker_keeps_one_voice_whole_and_two_apart():
+    rng = np.random.default_rng(3)
+    common = C._unit(rng.standard_normal(16))                  # what every window of a recording shares (raw)
+    one = C._unit(common + 0.6 * C._unit(rng.standard_normal(16)) + 0.25 * rng.standard_normal((60, 16)))
+    split = rng.integers(0, 2, 60)                              # one speaker cut in two by noise
+    assert C.merge_same_speaker(one, split, 0.08).max() == 0
+    two_x = np.concatenate([one[:30], C._unit(common + 0.6 * C._unit(rng.standard_normal(16))
+                                              + 0.25 * rng.standard_normal((30, 16)))])
+    two_y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    assert C.merge_same_speaker(two_x, two_y, 0.08).max() == 1
+    assert C.merge_same_speaker(one, split, 0.08, min_speakers=2).max() == 1

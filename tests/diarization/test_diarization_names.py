@@ -1,0 +1,58 @@
+"""Names from a registry: one-to-one (Hungarian), at the registry's threshold, with a margin over the second best."""
+import numpy as np
+import pytest
+
+from spkid.diarization.names import assign_names, check_registry, name_clusters
+from spkid.errors import SpkidError
+from spkid.scoring.speaker_db import SpeakerDB
+
+
+def test_one_to_one_and_never_a_name_that_is_not_the_clusters_best():
+    # both clusters sound most like "a": it goes to the closer one; the other is not given "b" (a is better for it)
+    scores = np.array([[0.80, 0.75, 0.10],
+                       [0.90, 0.20, 0.10]])
+    out = assign_names(scores, ["a", "b", "c"], threshold=0.5, margin=0.0)
+    assert [o.name for o in out] == [None, "a"] and out[0].why == "within margin"
+    scores = np.array([[0.10, 0.85, 0.20],
+                       [0.90, 0.20, 0.10],
+                       [0.60, 0.10, 0.70]])
+    out = assign_names(scores, ["a", "b", "c"], threshold=0.5, margin=0.05)
+    assert [o.name for o in out] == ["b", "a", "c"]
+
+
+def test_threshold_margin_and_more_clusters_than_speakers():
+    scores = np.array([[0.90, 0.20], [0.40, 0.35], [0.70, 0.68], [0.1, 0.95]])
+    out = assign_names(scores, ["a", "b"], threshold=0.5, margin=0.05)
+    assert [o.name for o in out] == ["a", None, None, "b"]
+    assert out[1].why in ("no speaker left", "below threshold") and out[2].why in ("no speaker left", "within margin")
+    out = assign_names(np.array([[0.70, 0.68]]), ["a", "b"], threshold=0.5, margin=0.05)
+    assert out[0].name is None and out[0].why == "within margin"
+    out = assign_names(np.array([[0.45, 0.1]]), ["a", "b"], threshold=0.5, margin=0.05)
+    assert out[0].name is None and out[0].why == "below threshold"
+
+
+def _registry(path, model_id="m1"):
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 8))
+    reg = SpeakerDB.create(path, model_id=model_id, checkpoint="x.ckpt", embed_dim=8, threshold=0.5,
+                           threshold_source="test")
+    with reg:
+        for name, c in zip(("ann", "bob", "cy"), centres):
+            clips = c + 0.1 * rng.standard_normal((3, 8))
+            reg.enroll(name, clips, [f"{name}{i}" for i in range(3)], model_id=model_id)
+    return centres
+
+
+def test_name_clusters_through_a_registry(tmp_path):
+    centres = _registry(tmp_path / "r.db")
+    with SpeakerDB.open(tmp_path / "r.db") as reg:
+        assert reg.threshold_scale == "raw"                       # too few clips for its own threshold: cosine margin
+    clusters = np.stack([centres[2], centres[0], -centres[1]])     # cy, ann, a stranger
+    out = name_clusters(tmp_path / "r.db", clusters, "m1")
+    assert [o.name for o in out] == ["cy", "ann", None]
+    with pytest.raises(SpkidError, match=r"r\.db: registry holds embeddings of model m1, the diarization model is m2"):
+        check_registry(tmp_path / "r.db", "m2")
+    SpeakerDB.create(tmp_path / "empty.db", model_id="m1", checkpoint="x.ckpt", embed_dim=8, threshold=0.5,
+                     threshold_source="test").close()
+    with pytest.raises(SpkidError, match=r"empty\.db: no speakers enrolled"):
+        check_registry(tmp_path / "empty.db", "m1")

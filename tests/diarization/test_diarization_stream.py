@@ -1,0 +1,57 @@
+"""Streaming decode: blocks tile the file and match a whole-file decode (resampled rates too); VAD across blocks;
+windows over speech."""
+import numpy as np
+import pytest
+import soundfile as sf
+
+from spkid.audio.io import load_audio
+from spkid.audio.vad import speech_probs
+from spkid.diarization.stream import AudioStream, speech_probs_stream, windows_over
+from spkid.errors import DataError
+
+from diar_helpers import write_conversation
+
+
+@pytest.mark.parametrize("rate", [16000, 8000, 44100])
+def test_blocks_tile_the_file_and_match_load_audio(tmp_path, rate):
+    path = tmp_path / f"c{rate}.wav"
+    write_conversation(path, seconds=12.0, sample_rate=rate)
+    whole = load_audio(path).numpy()
+    with AudioStream(path) as s:
+        blocks = list(s.blocks(3.0))
+        assert [b[0] for b in blocks] == sorted(b[0] for b in blocks) and blocks[0][0] == 0
+        joined = np.concatenate([w for _, w in blocks])
+        assert abs(joined.size - whole.size) <= 1
+        n = min(joined.size, whole.size)
+        assert np.max(np.abs(joined[:n] - whole[:n])) < (1e-6 if rate == 16000 else 2e-3)
+        a, b = 12345, 23456
+        assert np.max(np.abs(s.read(a, b) - whole[a:b])) < (1e-6 if rate == 16000 else 2e-3)
+
+
+def test_vad_over_blocks_matches_one_pass(tmp_path):
+    path = tmp_path / "c.wav"
+    write_conversation(path, seconds=30.0)
+    whole = speech_probs(load_audio(path).numpy())
+    with AudioStream(path) as s:
+        streamed = speech_probs_stream(s, 5.0)
+    assert streamed.shape == whole.shape
+    assert np.mean(np.abs(streamed - whole) < 0.1) > 0.97        # only a few frames after each block start differ
+    assert np.mean((streamed > 0.5) == (whole > 0.5)) > 0.98
+
+
+def test_windows_over_speech():
+    w = windows_over([(0, 1000), (2000, 2500), (3000, 3100)], window=400, hop=200, min_window=200)
+    assert w.tolist() == [[0, 400], [200, 600], [400, 800], [600, 1000], [2000, 2400], [2100, 2500]]
+    w = windows_over([(0, 300), (500, 550)], window=400, hop=200, min_window=200)
+    assert w.tolist() == [[0, 300]]                              # short speech: one window of its length; tiny: none
+
+
+def test_undecodable_and_missing_files_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt garbage")
+    with pytest.raises(DataError, match=r"bad\.wav: not readable as audio"):
+        AudioStream(bad)
+    with pytest.raises(DataError, match=r"nothere\.wav: file not found"):
+        AudioStream(tmp_path / "nothere.wav")
+    sf.write(str(tmp_path / "ok.wav"), np.zeros(100, np.float32), 16000)
+    assert AudioStream(tmp_path / "ok.wav").duration == pytest.approx(100 / 16000)

@@ -1,0 +1,101 @@
+"""spkid diarize / eval-diarization / report --diarization through the CLI with the session's tiny checkpoint
+(tests/conftest.py ``trained``): the files, the one-line errors, a batch that finishes around a bad file, the ONNX
+Runtime path, the report's timeline."""
+import numpy as np
+import pytest
+import soundfile as sf
+
+from spkid.cli import main
+from spkid.diarization.rttm import read_rttm
+
+from diar_helpers import write_conversation
+
+
+def _run(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    d = tmp_path_factory.mktemp("diar_cli")
+    write_conversation(d / "one.wav", seconds=20.0, seed=1)
+    write_conversation(d / "two.flac", seconds=20.0, seed=2, sample_rate=8000)
+    (d / "broken.wav").write_bytes(b"RIFF not really")
+    sf.write(str(d / "silent.wav"), np.zeros(16000 * 4, np.float32), 16000)
+    return d
+
+
+def test_diarize_writes_one_rttm_and_csv_and_survives_a_bad_file(trained, audio, tmp_path, capsys):
+    out, csv = tmp_path / "out.rttm", tmp_path / "out.csv"
+    rc, stdout, err = _run(capsys, "diarize", audio / "one.wav", audio / "broken.wav", audio / "two.flac",
+                           audio / "silent.wav", "-o", out, "--segments", csv, "--checkpoint", trained["ckpt"],
+                           "--device", "cpu", "--quiet")
+    assert rc == 2                                   # a complete output, something was off (as predict/embed)
+    errors = [ln for ln in err.splitlines() if "broken.wav" in ln]
+    assert len(errors) == 1 and errors[0].startswith("spkid: warning:") and "not readable as audio" in errors[0]
+    assert not any(ln.startswith("spkid: error:") for ln in err.splitlines())
+    assert "spkid: warning:" in err and "silent.wav: no speech found; empty result" in err
+    assert "Traceback" not in err and "1 file(s) failed" in stdout
+    lines = out.read_text().splitlines()
+    assert lines and all(len(ln.split()) == 10 and ln.split()[0] == "SPEAKER" for ln in lines)
+    assert {ln.split()[1] for ln in lines} == {"one", "two"}
+    segs = read_rttm(out)
+    assert all(s.speaker.startswith("SPEAKER_") and s.end > s.start for s in segs)
+    rows = csv.read_text().splitlines()
+    assert rows[0] == "file,start,end,speaker,score" and len(rows) == len(lines) + 1
+
+
+def test_diarize_argument_errors_are_one_line(trained, audio, tmp_path, capsys):
+    rc, _, err = _run(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint",
+                      trained["ckpt"], "--num-speakers", "2", "--max-speakers", "3")
+    assert rc == 1
+    assert err.strip() == "spkid: error: diarize: give --num-speakers or --min-speakers/--max-speakers, not both"
+    rc, _, err = _run(capsys, "diarize", audio / "one.wav", "-o", audio / "one.wav", "--checkpoint", trained["ckpt"])
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "one.wav" in err
+    rc, _, err = _run(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint",
+                      tmp_path / "nope.ckpt")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "nope.ckpt" in err
+
+
+def test_onnx_runtime_gives_the_same_turns(trained, audio, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(trained["ckpt"].read_bytes())              # the ONNX cache goes beside the checkpoint
+    outs = []
+    for runtime in ("torch", "onnx"):
+        out = tmp_path / f"{runtime}.rttm"
+        rc, _, err = _run(capsys, "diarize", audio / "one.wav", "-o", out, "--checkpoint", ckpt, "--runtime", runtime,
+                          "--quiet")
+        assert rc == 0, err
+        outs.append(read_rttm(out))
+    a, b = outs
+    assert [s.speaker for s in a] == [s.speaker for s in b]
+    assert all(abs(x.start - y.start) < 0.02 and abs(x.end - y.end) < 0.02 for x, y in zip(a, b))
+
+
+def test_eval_diarization_and_report_timeline(trained, audio, tmp_path, capsys):
+    pytest.importorskip("pyannote.metrics")
+    pytest.importorskip("matplotlib")
+    conv = write_conversation(tmp_path / "talk.wav", seconds=20.0, seed=1)
+    ref = tmp_path / "ref.rttm"
+    from spkid.diarization.rttm import write_rttm
+    write_rttm(ref, conv.reference)
+    hyp = tmp_path / "hyp.rttm"
+    rc, _, err = _run(capsys, "diarize", tmp_path / "talk.wav", "-o", hyp, "--checkpoint", trained["ckpt"], "--quiet")
+    assert rc == 0, err
+    rc, out, err = _run(capsys, "eval-diarization", ref, hyp)
+    assert rc == 0, err
+    assert "TOTAL" in out and out.splitlines()[-1].startswith("DER ") and "(±0.25 s collar, overlap scored)" in out
+    rc, out, err = _run(capsys, "eval-diarization", ref, ref)
+    assert rc == 0 and "DER 0.00% (±0.25 s collar, overlap scored), 0.00% (no collar)" in out
+    (tmp_path / "bad.rttm").write_text("SPEAKER talk 1 x 1 <NA> <NA> A <NA> <NA>\n")
+    rc, _, err = _run(capsys, "eval-diarization", tmp_path / "bad.rttm", hyp)
+    assert rc == 1 and "bad.rttm: line 1: onset 'x' is not a number" in err
+    rc, out, err = _run(capsys, "report", trained["run"], "-o", tmp_path / "r" / "report.html", "--diarization", ref,
+                        hyp, "--quiet", "--device", "cpu")
+    assert rc == 0, err
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert '<section id="diarization">' in page and "DER ±0.25 s" in page
+    assert (tmp_path / "r" / "report_figures" / "timeline.png").stat().st_size > 1000

@@ -1,0 +1,132 @@
+"""The diarization pipeline end to end with a training-free embedder (tests/diarization/diar_helpers.py): two
+distinct voices found and timed, block size without effect, 8 kHz input, no speech, too short, counts, names."""
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from spkid.diarization.batch import diarize_files, named
+from spkid.diarization.pipeline import analyse, diarize_file
+from spkid.diarization.stream import AudioStream
+from spkid.errors import ConfigError, DataError
+
+from diar_helpers import MeanLogMel, diar_config, voice_pools, write_conversation
+
+
+@pytest.fixture(scope="module")
+def conv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("diar") / "talk.wav"
+    return path, write_conversation(path, n_speakers=2, seconds=45.0, overlap=0.0)
+
+
+def test_two_voices_found_and_timed(conv):
+    pytest.importorskip("pyannote.metrics")
+    from spkid.diarization.evaluate import score_diarization
+    path, c = conv
+    r = diarize_file(path, MeanLogMel(), diar_config())
+    assert r.labels == ["SPEAKER_00", "SPEAKER_01"] and r.warning is None
+    assert all(s.file == "talk" and 0 <= s.start < s.end <= r.duration + 1e-6 for s in r.segments)
+    assert [s.start for s in r.segments] == sorted(s.start for s in r.segments)
+    assert r.segments[0].speaker == "SPEAKER_00"
+    row = score_diarization(c.reference, r.segments)[-1]
+    assert row.der_collar < 0.05 and row.confusion < 0.03, row
+
+
+def test_refined_boundaries_are_closer_than_window_midpoints(conv):
+    pytest.importorskip("pyannote.metrics")
+    from spkid.diarization.evaluate import score_diarization
+    path, c = conv
+    plain = diarize_file(path, MeanLogMel(), diar_config(refine=False))
+    refined = diarize_file(path, MeanLogMel(), diar_config(refine=True))
+    d0, d1 = (score_diarization(c.reference, r.segments)[-1].der for r in (plain, refined))
+    assert d1 <= d0 + 0.002, (d0, d1)
+
+
+def test_block_size_does_not_change_the_embeddings(conv):
+    from spkid.diarization.pipeline import _embed_windows
+    path, _ = conv
+    with AudioStream(path) as s:
+        a = analyse(s, MeanLogMel(), diar_config(block_s=300.0))
+    assert len(a.win) > 20 and a.win.max() > 16000 * 15 * 2          # windows cross several 15 s blocks
+    for block in (15.0, 16.5):
+        emb = MeanLogMel()
+        with AudioStream(path) as s:
+            e = _embed_windows(s, a.win, emb, diar_config(block_s=block), None)
+        assert max(emb.calls) <= 24000                                # nothing longer than one window is embedded
+        assert np.allclose(e, a.emb, atol=1e-4)
+
+
+def test_8khz_input_and_forced_counts(tmp_path):
+    path = tmp_path / "phone.flac"
+    write_conversation(path, n_speakers=2, seconds=30.0, sample_rate=8000, seed=2)
+    assert len(diarize_file(path, MeanLogMel(), diar_config()).labels) == 2
+    assert len(diarize_file(path, MeanLogMel(), diar_config(), n_speakers=1).labels) == 1
+    assert len(diarize_file(path, MeanLogMel(), diar_config(), min_speakers=3).labels) >= 2   # HMM: drops an empty one
+    with pytest.raises(ConfigError, match="--min-speakers 3 / --max-speakers 2"):
+        diarize_file(path, MeanLogMel(), diar_config(), min_speakers=3, max_speakers=2)
+
+
+def test_no_speech_too_short_and_the_batch_goes_on(tmp_path, conv):
+    quiet, short, bad = tmp_path / "quiet.wav", tmp_path / "short.wav", tmp_path / "bad.wav"
+    sf.write(str(quiet), (np.random.default_rng(0).standard_normal(16000 * 5) * 1e-4).astype(np.float32), 16000)
+    sf.write(str(short), np.zeros(16000, np.float32), 16000)
+    bad.write_bytes(b"not audio at all")
+    r = diarize_file(quiet, MeanLogMel(), diar_config())
+    assert r.segments == [] and "quiet.wav: no speech found; empty result" in r.warning
+    with pytest.raises(DataError, match=r"short\.wav: 1\.00 s of audio is shorter than one 1\.5 s window"):
+        diarize_file(short, MeanLogMel(), diar_config())
+    seen = []
+    res = diarize_files([bad, quiet, conv[0], short], MeanLogMel(), diar_config(), progress=False, on_file=seen.append)
+    assert [o.path.name for o in seen] == ["bad.wav", "quiet.wav", "talk.wav", "short.wav"]
+    assert "bad.wav: not readable as audio" in res[0].error and res[1].warning and res[3].error
+    assert res[2].error is None and res[2].n_speakers == 2 and res[2].segments
+    with pytest.raises(Exception, match="same file name stem"):
+        diarize_files([tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav"], MeanLogMel(), progress=False)
+
+
+def test_spkid_diarize_warns_on_no_speech(tmp_path, monkeypatch):
+    import spkid
+    from spkid.diarization import batch
+    quiet = tmp_path / "quiet.wav"
+    sf.write(str(quiet), np.zeros(16000 * 3, np.float32), 16000)
+    monkeypatch.setattr(batch, "load_embedder", lambda *a, **k: MeanLogMel())
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert spkid.diarize(quiet) == []
+    assert any("no speech found" in str(x.message) for x in w)
+
+
+def test_default_checkpoint_is_the_pretrained_base(monkeypatch):
+    from spkid.diarization import batch
+    from spkid.scoring import model
+    asked = []
+
+    class Fake:
+        cfg = type("C", (), {"features": type("F", (), {"sample_rate": 16000})()})()
+        path, model_id = "base", "fake"
+
+    monkeypatch.setattr(model, "load", lambda ckpt, *a, **k: asked.append(ckpt) or Fake())
+    monkeypatch.setattr(batch, "SpkidEmbedder", lambda m: m)
+    batch.load_embedder(None)
+    batch.load_embedder("runs/a/best.ckpt")
+    assert asked == ["base", "runs/a/best.ckpt"]
+
+
+def test_registry_names_replace_cluster_labels_and_strangers_are_renumbered(tmp_path):
+    from spkid.diarization.pipeline import FileDiarization
+    from spkid.diarization.rttm import Segment
+    from spkid.scoring.speaker_db import SpeakerDB
+    rng = np.random.default_rng(1)
+    voices = rng.standard_normal((4, 16))                        # ann, bob (enrolled); two strangers
+    with SpeakerDB.create(tmp_path / "reg.db", model_id="m", checkpoint="none", embed_dim=16, threshold=0.5,
+                          threshold_source="test") as reg:
+        for name, v in (("ann", voices[0]), ("bob", voices[1])):
+            reg.enroll(name, v + 0.2 * rng.standard_normal((3, 16)), [f"{name}{i}" for i in range(3)], model_id="m")
+    labels = ["SPEAKER_00", "SPEAKER_01", "SPEAKER_02", "SPEAKER_03"]
+    order = [2, 1, 3, 0]                                         # cluster k is voice order[k]
+    segs = [Segment("f", float(t), t + 1.0, labels[k], 0.8) for t, k in enumerate([0, 1, 2, 3, 0, 2])]
+    r = FileDiarization(segs, 10.0, 6.0, 12, voices[order] + 0.1, labels)
+    out = named(r, tmp_path / "reg.db", "m")
+    assert [s.speaker for s in out] == ["SPEAKER_00", "bob", "SPEAKER_01", "ann", "SPEAKER_00", "SPEAKER_01"]
+    assert out[1].score > 0.5 and out[0].score == 0.8           # a named turn carries the registry score
