@@ -65,3 +65,14 @@ def trained(tmp_path_factory) -> dict:
     cfg = apply_overrides(load_config("tiny"), ["train.steps=60", "train.lr=3e-3", "model.pooling=asp"])
     r = train(seen["root"], base / "run", cfg, progress=False)
     return {"seen": seen, "unseen": unseen, "ckpt": r.best, "run": base / "run"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_speechbrain():
+    """SpeechBrain (the import parity tests' reference) registers lazy modules that import on any attribute access;
+    Hypothesis reads ``__file__`` of every module in ``sys.modules`` when it collects constants, which would import
+    ``speechbrain.inference`` (it needs packages spkid does not install). Unload SpeechBrain after each test module."""
+    yield
+    import sys
+    for name in [n for n in sys.modules if n == "speechbrain" or n.startswith("speechbrain.")]:
+        del sys.modules[name]

@@ -47,9 +47,10 @@ def test_embed_enroll_identify_verify_cli(trained, tmp_path, capsys):
     assert main(["embed", ckpt, str(root / meta["spk00"][0]["feature_path"]), "-o", str(out)]) == 0
     z = np.load(out)
     assert z["embeddings"].shape[0] == 1 and np.allclose(np.linalg.norm(z["embeddings"], axis=1), 1, atol=1e-5)
+    other = tmp_path / "other.db"                  # a new registry without --checkpoint: the shipped model base
+    assert main(["enroll", str(other), "alice", *[str(root / u["feature_path"]) for u in meta["spk00"][:3]]]) == 0
+    assert "(model base)" in capsys.readouterr().out
     reg = tmp_path / "reg.db"
-    r = main(["enroll", str(reg), "alice", *[str(root / u["feature_path"]) for u in meta["spk00"][:3]]])
-    assert r == 1 and "give --checkpoint" in capsys.readouterr().err
     for spk in ("spk00", "spk01", "spk02"):
         assert main(["enroll", str(reg), spk, *[str(root / u["feature_path"]) for u in meta[spk][:4]],
                      "--checkpoint", ckpt]) == 0
