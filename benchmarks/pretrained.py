@@ -188,8 +188,9 @@ def registry(spec: str, work: Path, *, quick: bool, seed: int) -> dict:
     import warnings
     from spkid.scoring.openset import enroll, identify
     out = {}
-    for name, root, enroll_n, per in (("FSDD", SHARED / "fsdd", 5, 10 if quick else 30),
-                                      ("librispeech test-other", SHARED / "librispeech-sample" / "test-other", 3, 0)):
+    # enough enrollment clips for the registry to estimate its own threshold (20 clips; fewer: the checkpoint's)
+    for name, root, enroll_n, per in (("FSDD", SHARED / "fsdd", 10, 10 if quick else 30),
+                                      ("librispeech test-other", SHARED / "librispeech-sample" / "test-other", 4, 0)):
         paths, labels = speaker_files(root, per + enroll_n if per else 0, seed)
         speakers = sorted(set(labels))
         rng = np.random.default_rng(seed)
@@ -290,7 +291,8 @@ def render(r: dict) -> str:
     lines += ["", "**Voices never seen** (EER, %)", "", head]
     for s in next(iter(r["unseen"].values())):
         lines.append(f"| {s} | " + " | ".join(f"{100 * r['unseen'][n][s]:.2f}" for n in names) + " |")
-    lines += ["", "**Speed** (one process, this machine's 2 cores, speech detection included)", "", head]
+    lines += ["", f"**Speed** (one process, {torch.get_num_threads()} torch thread(s), speech detection included)",
+              "", head]
     lines.append("| embedding throughput (x real time) | " +
                  " | ".join(f"{r['speed'][n]['x_realtime']:.0f}" for n in names) + " |")
     lines.append("| model load (s) | " + " | ".join(f"{r['speed'][n]['load_s']:.2f}" for n in names) + " |")
@@ -309,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resemblyzer", action="store_true")
     ap.add_argument("--resemblyzer-channel", action="store_true", help="also run Resemblyzer on the channel section")
     ap.add_argument("--reuse-resemblyzer", action="store_true",
-                    help="take Resemblyzer's numbers from the last run's WORK/resemblyzer.json (same settings)")
+                    help="take Resemblyzer's unseen-voice EERs from the last run's WORK/resemblyzer.json (same "
+                         "settings); its speed is measured again beside spkid's")
     ap.add_argument("--quick", action="store_true", help="fewer clips and conditions (a few minutes)")
     ap.add_argument("--limit", type=int, default=0, help="public-test clips per condition (0: 150; quick: 60)")
     ap.add_argument("--enroll-clips", type=int, default=0, help="training clips per speaker (0: 6; quick: 3)")
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         if reuse.get("settings") != settings:
             print(f"{saved}: other settings ({reuse.get('settings')}); measuring Resemblyzer again", file=sys.stderr)
             reuse = None
-    if not a.no_resemblyzer and reuse is None:
+    if not a.no_resemblyzer:
         embedders.append(ResemblyzerEmbedder())
     conditions = (["clean", "white-5", "babble-5", "room-sim", "telephone", "crop-1s"] if a.quick else CONDITIONS)
     r = {"model": a.model}
@@ -351,20 +354,19 @@ def main(argv: list[str] | None = None) -> int:
     if "channel" in a.sections:
         r["channel"] = channel(embedders if a.resemblyzer_channel else embedders[:1], work, limit=a.limit or (60 if a.quick else 150),
                                enroll_clips=a.enroll_clips or (3 if a.quick else 6), conditions=conditions, seed=a.seed)
-    if "unseen" in a.sections:
-        r["unseen"] = unseen(embedders, work, quick=a.quick, seed=a.seed)
+    if "unseen" in a.sections:                  # Resemblyzer's EERs do not change: --reuse-resemblyzer takes them
+        r["unseen"] = unseen(embedders[:1] if reuse and "unseen" in reuse else embedders, work, quick=a.quick,
+                             seed=a.seed)
     if "registry" in a.sections:
         r["registry"] = registry(a.model, work, quick=a.quick, seed=a.seed)
     if "speed" in a.sections:
         r["speed"] = speed(embedders, n_clips=20 if a.quick else 60, seed=a.seed)
     r["wall_s"] = round(time.perf_counter() - t0)
-    if not a.no_resemblyzer and reuse is None:
+    if reuse is not None:                       # speed is always measured side by side, in this run
+        r.setdefault("unseen", {}).update(reuse.get("unseen", {}))
+    elif not a.no_resemblyzer:
         saved.write_text(json.dumps({"settings": settings, **{k: {"Resemblyzer": v["Resemblyzer"]} for k, v in r.items()
                                                               if isinstance(v, dict) and "Resemblyzer" in v}}))
-    elif reuse is not None:
-        for k, v in reuse.items():
-            if k in r and isinstance(r[k], dict):
-                r[k].update(v)
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=1))
     if all(k in r for k in ("channel", "unseen", "speed")):
