@@ -1,6 +1,6 @@
 """``POST /v1/diarize``: who spoke when in one recording, named from the registry.
 
-Calls ``spkid.diarize(path, checkpoint=..., registry=..., num_speakers=None, min_speakers=None, max_speakers=None)``
+Calls ``spkid.diarize(path, checkpoint=..., registry=..., n_speakers=None, min_speakers=1, max_speakers=None)``
 (segments with ``file, start, end, speaker, score``), imported when first asked for: a build without it answers
 501. The recording goes to a temp file the server names; its duration is checked from the header first
 (``ServeConfig.max_diarize_seconds``).
@@ -12,6 +12,7 @@ import math
 
 from starlette.responses import JSONResponse
 
+from spkid.errors import SpkidError
 from spkid.serve.http import ApiError
 from spkid.serve.uploads import read_form, save_clip
 
@@ -69,9 +70,14 @@ async def diarize(request):
     if counts["min_speakers"] and counts["max_speakers"] and counts["min_speakers"] > counts["max_speakers"]:
         raise ApiError(422, "min_speakers: greater than max_speakers")
     tmp = await asyncio.to_thread(save_clip, clips[0], svc.cfg.max_diarize_seconds, svc.tmp)
+    named = bool((await svc.registry.snapshot()).names)           # an empty registry has no names to give
     try:
-        segments = await asyncio.to_thread(fn, str(tmp), checkpoint=svc.cfg.model, registry=str(svc.registry.path),
-                                           **counts)
+        segments = await asyncio.to_thread(fn, str(tmp), checkpoint=svc.cfg.model,
+                                           registry=str(svc.registry.path) if named else None,
+                                           n_speakers=counts["num_speakers"], min_speakers=counts["min_speakers"] or 1,
+                                           max_speakers=counts["max_speakers"])
+    except SpkidError as e:                                      # too short, undecodable, a registry it cannot use
+        raise ApiError(422, str(e).replace(str(tmp), clips[0].label)) from None
     finally:
         tmp.unlink(missing_ok=True)
     out = [segment_json(s) for s in segments]

@@ -164,8 +164,8 @@ def test_diarize_is_501_without_spkid_diarize_and_wired_when_present(client, voi
     assert r.status_code == 501 and r.json() == {"error": "diarization not available in this build", "status": 501}
     seen = {}
 
-    def fake(path, checkpoint=None, registry=None, num_speakers=None, min_speakers=None, max_speakers=None):
-        seen.update(path=path, checkpoint=checkpoint, registry=registry, num_speakers=num_speakers)
+    def fake(path, checkpoint=None, *, registry=None, n_speakers=None, min_speakers=1, max_speakers=None):
+        seen.update(path=path, checkpoint=checkpoint, registry=registry, num_speakers=n_speakers, lo=min_speakers)
         return [(path, 0.0, 1.25, "a", 0.81), (path, 1.25, 2.5, "unknown", float("nan"))]
     monkeypatch.setattr(spkid, "diarize", fake, raising=False)
     monkeypatch.undo()                                             # back to the real lookup, then find the fake
@@ -177,7 +177,33 @@ def test_diarize_is_501_without_spkid_diarize_and_wired_when_present(client, voi
                                      {"start": 1.25, "end": 2.5, "speaker": "unknown", "score": None}],
                         "speakers": ["a", "unknown"]}
     assert seen["num_speakers"] == 2 and seen["checkpoint"] == "unused" and seen["path"].endswith(".wav")
+    assert seen["lo"] == 1                                          # spkid.diarize's own signature
+    assert seen["registry"] is None                                 # nobody enrolled yet: no names to give
+    _enroll(client, "a", voices[0][:2])
+    assert client.post("/v1/diarize", files=files(voices[0][0]), headers=auth(READ)).status_code == 200
     assert seen["registry"] == str(client.app.state.svc.registry.path)
     assert not __import__("os").path.exists(seen["path"])         # the server's temp copy is gone
     assert client.post("/v1/diarize", files=files(voices[0][0]), data={"num_speakers": "0"},
                        headers=auth(READ)).status_code == 422
+
+
+def test_diarize_runs_the_real_pipeline_with_the_shipped_model(tmp_path, voices):
+    """No stand-in: spkid.diarize with the server's model name (base) on a recording of two voices in turn."""
+    import numpy as np
+    import soundfile as sf
+    import io
+
+    def wav(b):
+        x, sr = sf.read(io.BytesIO(b), dtype="float32")
+        assert sr == 16000
+        return x if x.ndim == 1 else x.mean(1)
+    parts = [wav(b) for b in (voices[0][0], voices[1][0], voices[0][1], voices[1][1])]
+    conv = np.concatenate([np.concatenate([p, np.zeros(4000, np.float32)]) for p in parts])
+    sf.write(tmp_path / "conv.wav", conv, 16000)
+    cfg = ServeConfig(registry=str(tmp_path / "reg.db"), model="base", rate=0)
+    with TestClient(create_app(cfg, tokens=tokens())) as c:
+        r = c.post("/v1/diarize", files={"audio": ("conv.wav", (tmp_path / "conv.wav").read_bytes(), "audio/wav")},
+                   headers=auth(READ))
+    assert r.status_code == 200, r.text
+    segs = r.json()["segments"]
+    assert segs and all(0 <= s["start"] < s["end"] <= len(conv) / 16000 + 0.01 for s in segs)
