@@ -107,3 +107,12 @@ def test_end_to_end_enroll_identify_verify(rz, tmp_path, capsys):
     assert np.load(tmp_path / "e.npz")["embeddings"].shape == (2, 256)
     assert main(["export", str(rz), "--onnx", str(tmp_path / "rz.onnx")]) == 1      # one line: partial windows
     assert "partial-window averaging runs in Python" in capsys.readouterr().err
+    # diarize with the imported model: two enrolled speakers in turn, named from the registry
+    import soundfile as sf
+    from spkid.audio.io import load_audio
+    turns = [sorted(speakers[k].iterdir())[j] for k, j in ((0, 8), (1, 8), (0, 9))]
+    sf.write(tmp_path / "conv.wav", np.concatenate([load_audio(f).numpy() for f in turns]), 16000)
+    rttm = tmp_path / "conv.rttm"
+    assert main(["diarize", str(tmp_path / "conv.wav"), "--registry", str(reg), "-o", str(rttm), "--quiet"]) == 0
+    named = {ln.split()[7] for ln in rttm.read_text().splitlines()}
+    assert named and named <= {speakers[0].name, speakers[1].name} | {f"SPEAKER_{k:02d}" for k in range(4)}
