@@ -323,11 +323,18 @@ def main(argv=None) -> int:
                    "der_collar_skip": der.der_collar_skip, "jer": der.jer, "false_alarm": der.false_alarm,
                    "miss": der.miss, "confusion": der.confusion, "count_wrong": wrong, "count_mae": mae,
                    "rtf": audio / run["seconds"], "maxrss_mb": run["maxrss_mb"], "audio_min": audio / 60}
+            for corpus in ("libri", "fsdd", "synth"):
+                sub = [r for r in rows if r["name"].startswith(corpus + "-")]
+                if sub:
+                    res[f"der_{corpus}"] = _der(sub, hyp_path)[0].der_collar
+                    res[f"count_wrong_{corpus}"] = count_errors(sub, hyp)[0]
             if sysd["kind"] == "spkid":
                 res["named"] = _named(sysd, rows, work, cond)
             results.append(res)
             print(_line(res), file=sys.stderr)
     print(table(results))
+    print()
+    print(corpus_table(results))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0
@@ -369,6 +376,18 @@ def table(results: list[dict]) -> str:
                      f"{100 * r['der_collar_skip']:.2f} % | {100 * r['jer']:.2f} % | {100 * r['false_alarm']:.1f} / "
                      f"{100 * r['miss']:.1f} / {100 * r['confusion']:.1f} % | {100 * r['count_wrong']:.0f} % "
                      f"({r['count_mae']:.2f}) | {named} | {r['rtf']:.0f}x | {r['maxrss_mb']:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def corpus_table(results: list[dict]) -> str:
+    """DER (±0.25 s, overlap scored) and the share of wrong counts per source of voices."""
+    corpora = [c for c in ("libri", "fsdd", "synth") if any(f"der_{c}" in r for r in results)]
+    head = "| condition | system | " + " | ".join(f"{c}: DER ±0.25 s / count wrong" for c in corpora) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        cells = [f"{100 * r[f'der_{c}']:.2f} % / {100 * r[f'count_wrong_{c}']:.0f} %" if f"der_{c}" in r else "—"
+                 for c in corpora]
+        lines.append(f"| {r['condition']} | {r['system']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

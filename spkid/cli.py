@@ -526,6 +526,10 @@ def _add_diarize(sub) -> None:
     p.add_argument("--method", choices=["ahc", "spectral"], default="spectral", help="clustering (default spectral)")
     p.add_argument("--threshold", type=float, help="cosine distance at which speakers stay apart (default: "
                                                    "calibrated for the base model; lower finds more speakers)")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                   help="find overlapped speech and give it a second speaker (default: on)")
+    p.add_argument("--overlap-threshold", type=float, metavar="P",
+                   help="overlap probability from which two speakers are given (default 0.8)")
     p.add_argument("--device", default="auto")
     _add_inference_options(p, nproc=False)
     p.add_argument("--quiet", action="store_true")
@@ -552,7 +556,9 @@ def _cmd_diarize(a) -> int:
         else:
             print(f"{o.path}: {o.n_speakers} speaker(s), {len(o.segments)} turns, {o.speech:.1f} s of speech in "
                   f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)")
-    cfg = DiarizeConfig(method=a.method, **({} if a.threshold is None else {"threshold": a.threshold}))
+    cfg = DiarizeConfig(method=a.method, overlap=a.overlap,
+                        **({} if a.threshold is None else {"threshold": a.threshold}),
+                        **({} if a.overlap_threshold is None else {"overlap_threshold": a.overlap_threshold}))
     res = diarize_files(a.audio, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
                         progress=not a.quiet, on_file=report)

@@ -48,7 +48,7 @@ class DiarizeConfig:
     block_s: float = 300.0           # audio decoded per block: memory per block is 4 bytes x 16000 x block_s
     batch: int = 64                  # windows per embedding batch
     method: str = "spectral"         # ahc's count collapsed to 2 on the test conversations (docs/diarization.md)
-    threshold: float = 1.1           # in the centred space; best on the dev conversations for three models (1.05-1.2)
+    threshold: float = 1.0           # in the centred space: below it spectral's clusters merge (docs/diarization.md)
     same_speaker: float = 0.0        # > 0: merge clusters the recording scores as one speaker within this margin
                                      # (cluster.merge_same_speaker; 0.08 keeps monologues whole more often but cost
                                      # 2-8 DER points on the test conversations: off)
@@ -60,9 +60,9 @@ class DiarizeConfig:
     refine: bool = True
     refine_window_s: float = 1.0
     refine_step_s: float = 0.15
-    overlap: float = 0.0             # > 0: around a refined change, short windows this close to BOTH speakers' centres
-                                     # (raw cosine: in the centred space two speakers' centres are opposite) are
-                                     # given to both (overlapped speech); 0: off
+    overlap: bool = True             # the overlap detector (spkid/diarization/overlap.py): where it finds two voices,
+                                     # the second speaker is added (the nearest turn of another speaker)
+    overlap_threshold: float = 0.8   # its probability from which a second speaker is given (dev conversations)
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self):
@@ -74,6 +74,8 @@ class DiarizeConfig:
         if self.block_s < 10 * self.window_s or self.batch < 1 or self.max_points < 2:
             raise ConfigError(f"diarize: need block_s >= 10 windows, batch >= 1, max_points >= 2; got {self.block_s}, "
                               f"{self.batch}, {self.max_points}")
+        if not 0 < self.overlap_threshold < 1:
+            raise ConfigError(f"diarize overlap_threshold {self.overlap_threshold}: a probability in (0, 1)")
         if not 0 < self.threshold < 2:
             raise ConfigError(f"diarize threshold {self.threshold}: a cosine distance in (0, 2)")
         self.vad.validate()
@@ -123,13 +125,15 @@ class FileDiarization:
 @dataclass
 class Analysis:
     """What the speech and embedding passes found in one file: ``duration`` (s), ``speech`` segments
-    ``[(start, end)]`` and windows ``win`` ``(W, 2)`` in 16 kHz samples, window embeddings ``emb`` ``(W, E)``."""
+    ``[(start, end)]`` and windows ``win`` ``(W, 2)`` in 16 kHz samples, window embeddings ``emb`` ``(W, E)``, and
+    the overlap detector's probability per 20 ms frame ``overlap`` ``(F,)`` (None when ``cfg.overlap`` is off)."""
 
     path: Path
     duration: float
     speech: list[tuple[int, int]]
     win: np.ndarray
     emb: np.ndarray
+    overlap: np.ndarray | None = None
 
     @property
     def speech_s(self) -> float:
@@ -149,7 +153,21 @@ def analyse(stream: AudioStream, embedder: Embedder, cfg: DiarizeConfig, progres
         if progress is not None:
             progress(stream.duration)
         return Analysis(stream.path, stream.duration, speech, win, np.zeros((0, 0), dtype=np.float32))
-    return Analysis(stream.path, stream.duration, speech, win, _embed_windows(stream, win, embedder, cfg, progress))
+    emb = _embed_windows(stream, win, embedder, cfg, progress)
+    ovl = overlap_detector().probs(stream, speech) if cfg.overlap else None
+    return Analysis(stream.path, stream.duration, speech, win, emb, ovl)
+
+
+_DETECTOR = None
+
+
+def overlap_detector():
+    """The shipped overlap detector, loaded once per process."""
+    global _DETECTOR
+    if _DETECTOR is None:
+        from spkid.diarization.overlap import load_detector
+        _DETECTOR = load_detector()
+    return _DETECTOR
 
 
 def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, cfg: DiarizeConfig, *,
@@ -165,9 +183,11 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb)
     cents = C.centroids(x, labels)
     refine = cfg.refine and stream is not None and embedder is not None
-    bounds, overlaps = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu,
-                                   C.centroids(C._unit(a.emb), labels))
-    segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents, overlaps)
+    bounds = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu)
+    segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents)
+    if cfg.overlap and a.overlap is not None:
+        from spkid.diarization.overlap import regions
+        segments = _second_speakers(segments, regions(a.overlap, cfg.overlap_threshold), a.speech)
     names = [f"SPEAKER_{k:02d}" for k in range(len(cents))]
     segments = [Segment(s.file, s.start, s.end, names[int(s.speaker)], s.score) for s in segments]
     mean_raw = np.stack([a.emb[labels == k].mean(0) for k in range(len(cents))])
@@ -256,11 +276,10 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
 
 
 def _boundaries(stream: AudioStream | None, win: np.ndarray, labels: np.ndarray, cents: np.ndarray,
-                embedder: Embedder | None, cfg: DiarizeConfig, refine: bool, mu: np.ndarray, raw_cents: np.ndarray):
-    """``({t: sample}, {t: (start, end)})``: where speech passes from window ``t``'s speaker to window ``t+1``'s, for
-    each change between overlapping windows (without ``refine``: halfway between the window centres), and, with
-    ``cfg.overlap``, the stretch around that change where both speakers talk."""
-    out, overlaps = {}, {}
+                embedder: Embedder | None, cfg: DiarizeConfig, refine: bool, mu: np.ndarray) -> dict[int, int]:
+    """``{t: sample}``: where speech passes from window ``t``'s speaker to window ``t+1``'s, for each change between
+    overlapping windows (without ``refine``: halfway between the window centres)."""
+    out = {}
     centre = win.mean(1)
     for t in np.flatnonzero((labels[1:] != labels[:-1]) & (win[1:, 0] < win[:-1, 1])):
         a, b = int(centre[t]), int(centre[t + 1])
@@ -281,23 +300,13 @@ def _boundaries(stream: AudioStream | None, win: np.ndarray, labels: np.ndarray,
         gain = np.cumsum(d)[:-1] - (d.sum() - np.cumsum(d)[:-1])
         j = int(np.argmax(gain))
         out[int(t)] = int((points[j] + points[j + 1]) // 2)
-        if cfg.overlap > 0:
-            both = np.minimum(raw @ raw_cents[labels[t]], raw @ raw_cents[labels[t + 1]]) >= cfg.overlap
-            if both[j] or both[j + 1]:
-                first, last = (j, j) if both[j] else (j + 1, j + 1)
-                while first > 0 and both[first - 1]:
-                    first -= 1
-                while last < len(points) - 1 and both[last + 1]:
-                    last += 1
-                overlaps[int(t)] = (int(points[first]) - step // 2, int(points[last]) + step // 2)
-    return out, overlaps
+    return out
 
 
 def _segments(stem: str, speech, win: np.ndarray, labels: np.ndarray, bounds: dict[int, int], x: np.ndarray,
-              cents: np.ndarray, overlaps: dict[int, tuple[int, int]] | None = None) -> list[Segment]:
+              cents: np.ndarray) -> list[Segment]:
     """Speaker turns: each speech segment split where its windows change speaker (at ``bounds``); speech without a
-    window of its own takes the label of the nearest window; in an overlap around change ``t`` the first speaker
-    goes on to its end and the second starts at its start. Score: the turn's windows' mean cosine to the speaker's
+    window of its own takes the label of the nearest window. Score: the turn's windows' mean cosine to the speaker's
     centre. Labels are returned as strings of the cluster index."""
     centre = win.mean(1)
     sim = (x * cents[labels]).sum(1)                                            # (W,) cosine to own centre
@@ -315,13 +324,27 @@ def _segments(stem: str, speech, win: np.ndarray, labels: np.ndarray, bounds: di
                 out.append(_turn(stem, start, cut, labels[t], sim[first: t + 1]))
                 start, first = cut, t + 1
         out.append(_turn(stem, start, e, labels[inside[-1]], sim[first: inside[-1] + 1]))
-        for t in inside[:-1]:
-            if int(t) in (overlaps or {}) and labels[t + 1] != labels[t]:
-                o1, o2 = overlaps[int(t)]
-                cut = bounds[int(t)]
-                out.append(_turn(stem, max(cut, s), min(o2, e), labels[t], sim[t: t + 1]))
-                out.append(_turn(stem, max(o1, s), min(cut, e), labels[t + 1], sim[t + 1: t + 2]))
     return _merge([seg for seg in out if seg.end > seg.start])
+
+
+def _second_speakers(segs: list[Segment], stretches: list[tuple[float, float]],
+                     speech: list[tuple[int, int]]) -> list[Segment]:
+    """``segs`` plus a second speaker over each overlap stretch ``(start_s, end_s)`` (cut to the detected speech):
+    under each turn the stretch crosses, the speaker of the nearest turn of another speaker (before or after; at a
+    change of speaker, the other side's). Its score is that turn's."""
+    extra = []
+    for a, b in stretches:
+        for s0, e0 in speech:
+            lo, hi = max(a, s0 / SAMPLE_RATE), min(b, e0 / SAMPLE_RATE)
+            if hi <= lo:
+                continue
+            for cur in [s for s in segs if s.start < hi and s.end > lo]:
+                p0, p1 = max(lo, cur.start), min(hi, cur.end)
+                others = [s for s in segs if s.speaker != cur.speaker]
+                if others:
+                    near = min(others, key=lambda s: max(s.start - p1, p0 - s.end, 0.0))
+                    extra.append(Segment(cur.file, p0, p1, near.speaker, near.score))
+    return _merge(segs + extra) if extra else segs
 
 
 def _merge(segs: list[Segment]) -> list[Segment]:
