@@ -526,6 +526,9 @@ def _add_diarize(sub) -> None:
     p.add_argument("--method", choices=["ahc", "spectral"], default="spectral", help="clustering (default spectral)")
     p.add_argument("--threshold", type=float, help="cosine distance at which speakers stay apart (default: "
                                                    "calibrated for the base model; lower finds more speakers)")
+    p.add_argument("--merge-raw", type=float, metavar="C",
+                   help="then merge speakers whose mean embeddings (uncentred) have a cosine above C (default 0.88, "
+                        "tuned for the base model; 0: off, e.g. for an imported model)")
     p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                    help="find overlapped speech and give it a second speaker (default: on)")
     p.add_argument("--overlap-threshold", type=float, metavar="P",
@@ -558,7 +561,8 @@ def _cmd_diarize(a) -> int:
                   f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)")
     cfg = DiarizeConfig(method=a.method, overlap=a.overlap,
                         **({} if a.threshold is None else {"threshold": a.threshold}),
-                        **({} if a.overlap_threshold is None else {"overlap_threshold": a.overlap_threshold}))
+                        **({} if a.overlap_threshold is None else {"overlap_threshold": a.overlap_threshold}),
+                        **({} if a.merge_raw is None else {"merge_raw": a.merge_raw}))
     res = diarize_files(a.audio, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
                         progress=not a.quiet, on_file=report)

@@ -22,6 +22,9 @@ from scipy.cluster.vq import kmeans2
 from scipy.special import logsumexp
 
 
+WINDOWS_PER_SPEAKER = 6      # spectral's count is at most N / 6 (4.5 s of speech per speaker on average)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -73,9 +76,11 @@ def spectral(x: np.ndarray, *, n_speakers: int | None = None, min_speakers: int 
 
     For each pruning fraction ``p`` only the ``p N`` largest similarities of each row are kept; the ``p`` whose
     largest eigengap is largest relative to ``p`` wins (NME). A count of 1 is only chosen when ``min_speakers``
-    or ``n_speakers`` says so (an eigengap cannot tell one cluster from noise: pair with a merge threshold)."""
+    or ``n_speakers`` says so (an eigengap cannot tell one cluster from noise: pair with a merge threshold). The
+    count is at most one speaker per ``WINDOWS_PER_SPEAKER`` points: on a short recording without structure (one
+    speaker) the largest gap otherwise falls anywhere up to 20."""
     n = len(x)
-    hi = min(max_speakers or 20, n - 1) if n > 2 else 1
+    hi = min(max_speakers or 20, max(2, n // WINDOWS_PER_SPEAKER), n - 1) if n > 2 else 1
     if n <= 2 or (n_speakers or 0) == 1 or hi < 2:
         return np.zeros(n, dtype=np.int64)
     sim = _unit(x) @ _unit(x).T

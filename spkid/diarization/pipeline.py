@@ -52,6 +52,9 @@ class DiarizeConfig:
     same_speaker: float = 0.0        # > 0: merge clusters the recording scores as one speaker within this margin
                                      # (cluster.merge_same_speaker; 0.08 keeps monologues whole more often but cost
                                      # 2-8 DER points on the test conversations: off)
+    merge_raw: float = 0.88          # > 0: then clusters whose UNcentred mean embeddings have a cosine above this merge
+                                     # (a recording of one speaker: centring removes the speaker and the rest splits);
+                                     # tuned for the base model (docs/diarization.md); 0: off
     max_points: int = 2000           # clustering sees at most this many points (averages of consecutive windows)
     hmm: bool = True
     hmm_scale: float = 12.0
@@ -76,6 +79,8 @@ class DiarizeConfig:
                               f"{self.batch}, {self.max_points}")
         if not 0 < self.overlap_threshold < 1:
             raise ConfigError(f"diarize overlap_threshold {self.overlap_threshold}: a probability in (0, 1)")
+        if not 0 <= self.merge_raw < 1:
+            raise ConfigError(f"diarize merge_raw {self.merge_raw}: a cosine in [0, 1) (0: off)")
         if not 0 < self.threshold < 2:
             raise ConfigError(f"diarize threshold {self.threshold}: a cosine distance in (0, 2)")
         self.vad.validate()
@@ -256,8 +261,9 @@ def _embed_windows(stream: AudioStream, win: np.ndarray, embedder: Embedder, cfg
 
 def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min_speakers, max_speakers,
              raw: np.ndarray) -> np.ndarray:
-    """Window labels ``(W,)`` 0..K-1: cluster (representatives of a long file) the centred windows ``x``, merge what
-    the uncentred ``raw`` ``(W, E)`` call one speaker, then the HMM over all windows."""
+    """Window labels ``(W,)`` 0..K-1: cluster (representatives of a long file) the centred windows ``x``, merge the
+    clusters whose uncentred ``raw`` ``(W, E)`` means have a cosine above ``cfg.merge_raw`` (and, with
+    ``cfg.same_speaker``, what the recording calls one speaker), then the HMM over all windows."""
     reps, group = C.compact(x, cfg.max_points)
     if cfg.method == "ahc":
         rl = C.ahc(reps, cfg.threshold, n_speakers=n_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
@@ -266,6 +272,8 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
         if n_speakers is None:
             rl = C.merge_close(reps, rl, cfg.threshold, min_speakers)
     labels = rl[group]
+    if cfg.merge_raw > 0 and n_speakers is None:
+        labels = C.merge_close(C._unit(raw), labels, 1.0 - cfg.merge_raw, min_speakers)
     if cfg.same_speaker > 0 and n_speakers is None:
         labels = C.merge_same_speaker(raw, labels, cfg.same_speaker, min_speakers)
     if cfg.hmm:

@@ -13,10 +13,10 @@ from spkid.audio.synth import make_voice, synth_utterance
 from spkid.diarization.simulate import build_conversation, speech_span
 
 def diar_config(**kw):
-    """``DiarizeConfig`` that suits ``MeanLogMel``: AHC at 1.1, and no same-speaker merge (its raw vectors share one
-    large common part, so every raw cosine is near 1: the merge's premise, a speaker embedder's raw space, fails)."""
+    """``DiarizeConfig`` that suits ``MeanLogMel``: AHC at 1.1, and neither raw merge (its raw vectors share one large
+    common part, so every raw cosine is near 1: the merges' premise, a speaker embedder's raw space, fails)."""
     from spkid.diarization.pipeline import DiarizeConfig
-    return DiarizeConfig(**{"threshold": 1.1, "method": "ahc", "same_speaker": 0.0, **kw})
+    return DiarizeConfig(**{"threshold": 1.1, "method": "ahc", "same_speaker": 0.0, "merge_raw": 0.0, **kw})
 
 
 VOICES = ((3, 90.0, 0.85), (11, 240.0, 1.15), (5, 160.0, 1.0))     # (seed, F0 Hz, vocal-tract scale): far apart

@@ -90,3 +90,34 @@ def test_merge_same_speaker_keeps_one_voice_whole_and_two_apart():
     two_y = np.r_[np.zeros(30, int), np.ones(30, int)]
     assert C.merge_same_speaker(two_x, two_y, 0.08).max() == 1
     assert C.merge_same_speaker(one, split, 0.08, min_speakers=2).max() == 1
+
+
+def test_raw_merge_keeps_one_speaker_whole_and_two_apart():
+    """Centring removes a lone speaker and the spectral step splits what is left; the merge of clusters whose
+    uncentred means are alike (``merge_raw``) puts them back together, and leaves two real speakers apart."""
+    from spkid.diarization.pipeline import DiarizeConfig, _cluster, _space
+    rng = np.random.default_rng(0)
+    e, n = 32, 80
+    a, b = np.eye(e)[0], np.eye(e)[1]
+    one = 3 * a + 0.3 * rng.standard_normal((n, e))        # windows at cosine ~0.87 to their speaker
+    two = np.concatenate([3 * a + 0.3 * rng.standard_normal((n // 2, e)),
+                          3 * b + 0.3 * rng.standard_normal((n // 2, e))])
+    win = np.stack([np.arange(n) * 12000, np.arange(n) * 12000 + 24000], 1)
+
+    def count(raw, merge_raw):
+        x = _space(raw, (raw / np.linalg.norm(raw, axis=1, keepdims=True)).mean(0))
+        cfg = DiarizeConfig(method="spectral", merge_raw=merge_raw, hmm=False)
+        return int(_cluster(x, win, cfg, None, 1, None, raw).max()) + 1
+
+    assert count(one, 0.0) >= 2                    # without it the lone speaker is split
+    assert count(one, 0.88) == 1
+    assert count(two, 0.88) == 2
+
+
+def test_spectral_count_is_bounded_by_the_windows():
+    """Noise with no speaker structure: the eigengap alone may land anywhere up to 20; the count stays at most one
+    speaker per WINDOWS_PER_SPEAKER points."""
+    from spkid.diarization.cluster import WINDOWS_PER_SPEAKER, spectral
+    x = np.random.default_rng(1).standard_normal((36, 16))
+    assert spectral(x).max() + 1 <= 36 // WINDOWS_PER_SPEAKER
+    assert spectral(x, max_speakers=3).max() + 1 <= 3
