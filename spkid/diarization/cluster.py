@@ -80,7 +80,8 @@ def spectral(x: np.ndarray, *, n_speakers: int | None = None, min_speakers: int 
     count is at most one speaker per ``WINDOWS_PER_SPEAKER`` points: on a short recording without structure (one
     speaker) the largest gap otherwise falls anywhere up to 20."""
     n = len(x)
-    hi = min(max_speakers or 20, max(2, n // WINDOWS_PER_SPEAKER), n - 1) if n > 2 else 1
+    cap = max(2, n // WINDOWS_PER_SPEAKER, min_speakers, n_speakers or 0)
+    hi = min(max(max_speakers or 20, n_speakers or 0), cap, n - 1) if n > 2 else 1
     if n <= 2 or (n_speakers or 0) == 1 or hi < 2:
         return np.zeros(n, dtype=np.int64)
     sim = _unit(x) @ _unit(x).T
@@ -91,8 +92,8 @@ def spectral(x: np.ndarray, *, n_speakers: int | None = None, min_speakers: int 
         lap = np.diag(a.sum(1)) - a
         vals, vecs = np.linalg.eigh(lap)
         gaps = np.diff(vals[: hi + 1])
-        lo = max(min_speakers, 2)
-        k = n_speakers or int(np.argmax(gaps[lo - 1: hi]) + lo)
+        lo = min(max(min_speakers, 2), hi)                  # a minimum above the points available: all of them
+        k = min(n_speakers, hi) if n_speakers else int(np.argmax(gaps[lo - 1: hi]) + lo)
         ratio = (keep / n) / (gaps[k - 1] / max(vals[-1], 1e-10) + 1e-10)
         if best is None or ratio < best[0]:
             best = (ratio, k, vecs)

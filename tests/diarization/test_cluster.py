@@ -121,3 +121,15 @@ def test_spectral_count_is_bounded_by_the_windows():
     x = np.random.default_rng(1).standard_normal((36, 16))
     assert spectral(x).max() + 1 <= 36 // WINDOWS_PER_SPEAKER
     assert spectral(x, max_speakers=3).max() + 1 <= 3
+
+
+def test_spectral_counts_asked_for_beyond_the_cap_or_the_points():
+    """A minimum or an exact count above the windows' cap is honoured; one above the points available gives N - 1
+    clusters, never an error."""
+    from spkid.diarization.cluster import spectral
+    x = np.random.default_rng(0).standard_normal((12, 8))            # cap: 12 // 6 = 2 speakers
+    assert spectral(x, min_speakers=4).max() + 1 == 4
+    assert spectral(x, n_speakers=5).max() + 1 == 5
+    assert spectral(x, min_speakers=20).max() + 1 == 11
+    assert spectral(x, n_speakers=30).max() + 1 == 11
+    assert spectral(np.random.default_rng(0).standard_normal((60, 8)), n_speakers=25).max() + 1 == 25
