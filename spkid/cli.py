@@ -559,10 +559,8 @@ def _cmd_diarize(a) -> int:
         else:
             print(f"{o.path}: {o.n_speakers} speaker(s), {len(o.segments)} turns, {o.speech:.1f} s of speech in "
                   f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)")
-    cfg = DiarizeConfig(method=a.method, overlap=a.overlap,
-                        **({} if a.threshold is None else {"threshold": a.threshold}),
-                        **({} if a.overlap_threshold is None else {"overlap_threshold": a.overlap_threshold}),
-                        **({} if a.merge_raw is None else {"merge_raw": a.merge_raw}))
+    given = {"threshold": a.threshold, "overlap_threshold": a.overlap_threshold, "merge_raw": a.merge_raw}
+    cfg = DiarizeConfig(method=a.method, overlap=a.overlap, **{k: v for k, v in given.items() if v is not None})
     res = diarize_files(a.audio, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
                         progress=not a.quiet, on_file=report)

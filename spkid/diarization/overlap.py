@@ -12,6 +12,7 @@ of a batch of chunks whatever the file's length. ``regions`` turns the probabili
 """
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from spkid.errors import DataError
 
 SAMPLE_RATE = 16000
 FRAME_S = 0.02                 # one output frame (two 10 ms feature frames)
+FRAME = int(FRAME_S * SAMPLE_RATE)   # samples per output frame
 CHUNK_S = 8.0                  # seconds the network sees at once (training chunks have this length)
 HOP_S = 6.0                    # chunk step at inference: 1 s of context kept on each side
 SHIPPED = Path(__file__).with_name("overlap.pt")
@@ -61,6 +63,12 @@ def load_detector(path: str | Path | None = None) -> "OverlapDetector":
     return OverlapDetector(net.eval(), ck.get("meta", {}))
 
 
+@functools.cache
+def shipped_detector() -> "OverlapDetector":
+    """The shipped detector, loaded once per process."""
+    return load_detector()
+
+
 class OverlapDetector:
     """A trained ``OverlapNet`` and what its training recorded (``meta``: data, validation precision and recall)."""
 
@@ -80,19 +88,23 @@ class OverlapDetector:
     def probs(self, stream, speech: list[tuple[int, int]], *, batch: int = 16) -> np.ndarray:
         """Overlap probability of every ``FRAME_S`` frame of ``stream`` (an ``AudioStream``) ``(ceil(S / 320),)``;
         frames of chunks without speech (``speech``: ``[(start, end)]`` samples) stay 0."""
-        n_frames = -(-stream.n_samples // int(FRAME_S * SAMPLE_RATE))
+        n_frames = -(-stream.n_samples // FRAME)
         out = np.zeros(n_frames, dtype=np.float32)
         chunk, hop = int(CHUNK_S * SAMPLE_RATE), int(HOP_S * SAMPLE_RATE)
         margin = (chunk - hop) // 2
-        starts = [s for s in range(0, max(stream.n_samples - margin, 1), hop)
-                  if any(a < s + chunk and b > s for a, b in speech)]
+        seg = np.asarray(speech, dtype=np.int64).reshape(-1, 2)                   # sorted, disjoint
+        starts = np.arange(0, max(stream.n_samples - margin, 1), hop)
+        first = np.searchsorted(seg[:, 1], starts, side="right")                 # first segment ending after s
+        has = first < len(seg)
+        has[has] = seg[first[has], 0] < starts[has] + chunk
+        starts = starts[has].tolist()
         for i in range(0, len(starts), batch):
             group = starts[i: i + batch]
             p = self.chunk_probs(np.stack([stream.read(s, s + chunk) for s in group]))
             for s, row in zip(group, p):
                 lo = 0 if s == 0 else margin                                   # keep the chunk's middle
-                f0 = (s + lo) // int(FRAME_S * SAMPLE_RATE)
-                keep = row[lo // int(FRAME_S * SAMPLE_RATE):]
+                f0 = (s + lo) // FRAME
+                keep = row[lo // FRAME:]
                 out[f0: f0 + keep.size] = keep[: max(0, n_frames - f0)]
         return out
 
@@ -103,11 +115,11 @@ def regions(probs: np.ndarray, threshold: float, *, min_s: float = 0.1, smooth: 
     if probs.size == 0:
         return []
     if smooth > 1:
-        pad = np.pad(probs, smooth // 2, mode="edge")
-        probs = np.median(np.lib.stride_tricks.sliding_window_view(pad, smooth), axis=1)
+        from scipy.ndimage import median_filter
+        probs = median_filter(probs, size=smooth, mode="nearest")
     on = np.concatenate([[False], probs >= threshold, [False]])
     edges = np.flatnonzero(on[1:] != on[:-1])
     return [(a * FRAME_S, b * FRAME_S) for a, b in zip(edges[::2], edges[1::2]) if (b - a) * FRAME_S >= min_s]
 
 
-__all__ = ["OverlapNet", "OverlapDetector", "load_detector", "regions", "SHIPPED", "FRAME_S", "CHUNK_S"]
+__all__ = ["OverlapNet", "OverlapDetector", "load_detector", "shipped_detector", "regions", "SHIPPED", "FRAME_S", "CHUNK_S"]

@@ -25,6 +25,7 @@ import torch
 
 from spkid.audio.vad import VadConfig, segments_from_probs
 from spkid.diarization import cluster as C
+from spkid.diarization.overlap import regions, shipped_detector
 from spkid.diarization.rttm import Segment
 from spkid.diarization.stream import SAMPLE_RATE, AudioStream, speech_probs_stream, windows_over
 from spkid.errors import ConfigError, DataError
@@ -159,20 +160,8 @@ def analyse(stream: AudioStream, embedder: Embedder, cfg: DiarizeConfig, progres
             progress(stream.duration)
         return Analysis(stream.path, stream.duration, speech, win, np.zeros((0, 0), dtype=np.float32))
     emb = _embed_windows(stream, win, embedder, cfg, progress)
-    ovl = overlap_detector().probs(stream, speech) if cfg.overlap else None
+    ovl = shipped_detector().probs(stream, speech) if cfg.overlap else None
     return Analysis(stream.path, stream.duration, speech, win, emb, ovl)
-
-
-_DETECTOR = None
-
-
-def overlap_detector():
-    """The shipped overlap detector, loaded once per process."""
-    global _DETECTOR
-    if _DETECTOR is None:
-        from spkid.diarization.overlap import load_detector
-        _DETECTOR = load_detector()
-    return _DETECTOR
 
 
 def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, cfg: DiarizeConfig, *,
@@ -191,7 +180,6 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     bounds = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu)
     segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents)
     if cfg.overlap and a.overlap is not None:
-        from spkid.diarization.overlap import regions
         segments = _second_speakers(segments, regions(a.overlap, cfg.overlap_threshold), a.speech)
     names = [f"SPEAKER_{k:02d}" for k in range(len(cents))]
     segments = [Segment(s.file, s.start, s.end, names[int(s.speaker)], s.score) for s in segments]
