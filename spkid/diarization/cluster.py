@@ -113,16 +113,29 @@ def _pruned(sim: np.ndarray, keep: int) -> np.ndarray:
     return a
 
 
-def merge_close(x: np.ndarray, labels: np.ndarray, threshold: float, min_speakers: int = 1) -> np.ndarray:
+def merge_close(x: np.ndarray, labels: np.ndarray, threshold: float, min_speakers: int = 1, *,
+                weights: np.ndarray | None = None, settled: float = 0.0,
+                settled_threshold: float | None = None) -> np.ndarray:
     """Merge the closest pair of clusters while their centres' cosine distance is below ``threshold`` (and more
-    than ``min_speakers`` clusters remain) ``(N,) -> (N,)``."""
+    than ``min_speakers`` clusters remain) ``(N,) -> (N,)``.
+
+    ``weights`` ``(N,)`` counts the windows behind each point (``compact``'s averages; default 1). With
+    ``settled`` > 0, two clusters that both hold at least ``settled`` windows merge only below
+    ``settled_threshold`` (lower): a speaker split in two leaves a fragment, while two clusters that each hold
+    much speech are rarely one speaker (docs/diarization.md)."""
     labels = relabel(labels)
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=float)
     while labels.max() + 1 > min_speakers:
-        c = centroids(x, labels)
+        c = centroids(x, labels, w)
         d = 1.0 - c @ c.T
+        if settled > 0:
+            size = np.bincount(labels, weights=w)
+            d = d - np.where(np.minimum.outer(size, size) >= settled, settled_threshold, threshold)
+        else:
+            d = d - threshold
         np.fill_diagonal(d, np.inf)
         i, j = np.unravel_index(np.argmin(d), d.shape)
-        if d[i, j] >= threshold:
+        if d[i, j] >= 0:
             break
         labels = relabel(np.where(labels == max(i, j), min(i, j), labels))
     return labels

@@ -53,9 +53,13 @@ class DiarizeConfig:
     same_speaker: float = 0.0        # > 0: merge clusters the recording scores as one speaker within this margin
                                      # (cluster.merge_same_speaker; 0.08 keeps monologues whole more often but cost
                                      # 2-8 DER points on the test conversations: off)
+    settled_s: float = 15.0          # two clusters that each hold this much speech are "settled": they merge only
+    settled_threshold: float = 0.5   # below this centred distance (a long recording's speakers stay apart)
     merge_raw: float = 0.88          # > 0: then clusters whose UNcentred mean embeddings have a cosine above this merge
                                      # (a recording of one speaker: centring removes the speaker and the rest splits);
                                      # tuned for the base model (docs/diarization.md); 0: off
+    raw_settled_s: float = 45.0      # ... but two clusters that each hold this much speech only above
+    merge_raw_settled: float = 0.92  # this cosine (a telephone channel pulls every raw cosine up)
     max_points: int = 2000           # clustering sees at most this many points (averages of consecutive windows)
     hmm: bool = True
     hmm_scale: float = 12.0
@@ -84,6 +88,11 @@ class DiarizeConfig:
             raise ConfigError(f"diarize merge_raw {self.merge_raw}: a cosine in [0, 1) (0: off)")
         if not 0 < self.threshold < 2:
             raise ConfigError(f"diarize threshold {self.threshold}: a cosine distance in (0, 2)")
+        if self.settled_s < 0 or self.raw_settled_s < 0 or not 0 < self.settled_threshold < 2:
+            raise ConfigError(f"diarize settled clusters: need settled_s, raw_settled_s >= 0 and 0 < settled_threshold "
+                              f"< 2, got {self.settled_s}, {self.raw_settled_s}, {self.settled_threshold}")
+        if not 0 <= self.merge_raw_settled < 1:
+            raise ConfigError(f"diarize merge_raw_settled {self.merge_raw_settled}: a cosine in [0, 1)")
         self.vad.validate()
 
 
@@ -249,8 +258,10 @@ def _embed_windows(stream: AudioStream, win: np.ndarray, embedder: Embedder, cfg
 
 def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min_speakers, max_speakers,
              raw: np.ndarray) -> np.ndarray:
-    """Window labels ``(W,)`` 0..K-1: cluster (representatives of a long file) the centred windows ``x``, merge the
-    clusters whose uncentred ``raw`` ``(W, E)`` means have a cosine above ``cfg.merge_raw`` (and, with
+    """Window labels ``(W,)`` 0..K-1: cluster (representatives of a long file) the centred windows ``x`` (spectral's
+    clusters merged below ``cfg.threshold``, or ``cfg.settled_threshold`` between two clusters that each hold
+    ``cfg.settled_s`` of speech), merge the clusters whose uncentred ``raw`` ``(W, E)`` means have a cosine above
+    ``cfg.merge_raw`` (``cfg.merge_raw_settled`` between two of ``cfg.raw_settled_s``; and, with
     ``cfg.same_speaker``, what the recording calls one speaker), then the HMM over all windows."""
     reps, group = C.compact(x, cfg.max_points)
     if cfg.method == "ahc":
@@ -258,10 +269,14 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
     else:
         rl = C.spectral(reps, n_speakers=n_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
         if n_speakers is None:
-            rl = C.merge_close(reps, rl, cfg.threshold, min_speakers)
+            rl = C.merge_close(reps, rl, cfg.threshold, min_speakers, weights=np.bincount(group, minlength=len(reps)),
+                               settled=cfg.settled_s / cfg.hop_s,
+                               settled_threshold=min(cfg.settled_threshold, cfg.threshold))
     labels = rl[group]
     if cfg.merge_raw > 0 and n_speakers is None:
-        labels = C.merge_close(C._unit(raw), labels, 1.0 - cfg.merge_raw, min_speakers)
+        labels = C.merge_close(C._unit(raw), labels, 1.0 - cfg.merge_raw, min_speakers,
+                               settled=cfg.raw_settled_s / cfg.hop_s,
+                               settled_threshold=1.0 - max(cfg.merge_raw_settled, cfg.merge_raw))
     if cfg.same_speaker > 0 and n_speakers is None:
         labels = C.merge_same_speaker(raw, labels, cfg.same_speaker, min_speakers)
     if cfg.hmm:

@@ -133,3 +133,32 @@ def test_spectral_counts_asked_for_beyond_the_cap_or_the_points():
     assert spectral(x, min_speakers=20).max() + 1 == 11
     assert spectral(x, n_speakers=30).max() + 1 == 11
     assert spectral(np.random.default_rng(0).standard_normal((60, 8)), n_speakers=25).max() + 1 == 25
+
+
+def test_settled_clusters_merge_only_when_much_closer():
+    """Two clusters that each hold much speech stay apart at a distance where a fragment still merges: with
+    ``settled``, such a pair needs ``settled_threshold``; the fragment (fewer windows) keeps ``threshold``."""
+    rng = np.random.default_rng(0)
+    a, b = C._unit(rng.standard_normal(16)), C._unit(rng.standard_normal(16))
+    b = C._unit(a + 0.9 * C._unit(b - (b @ a) * a))                 # centres at cosine distance ~0.26
+    big = C._unit(np.concatenate([a + 0.05 * rng.standard_normal((40, 16)), b + 0.05 * rng.standard_normal((40, 16))]))
+    y = np.r_[np.zeros(40, int), np.ones(40, int)]
+    assert C.merge_close(big, y, 0.5).max() == 0                                   # plain: merged
+    assert C.merge_close(big, y, 0.5, settled=30, settled_threshold=0.1).max() == 1  # both settled: apart
+    frag = np.r_[np.zeros(70, int), np.ones(10, int)]                               # a 10-window fragment
+    assert C.merge_close(big[np.r_[0:40, 40:70, 70:80]], frag, 0.5, settled=30, settled_threshold=0.1).max() == 0
+    w = np.full(80, 2.0)                                            # points that average 2 windows each
+    assert C.merge_close(big, y, 0.5, weights=w, settled=60, settled_threshold=0.1).max() == 1
+    assert C.merge_close(big, y, 0.5, weights=w, settled=100, settled_threshold=0.1).max() == 0
+
+
+def test_settled_settings_are_checked():
+    from spkid.diarization.pipeline import DiarizeConfig
+    from spkid.errors import ConfigError
+    with pytest.raises(ConfigError, match="settled clusters"):
+        DiarizeConfig(settled_threshold=0.0)
+    with pytest.raises(ConfigError, match="settled clusters"):
+        DiarizeConfig(settled_s=-1.0)
+    with pytest.raises(ConfigError, match="merge_raw_settled"):
+        DiarizeConfig(merge_raw_settled=1.0)
+    DiarizeConfig(settled_s=0.0, raw_settled_s=0.0)                  # 0: the rule off
