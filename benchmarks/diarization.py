@@ -307,8 +307,9 @@ def main(argv=None) -> int:
     if a.conversations:
         counts = {c: a.conversations for c in counts}
     plans = [p for c, k in counts.items() for p in conversations(c, k, minutes, a.seed, 6 if c == "fsdd" else 5)]
-    if a.full:
-        plans += conversations("libri", 1, (60.0, 60.0), a.seed + 1)
+    if a.full:                                   # one hour, named apart from the 1-10 minute "libri-00"
+        plans += [(f"libri-hour-{k:02d}", *rest) for k, (_, *rest) in
+                  enumerate(conversations("libri", 1, (60.0, 60.0), a.seed + 1))]
     results = []
     for cond in CONDITIONS:
         t0 = time.perf_counter()
