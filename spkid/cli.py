@@ -529,6 +529,9 @@ def _add_diarize(sub) -> None:
     p.add_argument("--merge-raw", type=float, metavar="C",
                    help="then merge speakers whose mean embeddings (uncentred) have a cosine above C (default 0.88, "
                         "tuned for the base model; 0: off, e.g. for an imported model)")
+    p.add_argument("--settled", action=argparse.BooleanOptionalAction, default=True,
+                   help="two speakers that each hold much speech (15 s; 45 s for the uncentred merge) stay apart "
+                        "unless much closer (default: on; tuned for the base model)")
     p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                    help="find overlapped speech and give it a second speaker (default: on)")
     p.add_argument("--overlap-threshold", type=float, metavar="P",
@@ -560,6 +563,8 @@ def _cmd_diarize(a) -> int:
             print(f"{o.path}: {o.n_speakers} speaker(s), {len(o.segments)} turns, {o.speech:.1f} s of speech in "
                   f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)")
     given = {"threshold": a.threshold, "overlap_threshold": a.overlap_threshold, "merge_raw": a.merge_raw}
+    if not a.settled:
+        given.update(settled_s=0.0, raw_settled_s=0.0)
     cfg = DiarizeConfig(method=a.method, overlap=a.overlap, **{k: v for k, v in given.items() if v is not None})
     res = diarize_files(a.audio, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
