@@ -252,6 +252,8 @@ def enroll_corpus(corpus: str, checkpoint: str, work: Path) -> Path:
     for k, (spk, items) in enumerate(sorted(held.items())):
         files = []
         for j, it in enumerate(items):
+            if isinstance(it, np.ndarray) and it.size == 0:     # digits where Silero heard no speech
+                continue
             if isinstance(it, np.ndarray):
                 p = work / "enroll" / corpus / spk / f"{j}.flac"
                 p.parent.mkdir(parents=True, exist_ok=True)
