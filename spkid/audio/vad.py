@@ -31,6 +31,9 @@ FRAME = 512          # samples per VAD frame at 16 kHz (32 ms)
 CONTEXT = 64         # samples of the previous frame the model sees before each frame
 BLOCK_FRAMES = 512   # frames per onnxruntime call (about 16 s of audio): bounded memory, few calls
 MODEL_FILE = "silero_vad_16k_sequence.onnx"
+NARROW_MODEL_FILE = "silero_vad.onnx"    # the stock streaming model, run in its 8 kHz mode for narrowband audio
+NARROW_FRAME, NARROW_CONTEXT = 256, 32   # its 8 kHz frame (the same 32 ms) and context, in 8 kHz samples
+NARROW_CHUNK, NARROW_WARMUP = 256, 64    # frames per chunk of the batch it runs as, and of audio before each chunk
 
 
 @dataclass
@@ -59,30 +62,33 @@ class VadConfig:
             raise ConfigError(f"vad.threads must be >= 1, got {self.threads}")
 
 
-_SESSIONS: dict[tuple[int, int], object] = {}
+_SESSIONS: dict[tuple[int, int, str], object] = {}
 _LOCK = threading.Lock()
 
 
-def model_path() -> str:
-    """Path of the packaged sequence ONNX model (the ``silero_vad`` package is located, not imported)."""
+def model_path(name: str = MODEL_FILE) -> str:
+    """Path of a packaged Silero ONNX model (the ``silero_vad`` package is located, not imported): by default the
+    16 kHz sequence model."""
     spec = importlib.util.find_spec("silero_vad")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("speech detection needs the silero-vad package (pip install silero-vad==6.2.3 --no-deps)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", MODEL_FILE)
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", name)
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: Silero VAD model file missing (reinstall silero-vad==6.2.3)")
     return path
 
 
-def _session(threads: int):
-    """One onnxruntime session per (process, thread count); rebuilt after a fork (sessions are not fork-safe)."""
-    key = (os.getpid(), threads)
+def _session(threads: int, name: str = MODEL_FILE):
+    """One onnxruntime session per (process, thread count, model); rebuilt after a fork (sessions are not
+    fork-safe)."""
+    key = (os.getpid(), threads, name)
     with _LOCK:
         if key not in _SESSIONS:
             import onnxruntime as ort
             opts = ort.SessionOptions()
             opts.inter_op_num_threads, opts.intra_op_num_threads = 1, threads
-            _SESSIONS[key] = ort.InferenceSession(model_path(), sess_options=opts, providers=["CPUExecutionProvider"])
+            _SESSIONS[key] = ort.InferenceSession(model_path(name), sess_options=opts,
+                                                  providers=["CPUExecutionProvider"])
         return _SESSIONS[key]
 
 
@@ -106,6 +112,41 @@ def speech_probs(wav: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray
         p, h, c = sess.run(["speech_probs", "hn", "cn"], {"input": blocks[i: i + BLOCK_FRAMES], "h": h, "c": c})
         out.append(p)
     return np.concatenate(out).astype(np.float32)
+
+
+def speech_probs_narrowband(wav: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray:
+    """Per-frame speech probability ``(ceil(S / 512),)`` of a 16 kHz waveform ``(S,)`` whose content is narrowband
+    (a telephone channel, a recording at 8 kHz): the larger of ``speech_probs`` and of Silero's 8 kHz mode on the
+    waveform decimated to 8 kHz (256-sample frames: the same 32 ms). On narrowband voices each of the two misses
+    speech the other finds (whole FSDD and synthetic-voice calls for the 16 kHz model; docs/diarization.md)."""
+    from spkid.audio.io import resample
+    x = _as_numpy(wav)
+    p16 = speech_probs(x, threads)
+    n = p16.size
+    if n == 0:
+        return p16
+    y = np.zeros((n + NARROW_WARMUP) * NARROW_FRAME, dtype=np.float32)      # NARROW_WARMUP frames of zeros first
+    r = resample(x, SAMPLE_RATE, SAMPLE_RATE // 2)[: n * NARROW_FRAME]
+    y[NARROW_WARMUP * NARROW_FRAME: NARROW_WARMUP * NARROW_FRAME + r.size] = r
+    frames = y.reshape(-1, NARROW_FRAME)                                    # (W + n, 256)
+    # the stock model is stateful frame by frame: run the file as a batch of chunks of NARROW_CHUNK frames, each
+    # after the NARROW_WARMUP frames before it (the LSTM warms up on real audio; those outputs are dropped)
+    b = -(-n // NARROW_CHUNK)
+    steps = NARROW_WARMUP + NARROW_CHUNK
+    idx = np.arange(b)[:, None] * NARROW_CHUNK + np.arange(steps)[None]     # (B, steps) rows of `frames`
+    idx = np.minimum(idx, len(frames) - 1)
+    prev = np.zeros((b, NARROW_CONTEXT), dtype=np.float32)
+    sess = _session(threads, NARROW_MODEL_FILE)
+    state, sr = np.zeros((2, b, 128), dtype=np.float32), np.array(SAMPLE_RATE // 2, dtype=np.int64)
+    p8 = np.zeros((b, NARROW_CHUNK), dtype=np.float32)
+    for t in range(steps):
+        fr = frames[idx[:, t]]                                              # (B, 256)
+        p, state = sess.run(["output", "stateN"], {"input": np.concatenate([prev, fr], 1), "state": state, "sr": sr})
+        prev = fr[:, -NARROW_CONTEXT:]
+        if t >= NARROW_WARMUP:
+            p8[:, t - NARROW_WARMUP] = p[:, 0]
+    p8 = p8.reshape(-1)[:n]
+    return np.maximum(p16, p8)
 
 
 def segments_from_probs(probs: np.ndarray, n_samples: int, cfg: VadConfig | None = None) -> list[tuple[int, int]]:
@@ -174,4 +215,5 @@ def _as_numpy(wav: torch.Tensor | np.ndarray) -> np.ndarray:
     return x
 
 
-__all__ = ["VadConfig", "speech_segments", "keep_speech", "speech_probs", "segments_from_probs", "model_path"]
+__all__ = ["VadConfig", "speech_segments", "keep_speech", "speech_probs", "speech_probs_narrowband", "segments_from_probs",
+           "model_path"]

@@ -6,7 +6,9 @@ long resampling would). Nothing holds more than a block plus a window of audio, 
 what a 5-minute one does.
 
 ``speech_probs_stream`` runs Silero over the blocks: each block is given the previous block's last 2 s as
-context (the LSTM warms up on real audio, not on silence), and the context frames' probabilities are dropped.
+context (the LSTM warms up on real audio, not on silence), and the context frames' probabilities are dropped. A
+file recorded at 8 kHz or below (a telephone call) gets both of Silero's modes, 16 kHz and 8 kHz, and the larger
+probability (``vad.speech_probs_narrowband``): the 16 kHz one alone misses whole calls of some voices.
 ``windows_over`` places the embedding windows on the detected speech.
 """
 from __future__ import annotations
@@ -19,11 +21,12 @@ import numpy as np
 import soundfile as sf
 
 from spkid.audio.io import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
-from spkid.audio.vad import FRAME, speech_probs
+from spkid.audio.vad import FRAME, speech_probs, speech_probs_narrowband
 from spkid.errors import DataError
 
 SAMPLE_RATE = 16000
 CONTEXT_FRAMES = 64          # VAD frames (32 ms each, about 2 s) of the previous block given as context
+NARROWBAND_RATE = 8000       # Hz: files at this rate or below are narrowband (telephone) for speech detection
 RESAMPLE_MARGIN_S = 0.1      # seconds of input read past each block edge for the resampling filter
 
 
@@ -112,13 +115,15 @@ def _first_line(e: Exception) -> str:
 
 
 def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1, progress=None) -> np.ndarray:
-    """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block.
+    """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block; a file
+    recorded at ``NARROWBAND_RATE`` or below gets ``speech_probs_narrowband`` (both of Silero's modes).
 
     ``progress(seconds)`` is called after each block with the seconds of audio it covered."""
+    probs = speech_probs_narrowband if stream.sample_rate <= NARROWBAND_RATE else speech_probs
     out = []
     tail = np.zeros(0, dtype=np.float32)
     for start, wav in stream.blocks(block_s):
-        p = speech_probs(np.concatenate([tail, wav]), threads)
+        p = probs(np.concatenate([tail, wav]), threads)
         out.append(p[tail.size // FRAME: tail.size // FRAME + -(-wav.size // FRAME)])
         tail = wav[-CONTEXT_FRAMES * FRAME:] if wav.size >= CONTEXT_FRAMES * FRAME else np.zeros(0, np.float32)
         if progress is not None:

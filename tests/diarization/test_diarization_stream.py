@@ -55,3 +55,21 @@ def test_undecodable_and_missing_files_are_one_line_errors(tmp_path):
         AudioStream(tmp_path / "nothere.wav")
     sf.write(str(tmp_path / "ok.wav"), np.zeros(100, np.float32), 16000)
     assert AudioStream(tmp_path / "ok.wav").duration == pytest.approx(100 / 16000)
+
+
+def test_narrowband_files_get_both_vad_modes(tmp_path, monkeypatch):
+    """A file recorded at 8 kHz (a telephone call) is speech-detected by speech_probs_narrowband, others by
+    speech_probs."""
+    import spkid.diarization.stream as stream
+    calls = []
+    monkeypatch.setattr(stream, "speech_probs_narrowband", lambda x, t=1: calls.append("narrow") or speech_probs(x, t))
+    monkeypatch.setattr(stream, "speech_probs", lambda x, t=1: calls.append("wide") or speech_probs(x, t))
+    seen = {}
+    for rate in (8000, 16000):
+        path = tmp_path / f"c{rate}.wav"
+        write_conversation(path, seconds=12.0, sample_rate=rate)
+        calls.clear()
+        with AudioStream(path) as s:
+            speech_probs_stream(s, 5.0)
+        seen[rate] = set(calls)
+    assert seen == {8000: {"narrow"}, 16000: {"wide"}}
