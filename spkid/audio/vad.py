@@ -34,6 +34,9 @@ MODEL_FILE = "silero_vad_16k_sequence.onnx"
 NARROW_MODEL_FILE = "silero_vad.onnx"    # the stock streaming model, run in its 8 kHz mode for narrowband audio
 NARROW_FRAME, NARROW_CONTEXT = 256, 32   # its 8 kHz frame (the same 32 ms) and context, in 8 kHz samples
 NARROW_CHUNK, NARROW_WARMUP = 256, 64    # frames per chunk of the batch it runs as, and of audio before each chunk
+NARROW_CUT_HZ = 4300     # narrowband content: the louder half of the frames hold less than NARROW_SHARE_DB of their
+NARROW_SHARE_DB = -50.0  # power above this (telephone audio stored at 16 kHz: -63 to -67 dB; wideband speech of every
+                         # shared corpus: -46 dB and up; docs/diarization.md)
 
 
 @dataclass
@@ -112,6 +115,22 @@ def speech_probs(wav: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray
         p, h, c = sess.run(["speech_probs", "hn", "cn"], {"input": blocks[i: i + BLOCK_FRAMES], "h": h, "c": c})
         out.append(p)
     return np.concatenate(out).astype(np.float32)
+
+
+def narrowband_content(wav: np.ndarray) -> bool:
+    """Whether a 16 kHz waveform ``(S,)`` is narrowband in content (a telephone call stored at 16 kHz): its louder
+    half of 32 ms frames (the speech, not the pauses) holds under ``NARROW_SHARE_DB`` of its power above
+    ``NARROW_CUT_HZ``. Silence (no power at all) and clips under one frame are not narrowband."""
+    from scipy.signal import stft
+    x = np.asarray(wav, dtype=np.float64)
+    if x.size < FRAME:
+        return False
+    hz, _, z = stft(x, fs=SAMPLE_RATE, nperseg=FRAME, noverlap=0, boundary=None, padded=False)
+    p = np.abs(z) ** 2                                                      # (F, T)
+    energy = p.sum(0)
+    loud = p[:, energy >= np.median(energy)]
+    total = loud.sum()
+    return bool(total > 0 and loud[hz >= NARROW_CUT_HZ].sum() < total * 10 ** (NARROW_SHARE_DB / 10))
 
 
 def speech_probs_narrowband(wav: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray:

@@ -7,8 +7,9 @@ what a 5-minute one does.
 
 ``speech_probs_stream`` runs Silero over the blocks: each block is given the previous block's last 2 s as
 context (the LSTM warms up on real audio, not on silence), and the context frames' probabilities are dropped. A
-file recorded at 8 kHz or below (a telephone call) gets both of Silero's modes, 16 kHz and 8 kHz, and the larger
-probability (``vad.speech_probs_narrowband``): the 16 kHz one alone misses whole calls of some voices.
+file recorded at 8 kHz or below (a telephone call), and a block whose content is narrowband (the same call stored at
+16 kHz), gets both of Silero's modes, 16 kHz and 8 kHz, and the larger probability
+(``vad.speech_probs_narrowband``): the 16 kHz one alone misses whole calls of some voices.
 ``windows_over`` places the embedding windows on the detected speech.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from spkid.audio.io import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
-from spkid.audio.vad import FRAME, speech_probs, speech_probs_narrowband
+from spkid.audio.vad import FRAME, narrowband_content, speech_probs, speech_probs_narrowband
 from spkid.errors import DataError
 
 SAMPLE_RATE = 16000
@@ -116,13 +117,15 @@ def _first_line(e: Exception) -> str:
 
 def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1, progress=None) -> np.ndarray:
     """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block; a file
-    recorded at ``NARROWBAND_RATE`` or below gets ``speech_probs_narrowband`` (both of Silero's modes).
+    recorded at ``NARROWBAND_RATE`` or below, and a block whose content is narrowband (``vad.narrowband_content``:
+    a telephone call stored at 16 kHz), gets ``speech_probs_narrowband`` (both of Silero's modes).
 
     ``progress(seconds)`` is called after each block with the seconds of audio it covered."""
-    probs = speech_probs_narrowband if stream.sample_rate <= NARROWBAND_RATE else speech_probs
+    narrow_file = stream.sample_rate <= NARROWBAND_RATE
     out = []
     tail = np.zeros(0, dtype=np.float32)
     for start, wav in stream.blocks(block_s):
+        probs = speech_probs_narrowband if narrow_file or narrowband_content(wav) else speech_probs
         p = probs(np.concatenate([tail, wav]), threads)
         out.append(p[tail.size // FRAME: tail.size // FRAME + -(-wav.size // FRAME)])
         tail = wav[-CONTEXT_FRAMES * FRAME:] if wav.size >= CONTEXT_FRAMES * FRAME else np.zeros(0, np.float32)

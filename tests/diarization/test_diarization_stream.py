@@ -58,8 +58,9 @@ def test_undecodable_and_missing_files_are_one_line_errors(tmp_path):
 
 
 def test_narrowband_files_get_both_vad_modes(tmp_path, monkeypatch):
-    """A file recorded at 8 kHz (a telephone call) is speech-detected by speech_probs_narrowband, others by
-    speech_probs."""
+    """A file recorded at 8 kHz (a telephone call) is speech-detected by speech_probs_narrowband, so is a 16 kHz file
+    whose content is telephone-band (the call stored at 16 kHz), block by block; a wideband file by speech_probs."""
+    from scipy.signal import resample_poly
     import spkid.diarization.stream as stream
     calls = []
     monkeypatch.setattr(stream, "speech_probs_narrowband", lambda x, t=1: calls.append("narrow") or speech_probs(x, t))
@@ -72,4 +73,10 @@ def test_narrowband_files_get_both_vad_modes(tmp_path, monkeypatch):
         with AudioStream(path) as s:
             speech_probs_stream(s, 5.0)
         seen[rate] = set(calls)
-    assert seen == {8000: {"narrow"}, 16000: {"wide"}}
+    x, sr = sf.read(str(tmp_path / "c16000.wav"), dtype="float32")
+    phone = resample_poly(resample_poly(x, 1, 2), 2, 1)[: x.size]                     # through 8 kHz and back
+    sf.write(str(tmp_path / "phone16k.wav"), np.concatenate([x, phone]).astype(np.float32), sr)   # wideband, then phone
+    calls.clear()
+    with AudioStream(tmp_path / "phone16k.wav") as s:
+        speech_probs_stream(s, 12.0)
+    assert seen == {8000: {"narrow"}, 16000: {"wide"}} and calls[0] == "wide" and calls[-1] == "narrow"
