@@ -249,7 +249,8 @@ def enroll_corpus(corpus: str, checkpoint: str, work: Path) -> Path:
     _, held = pools(corpus, enroll=4)
     reg = work / f"registry-{corpus}-{Path(checkpoint).stem}.db"
     reg.unlink(missing_ok=True)
-    for k, (spk, items) in enumerate(sorted(held.items())):
+    created = False
+    for spk, items in sorted(held.items()):
         files = []
         for j, it in enumerate(items):
             if isinstance(it, np.ndarray) and it.size == 0:     # digits where Silero heard no speech
@@ -260,7 +261,11 @@ def enroll_corpus(corpus: str, checkpoint: str, work: Path) -> Path:
                 sf.write(str(p), it, SR)
                 it = p
             files.append(it)
-        enroll(reg, spk, files, checkpoint=checkpoint if k == 0 else None, device="cpu")
+        if not files:                                           # no clip with speech: not enrolled (said, not hidden)
+            print(f"  {corpus}: {spk} not enrolled (no held-out clip with speech)", file=sys.stderr)
+            continue
+        enroll(reg, spk, files, checkpoint=None if created else checkpoint, device="cpu")
+        created = True
     return reg
 
 

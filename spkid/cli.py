@@ -530,8 +530,9 @@ def _add_diarize(sub) -> None:
                    help="then merge speakers whose mean embeddings (uncentred) have a cosine above C (default 0.88, "
                         "tuned for the base model; 0: off, e.g. for an imported model)")
     p.add_argument("--settled", action=argparse.BooleanOptionalAction, default=True,
-                   help="two speakers that each hold much speech (15 s; 45 s for the uncentred merge) stay apart "
-                        "unless much closer (default: on; tuned for the base model)")
+                   help="two speakers that each hold many windows (20, about 15 s of speech; 60 for the uncentred "
+                        "merge) stay apart unless much closer (default: on; tuned for the base model; with --method "
+                        "ahc only the uncentred merge's limit applies)")
     p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                    help="find overlapped speech and give it a second speaker (default: on)")
     p.add_argument("--overlap-threshold", type=float, metavar="P",

@@ -149,7 +149,9 @@ def speech_probs_narrowband(wav: torch.Tensor | np.ndarray, threads: int = 1) ->
     y[NARROW_WARMUP * NARROW_FRAME: NARROW_WARMUP * NARROW_FRAME + r.size] = r
     frames = y.reshape(-1, NARROW_FRAME)                                    # (W + n, 256)
     # the stock model is stateful frame by frame: run the file as a batch of chunks of NARROW_CHUNK frames, each
-    # after the NARROW_WARMUP frames before it (the LSTM warms up on real audio; those outputs are dropped)
+    # after the NARROW_WARMUP frames before it (the LSTM warms up on real audio; those outputs are dropped). An
+    # approximation of one frame-by-frame pass (the LSTM remembers more than the warm-up): 10x faster, a little
+    # more false alarm (docs/diarization.md)
     b = -(-n // NARROW_CHUNK)
     steps = NARROW_WARMUP + NARROW_CHUNK
     idx = np.arange(b)[:, None] * NARROW_CHUNK + np.arange(steps)[None]     # (B, steps) rows of `frames`

@@ -116,14 +116,15 @@ def _pruned(sim: np.ndarray, keep: int) -> np.ndarray:
 def merge_close(x: np.ndarray, labels: np.ndarray, threshold: float, min_speakers: int = 1, *,
                 weights: np.ndarray | None = None, settled: float = 0.0,
                 settled_threshold: float | None = None) -> np.ndarray:
-    """Merge the closest pair of clusters while their centres' cosine distance is below ``threshold`` (and more
-    than ``min_speakers`` clusters remain) ``(N,) -> (N,)``.
+    """Merge pairs of clusters while their centres' cosine distance is below ``threshold`` (and more than
+    ``min_speakers`` clusters remain), the pair furthest below its limit first ``(N,) -> (N,)``.
 
     ``weights`` ``(N,)`` counts the windows behind each point (``compact``'s averages; default 1). With
     ``settled`` > 0, two clusters that both hold at least ``settled`` windows merge only below
-    ``settled_threshold`` (lower): a speaker split in two leaves a fragment, while two clusters that each hold
-    much speech are rarely one speaker (docs/diarization.md)."""
+    ``settled_threshold`` (meant to be lower; default ``threshold``): a speaker split in two leaves a fragment,
+    while two clusters that each hold much speech are rarely one speaker (docs/diarization.md)."""
     labels = relabel(labels)
+    settled_threshold = threshold if settled_threshold is None else settled_threshold
     w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=float)
     while labels.max() + 1 > min_speakers:
         c = centroids(x, labels, w)

@@ -53,13 +53,15 @@ class DiarizeConfig:
     same_speaker: float = 0.0        # > 0: merge clusters the recording scores as one speaker within this margin
                                      # (cluster.merge_same_speaker; 0.08 keeps monologues whole more often but cost
                                      # 2-8 DER points on the test conversations: off)
-    settled_s: float = 15.0          # two clusters that each hold this much speech are "settled": they merge only
-    settled_threshold: float = 0.5   # below this centred distance (a long recording's speakers stay apart)
+    settled_s: float = 15.0          # two clusters that each hold settled_s / hop_s windows (20: about 15 s of speech)
+    settled_threshold: float = 0.5   # are "settled": they merge only below this centred distance (a long recording's
+                                     # speakers stay apart); the lower of it and `threshold` applies (spectral only)
     merge_raw: float = 0.88          # > 0: then clusters whose UNcentred mean embeddings have a cosine above this merge
                                      # (a recording of one speaker: centring removes the speaker and the rest splits);
                                      # tuned for the base model (docs/diarization.md); 0: off
-    raw_settled_s: float = 45.0      # ... but two clusters that each hold this much speech only above
-    merge_raw_settled: float = 0.92  # this cosine (a telephone channel pulls every raw cosine up)
+    raw_settled_s: float = 45.0      # ... but two clusters that each hold raw_settled_s / hop_s windows only above
+    merge_raw_settled: float = 0.92  # this cosine (a telephone channel pulls every raw cosine up); the higher of it
+                                     # and `merge_raw` applies
     max_points: int = 2000           # clustering sees at most this many points (averages of consecutive windows)
     hmm: bool = True
     hmm_scale: float = 12.0
@@ -88,7 +90,7 @@ class DiarizeConfig:
             raise ConfigError(f"diarize merge_raw {self.merge_raw}: a cosine in [0, 1) (0: off)")
         if not 0 < self.threshold < 2:
             raise ConfigError(f"diarize threshold {self.threshold}: a cosine distance in (0, 2)")
-        if self.settled_s < 0 or self.raw_settled_s < 0 or not 0 < self.settled_threshold < 2:
+        if not (self.settled_s >= 0 and self.raw_settled_s >= 0 and 0 < self.settled_threshold < 2):   # NaN too
             raise ConfigError(f"diarize settled clusters: need settled_s, raw_settled_s >= 0 and 0 < settled_threshold "
                               f"< 2, got {self.settled_s}, {self.raw_settled_s}, {self.settled_threshold}")
         if not 0 <= self.merge_raw_settled < 1:

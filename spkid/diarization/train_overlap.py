@@ -91,14 +91,14 @@ def simulate_chunks(pools: dict[str, list], n: int, seed: int) -> tuple[np.ndarr
 
 
 def train(feats: np.ndarray, labels: np.ndarray, *, epochs: int, batch: int, lr: float, seed: int,
-          max_minutes: float) -> tuple[OverlapNet, dict]:
+          max_minutes: float, channels: int = 64, hidden: int = 64) -> tuple[OverlapNet, dict]:
     """Train on 90 % of the chunks; returns the network and, on the other 10 %, frame precision and recall of
     overlap per threshold ``[[threshold, precision, recall], ...]``."""
     torch.manual_seed(seed)
     n = len(feats)
     order = np.random.default_rng(seed).permutation(n)
     val, tr = order[: max(1, n // 10)], order[max(1, n // 10):]
-    net = OverlapNet(n_mels=feats.shape[2])
+    net = OverlapNet(n_mels=feats.shape[2], channels=channels, hidden=hidden)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
     steps = epochs * -(-len(tr) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -152,8 +152,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--max-minutes", type=float, default=30.0, help="training stops here whatever the epoch")
+    ap.add_argument("--channels", type=int, default=64, help="convolution channels of the network")
+    ap.add_argument("--hidden", type=int, default=64, help="GRU units per direction")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if min(a.chunks, a.files_per_speaker, a.epochs, a.batch, a.channels, a.hidden) < 1 or a.lr <= 0:
+        print("spkid: error: --chunks, --files-per-speaker, --epochs, --batch, --channels, --hidden must be >= 1 and "
+              "--lr > 0", file=sys.stderr)
+        return 1
     for d in a.dirs:
         if not Path(d).is_dir():
             print(f"spkid: error: {d}: folder not found", file=sys.stderr)
@@ -165,7 +171,7 @@ def main(argv=None) -> int:
         return 1
     feats, labels = simulate_chunks(pools, a.chunks, a.seed)
     net, scores = train(feats, labels, epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed,
-                        max_minutes=a.max_minutes)
+                        max_minutes=a.max_minutes, channels=a.channels, hidden=a.hidden)
     meta = {"speakers": len(pools), "chunks": a.chunks, "dirs": [Path(d).name for d in a.dirs], **scores}
     torch.save({"config": net.config, "meta": meta,
                 "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}},

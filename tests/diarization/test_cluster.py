@@ -145,8 +145,10 @@ def test_settled_clusters_merge_only_when_much_closer():
     y = np.r_[np.zeros(40, int), np.ones(40, int)]
     assert C.merge_close(big, y, 0.5).max() == 0                                   # plain: merged
     assert C.merge_close(big, y, 0.5, settled=30, settled_threshold=0.1).max() == 1  # both settled: apart
-    frag = np.r_[np.zeros(70, int), np.ones(10, int)]                               # a 10-window fragment
-    assert C.merge_close(big[np.r_[0:40, 40:70, 70:80]], frag, 0.5, settled=30, settled_threshold=0.1).max() == 0
+    assert C.merge_close(big, y, 0.5, settled=30).max() == 0        # no settled limit given: the threshold's
+    pts, frag = big[:50], np.r_[np.zeros(40, int), np.ones(10, int)]    # 40 windows of a, a 10-window cluster of b
+    assert C.merge_close(pts, frag, 0.5, settled=30, settled_threshold=0.1).max() == 0      # a fragment: merged
+    assert C.merge_close(pts, frag, 0.5, settled=5, settled_threshold=0.1).max() == 1       # both settled: apart
     w = np.full(80, 2.0)                                            # points that average 2 windows each
     assert C.merge_close(big, y, 0.5, weights=w, settled=60, settled_threshold=0.1).max() == 1
     assert C.merge_close(big, y, 0.5, weights=w, settled=100, settled_threshold=0.1).max() == 0
@@ -161,4 +163,7 @@ def test_settled_settings_are_checked():
         DiarizeConfig(settled_s=-1.0)
     with pytest.raises(ConfigError, match="merge_raw_settled"):
         DiarizeConfig(merge_raw_settled=1.0)
+    for bad in ({"settled_s": float("nan")}, {"raw_settled_s": float("nan")}, {"settled_threshold": float("nan")}):
+        with pytest.raises(ConfigError, match="settled clusters"):
+            DiarizeConfig(**bad)
     DiarizeConfig(settled_s=0.0, raw_settled_s=0.0)                  # 0: the rule off

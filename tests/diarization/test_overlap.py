@@ -107,10 +107,13 @@ def test_training_command_writes_a_loadable_detector(tmp_path):
         for j, (wav, _) in enumerate(_voice_pool(seed, f0, vtl, 2)):
             sf.write(str(d / f"u{j}.wav"), wav, 16000)
     out = tmp_path / "ovl.pt"
-    assert main([str(tmp_path / "voices"), "--out", str(out), "--chunks", "12", "--epochs", "1", "--batch", "4"]) == 0
+    assert main([str(tmp_path / "voices"), "--out", str(out), "--chunks", "12", "--epochs", "1", "--batch", "4",
+                 "--channels", "16", "--hidden", "8"]) == 0
     det = load_detector(out)
     assert det.meta["speakers"] == 3 and det.meta["chunks"] == 12
+    assert det.net.config == {"n_mels": 40, "channels": 16, "hidden": 8}           # the size asked for, reloaded
     table = det.meta["val_precision_recall"]
     assert len(table) > 5 and all(0 <= p <= 1 and 0 <= r <= 1 for _, p, r in table)
     assert [r for _, _, r in table] == sorted((r for _, _, r in table), reverse=True)   # recall falls as thr rises
     assert main([str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+    assert main([str(tmp_path / "voices"), "--out", str(out), "--hidden", "0"]) == 1
