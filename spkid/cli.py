@@ -536,7 +536,7 @@ def _add_diarize(sub) -> None:
     p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                    help="find overlapped speech and give it a second speaker (default: on)")
     p.add_argument("--overlap-threshold", type=float, metavar="P",
-                   help="overlap probability from which two speakers are given (default 0.8)")
+                   help="overlap probability from which two speakers are given (default 0.9)")
     p.add_argument("--device", default="auto")
     _add_inference_options(p, nproc=False)
     p.add_argument("--quiet", action="store_true")

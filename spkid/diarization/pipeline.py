@@ -72,7 +72,7 @@ class DiarizeConfig:
     refine_step_s: float = 0.15
     overlap: bool = True             # the overlap detector (spkid/diarization/overlap.py): where it finds two voices,
                                      # the second speaker is added (the nearest turn of another speaker)
-    overlap_threshold: float = 0.8   # its probability from which a second speaker is given (dev conversations)
+    overlap_threshold: float = 0.9   # its probability from which a second speaker is given (dev conversations)
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self):

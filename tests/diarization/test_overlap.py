@@ -49,7 +49,7 @@ def test_second_speaker_over_an_overlap():
 def test_config_checks_the_threshold():
     with pytest.raises(ConfigError, match="overlap_threshold"):
         DiarizeConfig(overlap_threshold=1.5)
-    assert DiarizeConfig().overlap and DiarizeConfig().overlap_threshold == 0.8
+    assert DiarizeConfig().overlap and DiarizeConfig().overlap_threshold == 0.9
 
 
 def test_bad_weights_one_line_error(tmp_path):
