@@ -529,6 +529,10 @@ def _add_diarize(sub) -> None:
     p.add_argument("--merge-raw", type=float, metavar="C",
                    help="then merge speakers whose mean embeddings (uncentred) have a cosine above C (default 0.88, "
                         "tuned for the base model; 0: off, e.g. for an imported model)")
+    p.add_argument("--resplit", type=float, metavar="C",
+                   help="cluster each speaker of 9 s or more again around its own mean and split it where the parts' "
+                        "mean embeddings (uncentred) have a cosine below C (default 0.75, tuned for the base model; 0: "
+                        "off, e.g. for an imported model; spectral only)")
     p.add_argument("--settled", action=argparse.BooleanOptionalAction, default=True,
                    help="two speakers that each hold many windows (20, about 15 s of speech; 60 for the uncentred "
                         "merge) stay apart unless much closer (default: on; tuned for the base model; with --method "
@@ -563,7 +567,8 @@ def _cmd_diarize(a) -> int:
         else:
             print(f"{o.path}: {o.n_speakers} speaker(s), {len(o.segments)} turns, {o.speech:.1f} s of speech in "
                   f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)")
-    given = {"threshold": a.threshold, "overlap_threshold": a.overlap_threshold, "merge_raw": a.merge_raw}
+    given = {"threshold": a.threshold, "overlap_threshold": a.overlap_threshold, "merge_raw": a.merge_raw,
+             "resplit": a.resplit}
     if not a.settled:
         given.update(settled_s=0.0, raw_settled_s=0.0)
     cfg = DiarizeConfig(method=a.method, overlap=a.overlap, **{k: v for k, v in given.items() if v is not None})

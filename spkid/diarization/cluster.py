@@ -7,6 +7,8 @@ Three pieces, each a plain function of L2-normalised embeddings ``x`` ``(N, E)``
 - ``spectral``: spectral clustering of the pruned cosine affinity, the count from the largest gap between
   Laplacian eigenvalues, the pruning chosen per recording by the normalised maximum eigengap (Park et al.,
   "Auto-tuning spectral clustering for speaker diarization", 2019);
+- ``split_recentred``: each large cluster clustered again around its own mean (speakers that centring on the
+  recording's mean left together), kept only where the parts are clearly different voices;
 - ``hmm_resegment``: a VBx-style refinement (Landini et al., 2022): an HMM whose states are the speakers, with a
   loop probability between consecutive windows, run forward-backward; speaker centres re-estimated from the
   posteriors and speakers whose share vanishes dropped, a few times over.
@@ -142,6 +144,44 @@ def merge_close(x: np.ndarray, labels: np.ndarray, threshold: float, min_speaker
     return labels
 
 
+def split_recentred(raw: np.ndarray, labels: np.ndarray, accept: float, min_windows: int, threshold: float, *,
+                    settled: float = 0.0, settled_threshold: float | None = None, max_points: int = 2000,
+                    max_speakers: int | None = None) -> np.ndarray:
+    """Each cluster of at least ``min_windows`` windows clustered again in its own centred space ``(N,) -> (N,)``.
+
+    Centring on the recording's mean embedding removes what all windows share; when one speaker dominates, that
+    mean is mostly that speaker, and the others all point away from it alike and end up in one cluster. Centred
+    on the cluster's own mean, its speakers spread apart: ``spectral`` then ``merge_close`` (``threshold``,
+    ``settled``, ``settled_threshold`` as in the first pass; at most ``max_points`` averaged points) split it,
+    and the split is kept only when every pair of its parts' uncentred ``raw`` ``(N, E)`` mean embeddings has a
+    cosine below ``accept`` (two halves of one speaker score above it: one voice is not split by its noise).
+    The count stays at most ``max_speakers``."""
+    labels = relabel(labels)
+    raw = _unit(raw)
+    out, nxt = labels.copy(), int(labels.max()) + 1
+    for k in range(int(labels.max()) + 1):
+        idx = np.flatnonzero(labels == k)
+        if len(idx) < max(min_windows, 2):
+            continue
+        xc = _unit(raw[idx] - raw[idx].mean(0))
+        reps, group = compact(xc, max_points)
+        sub = spectral(reps)
+        sub = merge_close(reps, sub, threshold, weights=np.bincount(group, minlength=len(reps)), settled=settled,
+                          settled_threshold=settled_threshold)[group]
+        parts = int(sub.max()) + 1
+        if parts < 2 or (max_speakers is not None and nxt + parts - 1 > max_speakers):
+            continue
+        c = centroids(raw[idx], sub)
+        cos = c @ c.T
+        np.fill_diagonal(cos, -1.0)
+        if cos.max() >= accept:
+            continue
+        for j in range(1, parts):
+            out[idx[sub == j]] = nxt
+            nxt += 1
+    return relabel(out)
+
+
 def merge_same_speaker(raw: np.ndarray, labels: np.ndarray, margin: float, min_speakers: int = 1) -> np.ndarray:
     """Merge clusters that this recording says are one speaker: ``raw`` ``(N, E)`` uncentred embeddings.
 
@@ -237,4 +277,4 @@ def compact(x: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     return _unit(reps), group
 
 
-__all__ = ["ahc", "spectral", "merge_close", "hmm_resegment", "compact", "centroids", "relabel"]
+__all__ = ["ahc", "spectral", "merge_close", "split_recentred", "hmm_resegment", "compact", "centroids", "relabel"]

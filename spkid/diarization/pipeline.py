@@ -62,6 +62,10 @@ class DiarizeConfig:
     raw_settled_s: float = 45.0      # ... but two clusters that each hold raw_settled_s / hop_s windows only above
     merge_raw_settled: float = 0.92  # this cosine (a telephone channel pulls every raw cosine up); the higher of it
                                      # and `merge_raw` applies
+    resplit: float = 0.75            # > 0: then each cluster of resplit_s of speech is clustered again around its own
+    resplit_s: float = 9.0           # mean and split where its parts' uncentred means have a cosine below this (one
+                                     # dominant speaker leaves the others together; cluster.split_recentred); tuned
+                                     # for the base model (docs/diarization.md); 0: off (spectral only)
     max_points: int = 2000           # clustering sees at most this many points (averages of consecutive windows)
     hmm: bool = True
     hmm_scale: float = 12.0
@@ -93,6 +97,9 @@ class DiarizeConfig:
         if not (self.settled_s >= 0 and self.raw_settled_s >= 0 and 0 < self.settled_threshold < 2):   # NaN too
             raise ConfigError(f"diarize settled clusters: need settled_s, raw_settled_s >= 0 and 0 < settled_threshold "
                               f"< 2, got {self.settled_s}, {self.raw_settled_s}, {self.settled_threshold}")
+        if not (0 <= self.resplit < 1 and self.resplit_s >= 0):
+            raise ConfigError(f"diarize resplit {self.resplit}, resplit_s {self.resplit_s}: need a cosine in [0, 1) "
+                              "(0: off) and seconds >= 0")
         if not 0 <= self.merge_raw_settled < 1:
             raise ConfigError(f"diarize merge_raw_settled {self.merge_raw_settled}: a cosine in [0, 1)")
         self.vad.validate()
@@ -262,7 +269,8 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
              raw: np.ndarray) -> np.ndarray:
     """Window labels ``(W,)`` 0..K-1: cluster (representatives of a long file) the centred windows ``x`` (spectral's
     clusters merged below ``cfg.threshold``, or ``cfg.settled_threshold`` between two clusters that each hold
-    ``cfg.settled_s`` of speech), merge the clusters whose uncentred ``raw`` ``(W, E)`` means have a cosine above
+    ``cfg.settled_s`` of speech), split a cluster again around its own mean where its parts are clearly apart
+    (``cfg.resplit``), merge the clusters whose uncentred ``raw`` ``(W, E)`` means have a cosine above
     ``cfg.merge_raw`` (``cfg.merge_raw_settled`` between two of ``cfg.raw_settled_s``; and, with
     ``cfg.same_speaker``, what the recording calls one speaker), then the HMM over all windows."""
     reps, group = C.compact(x, cfg.max_points)
@@ -275,6 +283,11 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
                                settled=cfg.settled_s / cfg.hop_s,
                                settled_threshold=min(cfg.settled_threshold, cfg.threshold))
     labels = rl[group]
+    if cfg.resplit > 0 and cfg.method == "spectral" and n_speakers is None:
+        labels = C.split_recentred(raw, labels, cfg.resplit, int(round(cfg.resplit_s / cfg.hop_s)), cfg.threshold,
+                                   settled=cfg.settled_s / cfg.hop_s,
+                                   settled_threshold=min(cfg.settled_threshold, cfg.threshold),
+                                   max_points=cfg.max_points, max_speakers=max_speakers)
     if cfg.merge_raw > 0 and n_speakers is None:
         labels = C.merge_close(C._unit(raw), labels, 1.0 - cfg.merge_raw, min_speakers,
                                settled=cfg.raw_settled_s / cfg.hop_s,

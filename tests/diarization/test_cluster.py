@@ -167,3 +167,55 @@ def test_settled_settings_are_checked():
         with pytest.raises(ConfigError, match="settled clusters"):
             DiarizeConfig(**bad)
     DiarizeConfig(settled_s=0.0, raw_settled_s=0.0)                  # 0: the rule off
+
+
+def _dominant(seed=0, sizes=(80, 12, 12, 12), e=32, channel=1.5, noise=0.25):
+    """Uncentred window embeddings ``(N, E)`` of one dominant and three minor speakers who share a channel
+    (their means at cosine ~0.65 to each other), and the true labels ``(N,)``."""
+    rng = np.random.default_rng(seed)
+    x, y = [], []
+    for k, n in enumerate(sizes):
+        x.append(channel * np.eye(e)[0] + np.eye(e)[k + 1] + noise * rng.standard_normal((n, e)))
+        y += [k] * n
+    return np.concatenate(x), np.array(y)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_dominant_speaker_leaves_the_others_together_and_the_resplit_parts_them(seed):
+    """Centred on the recording's mean (mostly the dominant speaker), the three minor speakers point away from it
+    alike and cluster as one; clustered again around their own mean they come apart (pipeline, spectral)."""
+    from spkid.diarization.pipeline import DiarizeConfig, _cluster, _space
+    raw, y = _dominant(seed)
+    win = np.stack([np.arange(len(y)) * 12000, np.arange(len(y)) * 12000 + 24000], 1)
+    x = _space(raw, C._unit(raw).mean(0))
+    before = _cluster(x, win, DiarizeConfig(resplit=0.0, hmm=False), None, 1, None, raw)
+    after = _cluster(x, win, DiarizeConfig(resplit=0.75, hmm=False), None, 1, None, raw)
+    assert before.max() + 1 == 2
+    assert after.max() + 1 == 4 and _agree(after, y) >= 0.9
+    minor = y > 0
+    assert _agree(after[minor] - after[minor].min(), y[minor] - 1) >= 0.9      # one cluster before: 1/3
+
+
+def test_split_recentred_keeps_one_voice_whole_and_respects_its_limits():
+    """A cluster of one noisy voice is never split (its parts' raw means score above ``accept``); a split whose
+    parts are not clearly apart (``accept`` below their cosine), one that would pass ``max_speakers``, and one of
+    a cluster under ``min_windows`` are not made."""
+    raw, y = _dominant(0)
+    two = (y > 0).astype(int)                                   # the dominant speaker; the three minor ones
+    split = C.split_recentred(raw, two, 0.75, 12, 1.0)
+    assert split.max() + 1 == 4
+    assert (split[y == 0] == split[0]).all()                    # 80 windows of one voice: whole
+    assert C.split_recentred(raw, two, 0.5, 12, 1.0).max() + 1 == 2         # parts at cosine ~0.65 >= 0.5
+    assert C.split_recentred(raw, two, 0.75, 12, 1.0, max_speakers=3).max() + 1 == 2
+    assert C.split_recentred(raw, two, 0.75, 37, 1.0).max() + 1 == 2        # the minor cluster holds 36 windows
+    one = _dominant(1, sizes=(300,))[0]
+    assert C.split_recentred(one, np.zeros(300, int), 0.75, 12, 1.0, max_points=50).max() == 0
+
+
+def test_resplit_settings_are_checked():
+    from spkid.diarization.pipeline import DiarizeConfig
+    from spkid.errors import ConfigError
+    for bad in ({"resplit": 1.0}, {"resplit": -0.1}, {"resplit_s": -1.0}, {"resplit": float("nan")}):
+        with pytest.raises(ConfigError, match="resplit"):
+            DiarizeConfig(**bad)
+    assert DiarizeConfig().resplit == 0.75 and DiarizeConfig(resplit=0.0).resplit == 0.0
