@@ -532,7 +532,7 @@ def _add_diarize(sub) -> None:
     p.add_argument("--resplit", type=float, metavar="C",
                    help="cluster each speaker of 9 s or more again around its own mean and split it where the parts' "
                         "mean embeddings (uncentred) have a cosine below C (default 0.75, tuned for the base model; 0: "
-                        "off, e.g. for an imported model; spectral only)")
+                        "off, e.g. for an imported model; spectral only, not with --num-speakers)")
     p.add_argument("--settled", action=argparse.BooleanOptionalAction, default=True,
                    help="two speakers that each hold many windows (20, about 15 s of speech; 60 for the uncentred "
                         "merge) stay apart unless much closer (default: on; tuned for the base model; with --method "

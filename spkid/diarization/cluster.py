@@ -152,29 +152,36 @@ def split_recentred(raw: np.ndarray, labels: np.ndarray, accept: float, min_wind
     Centring on the recording's mean embedding removes what all windows share; when one speaker dominates, that
     mean is mostly that speaker, and the others all point away from it alike and end up in one cluster. Centred
     on the cluster's own mean, its speakers spread apart: ``spectral`` then ``merge_close`` (``threshold``,
-    ``settled``, ``settled_threshold`` as in the first pass; at most ``max_points`` averaged points) split it,
-    and the split is kept only when every pair of its parts' uncentred ``raw`` ``(N, E)`` mean embeddings has a
-    cosine below ``accept`` (two halves of one speaker score above it: one voice is not split by its noise).
-    The count stays at most ``max_speakers``."""
+    ``settled``, ``settled_threshold`` as in the first pass) split it, and the split is kept only when every pair
+    of its parts' uncentred ``raw`` ``(N, E)`` mean embeddings has a cosine below ``accept`` (two halves of one
+    speaker score above it: one voice is not split by its noise). Each cluster gets its share of ``max_points``
+    averaged points (all clusters together cost at most what the first pass did); the count stays at most
+    ``max_speakers`` (without it, at most 20 or the count given, as the first pass)."""
     labels = relabel(labels)
     raw = _unit(raw)
     out, nxt = labels.copy(), int(labels.max()) + 1
+    limit = max_speakers if max_speakers is not None else max(20, nxt)
     for k in range(int(labels.max()) + 1):
         idx = np.flatnonzero(labels == k)
-        if len(idx) < max(min_windows, 2):
+        room = limit - nxt + 1                             # parts this cluster may become
+        if len(idx) < max(min_windows, 2) or room < 2:
             continue
         xc = _unit(raw[idx] - raw[idx].mean(0))
-        reps, group = compact(xc, max_points)
-        sub = spectral(reps)
+        reps, group = compact(xc, max(2, max_points * len(idx) // len(labels)))
+        sub = spectral(reps, max_speakers=room)
         sub = merge_close(reps, sub, threshold, weights=np.bincount(group, minlength=len(reps)), settled=settled,
                           settled_threshold=settled_threshold)[group]
         parts = int(sub.max()) + 1
-        if parts < 2 or (max_speakers is not None and nxt + parts - 1 > max_speakers):
+        if parts < 2:
             continue
-        c = centroids(raw[idx], sub)
+        sums = np.zeros((parts, raw.shape[1]))
+        np.add.at(sums, sub, raw[idx])
+        if (np.linalg.norm(sums, axis=1) < 1e-6 * np.bincount(sub)).any():    # a part with no direction: no evidence
+            continue
+        c = _unit(sums)
         cos = c @ c.T
         np.fill_diagonal(cos, -1.0)
-        if cos.max() >= accept:
+        if not cos.max() < accept:                         # NaN too: no split
             continue
         for j in range(1, parts):
             out[idx[sub == j]] = nxt

@@ -63,9 +63,10 @@ class DiarizeConfig:
     merge_raw_settled: float = 0.92  # this cosine (a telephone channel pulls every raw cosine up); the higher of it
                                      # and `merge_raw` applies
     resplit: float = 0.75            # > 0: then each cluster of resplit_s of speech is clustered again around its own
-    resplit_s: float = 9.0           # mean and split where its parts' uncentred means have a cosine below this (one
-                                     # dominant speaker leaves the others together; cluster.split_recentred); tuned
-                                     # for the base model (docs/diarization.md); 0: off (spectral only)
+    resplit_s: float = 9.0           # mean and split where its parts' uncentred means have a cosine below `resplit`
+                                     # (one dominant speaker leaves the others together; cluster.split_recentred);
+                                     # tuned for the base model (docs/diarization.md); resplit 0: off; spectral only,
+                                     # not with a given number of speakers
     max_points: int = 2000           # clustering sees at most this many points (averages of consecutive windows)
     hmm: bool = True
     hmm_scale: float = 12.0
@@ -97,9 +98,9 @@ class DiarizeConfig:
         if not (self.settled_s >= 0 and self.raw_settled_s >= 0 and 0 < self.settled_threshold < 2):   # NaN too
             raise ConfigError(f"diarize settled clusters: need settled_s, raw_settled_s >= 0 and 0 < settled_threshold "
                               f"< 2, got {self.settled_s}, {self.raw_settled_s}, {self.settled_threshold}")
-        if not (0 <= self.resplit < 1 and self.resplit_s >= 0):
+        if not (0 <= self.resplit < 1 and 0 <= self.resplit_s < float("inf")):
             raise ConfigError(f"diarize resplit {self.resplit}, resplit_s {self.resplit_s}: need a cosine in [0, 1) "
-                              "(0: off) and seconds >= 0")
+                              "(0: off) and finite seconds >= 0")
         if not 0 <= self.merge_raw_settled < 1:
             raise ConfigError(f"diarize merge_raw_settled {self.merge_raw_settled}: a cosine in [0, 1)")
         self.vad.validate()

@@ -215,7 +215,49 @@ def test_split_recentred_keeps_one_voice_whole_and_respects_its_limits():
 def test_resplit_settings_are_checked():
     from spkid.diarization.pipeline import DiarizeConfig
     from spkid.errors import ConfigError
-    for bad in ({"resplit": 1.0}, {"resplit": -0.1}, {"resplit_s": -1.0}, {"resplit": float("nan")}):
+    for bad in ({"resplit": 1.0}, {"resplit": -0.1}, {"resplit_s": -1.0}, {"resplit": float("nan")},
+                {"resplit_s": float("inf")}, {"resplit_s": float("nan")}):
         with pytest.raises(ConfigError, match="resplit"):
             DiarizeConfig(**bad)
     assert DiarizeConfig().resplit == 0.75 and DiarizeConfig(resplit=0.0).resplit == 0.0
+
+
+def test_split_recentred_count_limits_across_clusters():
+    """Two clusters that each hold three voices: both split (6); under a limit the first takes what fits and the
+    second only what is left (4 -> 3 + 1; 5 -> 3 + 2); exactly the limit is allowed; the cluster of exactly
+    ``min_windows`` windows is split, one window fewer is not."""
+    a, ya = _dominant(0, sizes=(0, 15, 15, 15))
+    b, yb = _dominant(1, sizes=(0, 0, 0, 0, 15, 15, 15), e=32)
+    raw, two = np.concatenate([a, b]), np.r_[np.zeros(45, int), np.ones(45, int)]
+    assert C.split_recentred(raw, two, 0.75, 12, 1.0).max() + 1 == 6
+    for limit in (4, 5, 6):
+        assert C.split_recentred(raw, two, 0.75, 12, 1.0, max_speakers=limit).max() + 1 == limit
+    assert C.split_recentred(raw, two, 0.75, 12, 1.0, max_speakers=2).max() + 1 == 2
+    assert C.split_recentred(raw, two, 0.75, 45, 1.0).max() + 1 == 6          # 45 windows each: split
+    assert C.split_recentred(raw, two, 0.75, 46, 1.0).max() + 1 == 2          # under 46: left alone
+
+
+def test_split_recentred_leaves_directionless_parts_alone():
+    """Parts whose raw mean has no direction (silence embedded as zeros) are no evidence of two voices."""
+    assert C.split_recentred(np.zeros((40, 16)), np.zeros(40, int), 0.75, 12, 1.0).max() == 0
+    raw, y = _dominant(0)
+    raw[y == 0] = 0.0                                          # a silent "speaker" beside the three voices
+    two = (y > 0).astype(int)
+    assert C.split_recentred(raw, two, 0.75, 12, 1.0).max() + 1 == 4            # the voices still part
+
+
+@pytest.mark.parametrize("hmm", [False, True])
+def test_resplit_in_the_pipeline_honours_method_and_counts(hmm):
+    """``_cluster``: the re-split survives the HMM; it is skipped with AHC and with a given count, and the count
+    never passes ``max_speakers``."""
+    from spkid.diarization.pipeline import DiarizeConfig, _cluster, _space
+    raw, y = _dominant(0)
+    win = np.stack([np.arange(len(y)) * 12000, np.arange(len(y)) * 12000 + 24000], 1)
+    x = _space(raw, C._unit(raw).mean(0))
+
+    def run(n=None, hi=None, **kw):
+        return _cluster(x, win, DiarizeConfig(hmm=hmm, **kw), n, 1, hi, raw)
+    assert run().max() + 1 == 4 and _agree(run(), y) >= 0.9
+    assert run(hi=3).max() + 1 <= 3
+    assert run(n=2).max() + 1 == 2
+    assert np.array_equal(run(method="ahc"), run(method="ahc", resplit=0.0))
