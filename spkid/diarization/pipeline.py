@@ -274,6 +274,7 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
     (``cfg.resplit``), merge the clusters whose uncentred ``raw`` ``(W, E)`` means have a cosine above
     ``cfg.merge_raw`` (``cfg.merge_raw_settled`` between two of ``cfg.raw_settled_s``; and, with
     ``cfg.same_speaker``, what the recording calls one speaker), then the HMM over all windows."""
+    settled = {"settled": cfg.settled_s / cfg.hop_s, "settled_threshold": min(cfg.settled_threshold, cfg.threshold)}
     reps, group = C.compact(x, cfg.max_points)
     if cfg.method == "ahc":
         rl = C.ahc(reps, cfg.threshold, n_speakers=n_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
@@ -281,14 +282,11 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
         rl = C.spectral(reps, n_speakers=n_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
         if n_speakers is None:
             rl = C.merge_close(reps, rl, cfg.threshold, min_speakers, weights=np.bincount(group, minlength=len(reps)),
-                               settled=cfg.settled_s / cfg.hop_s,
-                               settled_threshold=min(cfg.settled_threshold, cfg.threshold))
+                               **settled)
     labels = rl[group]
     if cfg.resplit > 0 and cfg.method == "spectral" and n_speakers is None:
         labels = C.split_recentred(raw, labels, cfg.resplit, int(round(cfg.resplit_s / cfg.hop_s)), cfg.threshold,
-                                   settled=cfg.settled_s / cfg.hop_s,
-                                   settled_threshold=min(cfg.settled_threshold, cfg.threshold),
-                                   max_points=cfg.max_points, max_speakers=max_speakers)
+                                   **settled, max_points=cfg.max_points, max_speakers=max_speakers)
     if cfg.merge_raw > 0 and n_speakers is None:
         labels = C.merge_close(C._unit(raw), labels, 1.0 - cfg.merge_raw, min_speakers,
                                settled=cfg.raw_settled_s / cfg.hop_s,

@@ -226,8 +226,8 @@ def test_split_recentred_count_limits_across_clusters():
     """Two clusters that each hold three voices: both split (6); under a limit the first takes what fits and the
     second only what is left (4 -> 3 + 1; 5 -> 3 + 2); exactly the limit is allowed; the cluster of exactly
     ``min_windows`` windows is split, one window fewer is not."""
-    a, ya = _dominant(0, sizes=(0, 15, 15, 15))
-    b, yb = _dominant(1, sizes=(0, 0, 0, 0, 15, 15, 15), e=32)
+    a, _ = _dominant(0, sizes=(0, 15, 15, 15))
+    b, _ = _dominant(1, sizes=(0, 0, 0, 0, 15, 15, 15))
     raw, two = np.concatenate([a, b]), np.r_[np.zeros(45, int), np.ones(45, int)]
     assert C.split_recentred(raw, two, 0.75, 12, 1.0).max() + 1 == 6
     for limit in (4, 5, 6):
