@@ -14,7 +14,8 @@ Each system runs as its own process over the written files (``spkid diarize``, o
 for Resemblyzer on the same pipeline), so its real-time factor and peak memory (``ru_maxrss`` of that process)
 are its own. The table: DER (±0.25 s collar, overlap scored), DER (no collar), speaker-count error (share of
 conversations whose count is wrong, and the mean absolute error), real-time factor and peak memory; then, with
-every speaker of the corpus enrolled, the share of speech time that carries the right name.
+every speaker of the corpus enrolled, the share of speech time that carries the right name and the share that
+carries a wrong one (``named_shares``: compared on 10 ms frames, so overlapped speech counts for both voices).
 
     python benchmarks/diarization.py --checkpoint base.ckpt [--checkpoint-10min m10.ckpt] [--resemblyzer]
     python benchmarks/diarization.py ... --full                # more and longer conversations (1-10 min, one 1 h)
@@ -224,18 +225,28 @@ def count_errors(rows: list[dict], hyp: list[Segment]) -> tuple[float, float]:
     return float(np.mean([e > 0 for e in errs])), float(np.mean(errs))
 
 
-def named_share(ref: list[Segment], hyp: list[Segment]) -> float:
-    """Share of reference speech time (per speaker) covered by a hypothesis turn with that speaker's name."""
-    total = right = 0.0
-    by_file: dict[str, list[Segment]] = {}
-    for h in hyp:
-        by_file.setdefault(h.file, []).append(h)
-    for r in ref:
-        total += r.duration
-        for h in by_file.get(r.file, []):
-            if h.speaker == r.speaker:
-                right += max(0.0, min(r.end, h.end) - max(r.start, h.start))
-    return right / total if total else float("nan")
+NAMED_STEP = 0.01     # s: the frame on which names are compared
+
+
+def named_shares(ref: list[Segment], hyp: list[Segment], anonymous: str = "SPEAKER_") -> tuple[float, float]:
+    """``(right, wrong)`` over 10 ms frames, both as shares of reference speaker time (a frame with two reference
+    speakers counts twice): ``right``, a reference speaker whose name a hypothesis turn gives in that frame;
+    ``wrong``, an enrolled name a hypothesis turn gives where no reference speaker of that name talks (labels
+    starting with ``anonymous`` are no name: never right, never wrong)."""
+    total = right = wrong = 0.0
+    for f in sorted({s.file for s in ref} | {s.file for s in hyp}):
+        rs, hs = [s for s in ref if s.file == f], [s for s in hyp if s.file == f]
+        end = max([s.end for s in rs + hs], default=0.0)
+        n = int(np.ceil(end / NAMED_STEP)) + 1
+        grid = lambda segs: {k: np.zeros(n, bool) for k in {s.speaker for s in segs}}     # noqa: E731
+        ron, hon = grid(rs), grid(hs)
+        for segs, on in ((rs, ron), (hs, hon)):
+            for s in segs:
+                on[s.speaker][int(round(s.start / NAMED_STEP)): int(round(s.end / NAMED_STEP))] = True
+        total += sum(v.sum() for v in ron.values())
+        right += sum((v & hon[k]).sum() for k, v in ron.items() if k in hon)
+        wrong += sum((v & ~ron.get(k, np.zeros(n, bool))).sum() for k, v in hon.items() if not k.startswith(anonymous))
+    return (right / total, wrong / total) if total else (float("nan"), float("nan"))
 
 
 def _der(rows: list[dict], hyp_path: Path):
@@ -343,7 +354,7 @@ def main(argv=None) -> int:
                     res[f"der_{corpus}"] = _der(sub, hyp_path)[0].der_collar
                     res[f"count_wrong_{corpus}"] = count_errors(sub, hyp)[0]
             if sysd["kind"] == "spkid":
-                res["named"] = _named(sysd, rows, work, cond)
+                res["named"], res["named_wrong"] = _named(sysd, rows, work, cond)
             results.append(res)
             print(_line(res), file=sys.stderr)
     print(table(results))
@@ -354,9 +365,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _named(sysd: dict, rows: list[dict], work: Path, cond: str) -> float:
-    """Share of speech time with the right name, every speaker of each corpus enrolled."""
-    right = total = 0.0
+def _named(sysd: dict, rows: list[dict], work: Path, cond: str) -> tuple[float, float]:
+    """Shares of speech time with the right name and with a wrong one (``named_shares``), every speaker of each
+    corpus enrolled."""
+    right = wrong = total = 0.0
     for corpus in ("libri", "fsdd", "synth"):
         sub = [r for r in rows if r["name"].startswith(corpus + "-")]
         if not sub:
@@ -367,14 +379,14 @@ def _named(sysd: dict, rows: list[dict], work: Path, cond: str) -> float:
         hyp_path = work / cond / f"named-{corpus}-{Path(sysd['checkpoint']).stem}.rttm"
         run_system(sysd, [r["file"] for r in sub], hyp_path, registry=reg)
         ref = [Segment(**s) for r in sub for s in r["reference"]]
-        share = named_share(ref, read_rttm(hyp_path) if hyp_path.exists() else [])
+        r_share, w_share = named_shares(ref, read_rttm(hyp_path) if hyp_path.exists() else [])
         t = sum(s.duration for s in ref)
-        right, total = right + share * t, total + t
-    return right / total if total else float("nan")
+        right, wrong, total = right + r_share * t, wrong + w_share * t, total + t
+    return (right / total, wrong / total) if total else (float("nan"), float("nan"))
 
 
 def _line(r: dict) -> str:
-    named = f"  named {100 * r['named']:.1f} %" if "named" in r else ""
+    named = f"  named {100 * r['named']:.1f} % (wrong {100 * r['named_wrong']:.1f} %)" if "named" in r else ""
     return (f"  {r['system']:<13} DER±.25 {100 * r['der_collar']:5.2f} %  DER {100 * r['der']:5.2f} %  count wrong "
             f"{100 * r['count_wrong']:3.0f} % (MAE {r['count_mae']:.2f})  {r['rtf']:.0f}x RT  {r['maxrss_mb']:.0f} MiB"
             + named)
@@ -382,10 +394,10 @@ def _line(r: dict) -> str:
 
 def table(results: list[dict]) -> str:
     head = ("| condition | system | DER ±0.25 s, overlap scored | DER no collar | DER ±0.25 s, overlap skipped | "
-            "JER | FA / miss / confusion | count wrong (MAE) | named right | real time | peak RSS |")
+            "JER | FA / miss / confusion | count wrong (MAE) | named right / wrong | real time | peak RSS |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
-        named = f"{100 * r['named']:.1f} %" if "named" in r else "—"
+        named = f"{100 * r['named']:.1f} / {100 * r['named_wrong']:.1f} %" if "named" in r else "—"
         lines.append(f"| {r['condition']} | {r['system']} | {100 * r['der_collar']:.2f} % | {100 * r['der']:.2f} % | "
                      f"{100 * r['der_collar_skip']:.2f} % | {100 * r['jer']:.2f} % | {100 * r['false_alarm']:.1f} / "
                      f"{100 * r['miss']:.1f} / {100 * r['confusion']:.1f} % | {100 * r['count_wrong']:.0f} % "

@@ -302,7 +302,9 @@ def _add_enroll(sub) -> None:
     p = sub.add_parser("enroll", help="add (or update) a speaker in a SQLite registry")
     p.add_argument("registry", help="registry file (created when new)")
     p.add_argument("name", help="speaker name")
-    p.add_argument("files", nargs="+", help="the speaker's utterances (audio or .pt), or folders of them")
+    p.add_argument("files", nargs="+", help="the speaker's utterances (audio or .pt), or folders of them; each audio "
+                                            "clip is also stored as heard through a simulated telephone channel "
+                                            "(diarize names phone calls against those copies)")
     p.add_argument("--checkpoint", help="model that embeds a new registry (a checkpoint or a shipped name; default: "
                                         "base); an existing registry keeps its own")
     p.add_argument("--on-outlier", choices=["keep", "refuse"], default="keep",

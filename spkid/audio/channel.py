@@ -135,6 +135,15 @@ def telephone(wav: torch.Tensor, lengths: torch.Tensor, g: torch.Generator,
     return out * valid_mask(lengths, s)
 
 
+def telephone_copy(wav: torch.Tensor, seed: int) -> torch.Tensor:
+    """One clip through one ``telephone`` channel drawn from ``seed``: ``(S,) -> (S,)`` at 16 kHz. The narrowband
+    copy an enrolled clip is stored with (``scoring.openset.add_clips``), so a telephone call is named against
+    enrollment heard through a telephone (docs/diarization.md: the names on narrowband calls)."""
+    x = torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1)
+    g = torch.Generator().manual_seed(int(seed))
+    return telephone(x, torch.tensor([x.shape[1]]), g)[0]
+
+
 def random_band_limit(wav: torch.Tensor, lengths: torch.Tensor, g: torch.Generator, *, low_min: float,
                       low_max: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """A random band limit per row: a cheap microphone, a lower original sample rate, a lossy recorder.
@@ -182,5 +191,5 @@ def resample_batch(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     return y[:, : math.ceil(new * s / orig)]
 
 
-__all__ = ["telephone", "band_limit", "random_band_limit", "band_gains", "filter_fft", "mu_law", "a_law",
-           "resample_batch", "sinc_kernel", "fast_len", "valid_mask"]
+__all__ = ["telephone", "telephone_copy", "band_limit", "random_band_limit", "band_gains", "filter_fft", "mu_law",
+           "a_law", "resample_batch", "sinc_kernel", "fast_len", "valid_mask"]

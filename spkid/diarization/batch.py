@@ -28,13 +28,16 @@ def load_embedder(checkpoint: str | Path | None, registry: str | Path | None = N
     return SpkidEmbedder(load(checkpoint or DEFAULT_CHECKPOINT, device, runtime=runtime, threads=threads))
 
 
-def named(r: FileDiarization, registry: str | Path, model_id: str) -> list[Segment]:
-    """``r``'s segments with each cluster's registry name where the registry gives one (``names.name_clusters``);
-    the clusters left anonymous are renumbered ``SPEAKER_00``, ... in order of first speech."""
+def named(r: FileDiarization, registry: str | Path, model_id: str, recording: str | Path = "this recording"
+          ) -> list[Segment]:
+    """``r``'s segments (of the audio file ``recording``) with each cluster's registry name where the registry gives
+    one (``names.name_clusters``, against telephone copies when ``r`` is narrowband); the clusters left anonymous
+    are renumbered ``SPEAKER_00``, ... in order of first speech."""
     from spkid.diarization.names import name_clusters
     if not r.segments:
         return []
-    answers = name_clusters(registry, r.cluster_emb, model_id)
+    answers = name_clusters(registry, r.cluster_emb, model_id, channel="telephone" if r.narrowband else None,
+                            recording=str(recording))
     rename, k = {}, 0
     for label, ans in zip(r.labels, answers):
         if ans.name is None:
@@ -100,7 +103,7 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
             try:
                 r = diarize_file(p, embedder, cfg, n_speakers=n_speakers, min_speakers=min_speakers,
                                  max_speakers=max_speakers, progress=bar.update)
-                segs = named(r, registry, embedder.model_id) if registry is not None else r.segments
+                segs = named(r, registry, embedder.model_id, p) if registry is not None else r.segments
                 o = FileOutcome(p, segs, len({s.speaker for s in segs}), r.duration, r.speech,
                                 time.perf_counter() - t0, warning=r.warning)
             except SpkidError as e:
@@ -121,9 +124,9 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
 
     Returns the speaker turns (``Segment``: file, start, end, speaker, score) in time order. Speakers are
     ``SPEAKER_00``, ... or, with ``registry``, the enrolled names the registry's back end and threshold give them
-    (one-to-one; ``names.name_clusters``). Without ``checkpoint`` the registry's own model embeds, or without a
-    registry the pretrained ``base`` model. A file without speech gives ``[]`` and a
-    ``UserWarning``."""
+    (one-to-one; ``names.name_clusters``; a telephone call against the registry's telephone copies). Without
+    ``checkpoint`` the registry's own model embeds, or without a registry the pretrained ``base`` model. A file
+    without speech gives ``[]`` and a ``UserWarning``."""
     from spkid.diarization.names import check_registry
     embedder = load_embedder(checkpoint, registry, device=device, runtime=runtime, threads=threads)
     if registry is not None:
@@ -132,7 +135,7 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
                      max_speakers=max_speakers)
     if r.warning:
         warnings.warn(r.warning, stacklevel=2)
-    return named(r, registry, embedder.model_id) if registry is not None else r.segments
+    return named(r, registry, embedder.model_id, path) if registry is not None else r.segments
 
 
 __all__ = ["DEFAULT_CHECKPOINT", "load_embedder", "named", "FileOutcome", "diarize_files", "diarize"]

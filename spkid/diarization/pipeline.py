@@ -136,7 +136,8 @@ class SpkidEmbedder:
 class FileDiarization:
     """One file's result: ``segments`` (time order), ``duration`` and ``speech`` in seconds, ``n_windows``,
     ``cluster_emb`` ``(K, E)`` (each speaker's mean window embedding, in label order), ``warning`` (None, or why
-    the file has no segments)."""
+    the file has no segments), ``narrowband`` (most of the file is a telephone band: named against the registry's
+    telephone copies)."""
 
     segments: list[Segment]
     duration: float
@@ -145,13 +146,15 @@ class FileDiarization:
     cluster_emb: np.ndarray
     labels: list[str]
     warning: str | None = None
+    narrowband: bool = False
 
 
 @dataclass
 class Analysis:
     """What the speech and embedding passes found in one file: ``duration`` (s), ``speech`` segments
     ``[(start, end)]`` and windows ``win`` ``(W, 2)`` in 16 kHz samples, window embeddings ``emb`` ``(W, E)``, and
-    the overlap detector's probability per 20 ms frame ``overlap`` ``(F,)`` (None when ``cfg.overlap`` is off)."""
+    the overlap detector's probability per 20 ms frame ``overlap`` ``(F,)`` (None when ``cfg.overlap`` is off), and
+    whether most of the file is ``narrowband`` (``stream.speech_probs_stream``)."""
 
     path: Path
     duration: float
@@ -159,6 +162,7 @@ class Analysis:
     win: np.ndarray
     emb: np.ndarray
     overlap: np.ndarray | None = None
+    narrowband: bool = False
 
     @property
     def speech_s(self) -> float:
@@ -171,16 +175,18 @@ def analyse(stream: AudioStream, embedder: Embedder, cfg: DiarizeConfig, progres
     if stream.duration < cfg.window_s:
         raise DataError(f"{stream.path}: {stream.duration:.2f} s of audio is shorter than one {cfg.window_s:g} s "
                         "window")
-    probs = speech_probs_stream(stream, cfg.block_s, threads=cfg.vad.threads, progress=progress)
+    probs, narrow_s = speech_probs_stream(stream, cfg.block_s, threads=cfg.vad.threads, progress=progress)
+    narrow = narrow_s > stream.duration / 2
     speech = segments_from_probs(probs, stream.n_samples, cfg.vad)
     win = windows_over(speech, _n(cfg.window_s), _n(cfg.hop_s), _n(cfg.min_window_s))
     if len(win) == 0:
         if progress is not None:
             progress(stream.duration)
-        return Analysis(stream.path, stream.duration, speech, win, np.zeros((0, 0), dtype=np.float32))
+        return Analysis(stream.path, stream.duration, speech, win, np.zeros((0, 0), dtype=np.float32),
+                        narrowband=narrow)
     emb = _embed_windows(stream, win, embedder, cfg, progress)
     ovl = shipped_detector().probs(stream, speech) if cfg.overlap else None
-    return Analysis(stream.path, stream.duration, speech, win, emb, ovl)
+    return Analysis(stream.path, stream.duration, speech, win, emb, ovl, narrow)
 
 
 def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, cfg: DiarizeConfig, *,
@@ -190,7 +196,8 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     if len(a.win) == 0:
         why = (f"{a.path}: no speech found" if not a.speech else
                f"{a.path}: only {a.speech_s:.2f} s of speech, in pieces shorter than {cfg.min_window_s:g} s")
-        return FileDiarization([], a.duration, a.speech_s, 0, np.zeros((0, 0)), [], why + "; empty result")
+        return FileDiarization([], a.duration, a.speech_s, 0, np.zeros((0, 0)), [], why + "; empty result",
+                               a.narrowband)
     mu = C._unit(a.emb).mean(0) if cfg.centre else np.zeros(a.emb.shape[1])
     x = _space(a.emb, mu)
     labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb)
@@ -203,7 +210,7 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     names = [f"SPEAKER_{k:02d}" for k in range(len(cents))]
     segments = [Segment(s.file, s.start, s.end, names[int(s.speaker)], s.score) for s in segments]
     mean_raw = np.stack([a.emb[labels == k].mean(0) for k in range(len(cents))])
-    return FileDiarization(segments, a.duration, a.speech_s, len(a.win), mean_raw, names)
+    return FileDiarization(segments, a.duration, a.speech_s, len(a.win), mean_raw, names, narrowband=a.narrowband)
 
 
 def diarize_file(path: str | Path, embedder: Embedder, cfg: DiarizeConfig | None = None, *,

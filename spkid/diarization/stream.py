@@ -3,7 +3,7 @@
 ``AudioStream(path)`` decodes a file block by block (``soundfile`` seeks and reads; channels averaged; other
 sample rates resampled per block with a margin on each side so the block edges see the same filter as one
 long resampling would). Nothing holds more than a block plus a window of audio, so a 3-hour file needs
-what a 5-minute one does.
+what a 5-minute one does (and the last stretch decoded, which ``read`` keeps for the passes that come back to it).
 
 ``speech_probs_stream`` runs Silero over the blocks: each block is given the previous block's last 2 s as
 context (the LSTM warms up on real audio, not on silence), and the context frames' probabilities are dropped. A
@@ -29,6 +29,7 @@ SAMPLE_RATE = 16000
 CONTEXT_FRAMES = 64          # VAD frames (32 ms each, about 2 s) of the previous block given as context
 NARROWBAND_RATE = 8000       # Hz: files at this rate or below are narrowband (telephone) for speech detection
 RESAMPLE_MARGIN_S = 0.1      # seconds of input read past each block edge for the resampling filter
+CACHE_S = 60.0               # a read shorter than this decodes the whole CACHE_S stretch around it, kept for the next
 
 
 class AudioStream:
@@ -56,6 +57,7 @@ class AudioStream:
         self.duration = info.frames / info.samplerate
         self.n_samples = int(round(info.frames * SAMPLE_RATE / info.samplerate))   # at 16 kHz
         self._file = None                           # opened on the first read, kept open until close()
+        self._cache: tuple[int, np.ndarray] | None = None    # (16 kHz start, samples) of the last stretch decoded
 
     def __enter__(self) -> "AudioStream":
         return self
@@ -64,6 +66,7 @@ class AudioStream:
         self.close()
 
     def close(self) -> None:
+        self._cache = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -78,7 +81,21 @@ class AudioStream:
             pos = end
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """16 kHz samples ``[start, end)`` ``(end - start,)``, zero past the end of the file."""
+        """16 kHz samples ``[start, end)`` ``(end - start,)``, zero past the end of the file.
+
+        The last stretch decoded is kept (``CACHE_S`` around a short read, or the whole of a longer one), so the
+        passes that come back to it (the embeddings after speech detection in a file of one block, the overlap
+        detector's chunks, the boundaries' short windows) slice it instead of decoding and resampling again."""
+        c = self._cache
+        if c is not None and c[0] <= start and end <= c[0] + c[1].size:
+            return c[1][start - c[0]: end - c[0]].copy()
+        span = int(CACHE_S * SAMPLE_RATE)
+        lo = start // span * span if end - start < span else start
+        wav = self._decode(lo, max(end, lo + span) if end - start < span else end)
+        self._cache = (lo, wav)
+        return wav[start - lo: end - lo].copy()
+
+    def _decode(self, start: int, end: int) -> np.ndarray:
         sr = self.sample_rate
         if sr == SAMPLE_RATE:
             wav = self._read_native(start, end)
@@ -115,23 +132,28 @@ def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0] or type(e).__name__
 
 
-def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1, progress=None) -> np.ndarray:
-    """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block; a file
-    recorded at ``NARROWBAND_RATE`` or below, and a block whose content is narrowband (``vad.narrowband_content``:
-    a telephone call stored at 16 kHz), gets ``speech_probs_narrowband`` (both of Silero's modes).
+def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1,
+                        progress=None) -> tuple[np.ndarray, float]:
+    """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block, and the
+    seconds of the file that are narrowband: a file recorded at ``NARROWBAND_RATE`` or below, and a block whose
+    content is narrowband (``vad.narrowband_content``: a telephone call stored at 16 kHz), gets
+    ``speech_probs_narrowband`` (both of Silero's modes).
 
     ``progress(seconds)`` is called after each block with the seconds of audio it covered."""
     narrow_file = stream.sample_rate <= NARROWBAND_RATE
     out = []
+    narrow_s = 0.0
     tail = np.zeros(0, dtype=np.float32)
     for start, wav in stream.blocks(block_s):
-        probs = speech_probs_narrowband if narrow_file or narrowband_content(wav) else speech_probs
+        narrow = narrow_file or narrowband_content(wav)
+        narrow_s += wav.size / SAMPLE_RATE if narrow else 0.0
+        probs = speech_probs_narrowband if narrow else speech_probs
         p = probs(np.concatenate([tail, wav]), threads)
         out.append(p[tail.size // FRAME: tail.size // FRAME + -(-wav.size // FRAME)])
         tail = wav[-CONTEXT_FRAMES * FRAME:] if wav.size >= CONTEXT_FRAMES * FRAME else np.zeros(0, np.float32)
         if progress is not None:
             progress(wav.size / SAMPLE_RATE)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    return (np.concatenate(out) if out else np.zeros(0, dtype=np.float32)), narrow_s
 
 
 def windows_over(speech: list[tuple[int, int]], window: int, hop: int, min_window: int) -> np.ndarray:

@@ -145,8 +145,12 @@ class Model:
                              f"own architecture; this one is {loaded.arch!r} (run it with --runtime torch)")
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def features(self, inputs, *, failures: list | None = None) -> list[torch.Tensor | None]:
+    def features(self, inputs, *, failures: list | None = None, channel=None) -> list:
         """Turn each input item into log-mel features ``(T, n_mels)``.
+
+        ``channel``: a function of the item's index and its 16 kHz speech waveform ``(S,) -> (S,)`` (for example
+        ``audio.channel.telephone_copy``); each item then gives ``(features, features through the channel)``, the
+        second None for an item given as features (a ``.pt`` file, a ``(T, n_mels)`` array: no waveform to pass).
 
         ``failures``: a list to collect ``(index, message)`` of the items that cannot be read (their feature is
         None, an ``InputWarning`` names each) while the rest go on; None: the first bad item raises ``DataError``.
@@ -159,24 +163,26 @@ class Model:
                 first_pt.setdefault(Path(item).parent, item)
         for folder, item in first_pt.items():
             check_definition(folder, self.cfg.features, str(item))
+        pick = (lambda pair: pair) if channel is not None else (lambda pair: pair[0])
         if failures is None:
-            return [self._one(item) for item in inputs]
-        out: list[torch.Tensor | None] = []
+            return [pick(self._one(item, channel, k)) for k, item in enumerate(inputs)]
+        out: list = []
         for k, item in enumerate(inputs):
             try:
-                out.append(self._one(item))
+                out.append(pick(self._one(item, channel, k)))
             except DataError as e:
                 failures.append((k, str(e)))
                 warnings.warn(InputWarning(f"{e}; left out"), stacklevel=2)
-                out.append(None)
+                out.append(pick((None, None)))
         return out
 
-    def _one(self, item) -> torch.Tensor:
+    def _one(self, item, channel=None, k: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(features, features through channel(k, speech) or None)`` of one item."""
         n_mels = self.cfg.features.n_mels
         if isinstance(item, (str, Path)):
             path = Path(item)
             if path.suffix == ".pt":                    # its folder's definition: checked in features()
-                return load_tensor(path, n_mels)
+                return load_tensor(path, n_mels), None
             from spkid.audio.io import load_audio
             wav = load_audio(path, self.cfg.features.sample_rate)
             if self.vad and self.cfg.features.sample_rate == 16000:       # Silero runs at 16 kHz
@@ -190,15 +196,21 @@ class Model:
                     warnings.warn(InputWarning(f"{path}: only {seconds:.2f} s of speech detected (need "
                                                f"{MIN_SPEECH_S} s); used the whole {wav.shape[0] / 16000:.2f} s "
                                                "recording"), stacklevel=2)
-            return self._logmel(wav, str(path))
+            return self._with_channel(wav, str(path), channel, k)
         x = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item).float()
         if x.dim() == 2 and x.shape[1] == n_mels and x.shape[0] >= 1:
             if not torch.isfinite(x).all():
                 raise DataError("input array: contains NaN or Inf values")
-            return x
+            return x, None
         if x.dim() == 1 and x.numel() > 0:
-            return self._logmel(x, "input waveform")
+            return self._with_channel(x, "input waveform", channel, k)
         raise DataError(f"input array: expected a 1-D waveform or (frames, {n_mels}) features, got {tuple(x.shape)}")
+
+    def _with_channel(self, wav: torch.Tensor, name: str, channel, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = self._logmel(wav, name)
+        if channel is None or self.cfg.features.sample_rate != 16000:
+            return feats, None
+        return feats, self._logmel(torch.as_tensor(channel(k, wav), dtype=torch.float32), name)
 
     def _logmel(self, wav: torch.Tensor, name: str) -> torch.Tensor:
         from spkid.audio.frontend import logmel

@@ -7,6 +7,7 @@ fingerprint and refuses embeddings from another model.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spkid.audio.channel import telephone_copy
 from spkid.fileio import atomic_write, refuse_overwriting_inputs
 from spkid.errors import DataError, SpkidError
 from spkid.data.scan import gather, input_files
@@ -202,12 +204,15 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
             model = load(checkpoint, device)
         ids, items = gather(files)
         fails: list = []                # unreadable clips are left out with a warning; all unreadable: an error
-        feats = model.features(items, failures=fails)
+        named = _item_sources(items)
+        pairs = model.features(items, failures=fails,
+                               channel=lambda k, wav: telephone_copy(wav, channel_seed(named[k])))
         if len(fails) == len(items):    # before creating a new registry: nothing readable leaves no registry
             raise none_readable(fails)
-        sources = [s for s, f in zip(_item_sources(items), feats) if f is not None]
-        feats = [f for f in feats if f is not None]
+        kept = [(s, f, c) for s, (f, c) in zip(named, pairs) if f is not None]
+        sources, feats = [s for s, _, _ in kept], [f for _, f, _ in kept]
         emb = F.normalize(model.embed_raw(feats), dim=-1).numpy()
+        copies = channel_copies(model, [(s, c) for s, _, c in kept if c is not None])
         adaptation = None
         if domain is not None or cohort is not None or whiten:
             adaptation = domain_adaptation(model, domain, whiten=whiten, cohort=cohort, top_n=top_n)
@@ -222,16 +227,31 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
     with reg_ctx as reg:
         if adaptation is not None:
             reg.set_adaptation(*adaptation[:2], adaptation[2], top_n=top_n)
-        r = add_clips(reg, name, sources, feats, emb, model=model, on_outlier=on_outlier)
+        r = add_clips(reg, name, sources, feats, emb, model=model, on_outlier=on_outlier, channels=copies)
         r.adaptation = adaptation[2] if adaptation is not None else None
         return r
 
 
+def channel_seed(source: str) -> int:
+    """The channel a clip's copy goes through: drawn from its source's name, so enrolling it again gives the same."""
+    return zlib.crc32(source.encode("utf-8", "surrogatepass"))
+
+
+def channel_copies(model: Model, feats: list[tuple[str, torch.Tensor]]) -> dict[str, dict[str, np.ndarray]]:
+    """``{"telephone": {source: L2-normalised embedding (E,)}}`` of clips' telephone copies (their log-mel
+    ``(T, F)``, from ``Model.features(..., channel=...)``)."""
+    if not feats:
+        return {}
+    emb = F.normalize(model.embed_raw([f for _, f in feats]), dim=-1).numpy()
+    return {"telephone": {s: e for (s, _), e in zip(feats, emb)}}
+
+
 def add_clips(reg, name: str, sources: list[str], feats, emb: np.ndarray, *, model: Model,
-              on_outlier: str = "keep") -> EnrollResult:
+              on_outlier: str = "keep", channels: dict[str, dict[str, np.ndarray]] | None = None) -> EnrollResult:
     """Enroll clips already embedded into an open registry: flag short clips (features ``[(T_i, F)]``) and outliers
     among the speaker's clips, leave refused ones out, then one ``reg.enroll`` transaction (the clips and the new
-    operating point land together or not at all). ``emb`` ``(N, E)`` L2-normalised, one row per ``sources`` entry."""
+    operating point land together or not at all). ``emb`` ``(N, E)`` L2-normalised, one row per ``sources`` entry;
+    ``channels`` the clips' channel copies (``channel_copies``), stored for the clips that are enrolled."""
     from spkid.scoring.enrollment import flag_outliers
     hop_s = model.cfg.features.hop / model.cfg.features.sample_rate
     flags = [ClipFlag(src, "short", f.shape[0] * hop_s, on_outlier == "refuse")
@@ -252,7 +272,10 @@ def add_clips(reg, name: str, sources: list[str], feats, emb: np.ndarray, *, mod
     if not new:
         raise DataError(f"{reg.path}: nothing enrolled for {name!r}: every clip was refused "
                         f"({'; '.join(fl.describe() for fl in flags)})")
-    n = reg.enroll(name, np.stack([e for _, e in new]), [s for s, _ in new], model_id=model.model_id)
+    kept_sources = {s for s, _ in new}
+    copies = {ch: {s: e for s, e in by.items() if s in kept_sources} for ch, by in (channels or {}).items()}
+    n = reg.enroll(name, np.stack([e for _, e in new]), [s for s, _ in new], model_id=model.model_id,
+                   channels=copies)
     return EnrollResult(name, n, len(new), reg.checkpoint, flags, reg.threshold_state())
 
 

@@ -16,6 +16,10 @@ Tables:
   ``adaptation`` (where the domain statistics and cohort came from), ``calibration`` (score -> LLR, or null).
 - ``utterances(speaker, source, embedding)``: one row per enrolled utterance, keyed by
   ``(speaker, source)``; ``embedding`` is ``E`` little-endian float32 values.
+- ``channel_utterances(speaker, source, channel, embedding)``: an enrolled utterance's embedding through a
+  simulated channel (``telephone``: ``audio.channel.telephone_copy``), for clips enrolled from audio; diarization
+  names a narrowband call against these (``channel_scoring``). A registry made before this table gains it on its
+  next enroll; until then it has no channel copies.
 
 Embeddings of different models live in different spaces, so a registry holds one model only
 and ``enroll`` refuses any other. Each write is one transaction: an error part-way through
@@ -65,7 +69,16 @@ CREATE TABLE utterances (
     embedding BLOB NOT NULL,
     PRIMARY KEY (speaker, source)
 );
+CREATE TABLE IF NOT EXISTS channel_utterances (
+    speaker TEXT NOT NULL,
+    source TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    PRIMARY KEY (speaker, source, channel)
+);
 """
+_CHANNEL_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS channel_utterances"):].strip().rstrip(";")
+CHANNELS = ("telephone",)
 
 
 def _to_blob(vec: np.ndarray) -> bytes:
@@ -401,12 +414,14 @@ class SpeakerDB:
 
     # speakers --------------------------------------------------------------------------------
 
-    def enroll(self, name: str, embeddings, sources: list[str], *, model_id: str) -> int:
+    def enroll(self, name: str, embeddings, sources: list[str], *, model_id: str,
+               channels: dict[str, dict[str, np.ndarray]] | None = None) -> int:
         """Add utterance embeddings ``(N, E)`` of speaker ``name``, one per ``sources`` entry.
 
         A source the speaker already has is replaced, others are added (re-enrolling updates), and the operating
-        point is re-estimated (``refresh_threshold``) in the same transaction. Returns the speaker's utterance count
-        afterwards.
+        point is re-estimated (``refresh_threshold``) in the same transaction. ``channels``: ``{channel: {source:
+        embedding (E,)}}``, the clips' embeddings through a simulated channel (``CHANNELS``); a replaced source
+        loses the channel copies it had. Returns the speaker's utterance count afterwards.
         """
         if model_id != self.model_id:
             raise DataError(f"{self.path}: registry holds embeddings of model {self.model_id}, "
@@ -431,10 +446,26 @@ class SpeakerDB:
             norm = float(np.linalg.norm(row))
             if not math.isfinite(norm) or norm == 0.0:
                 raise DataError(f"{self.path}: embedding of {src!r} is zero or not finite")
+        copies = []
+        for ch, by_source in (channels or {}).items():
+            if ch not in CHANNELS:
+                raise ValueError(f"channel {ch!r} unknown; one of {', '.join(CHANNELS)}")
+            for src, row in by_source.items():
+                if src not in seen:
+                    raise ValueError(f"channel copy of {src!r}, which is not among the sources enrolled")
+                v = _as_matrix(np.asarray(row).reshape(1, -1), "channel embeddings")
+                if v.shape[1] != self.embed_dim or not np.all(np.isfinite(v)) or not np.any(v):
+                    raise DataError(f"{self.path}: {ch} embedding of {src!r} is zero, not finite or not "
+                                    f"{self.embed_dim}-dim")
+                copies.append((name, src, ch, _to_blob(v[0])))
         with _transaction(self._conn, self.path):
+            self._conn.execute(_CHANNEL_TABLE)                 # a registry made before the table gains it here
             for src, row in zip(sources, x):
                 self._conn.execute("INSERT OR REPLACE INTO utterances (speaker, source, embedding) VALUES (?, ?, ?)",
                                    (name, src, _to_blob(row)))
+                self._conn.execute("DELETE FROM channel_utterances WHERE speaker = ? AND source = ?", (name, src))
+            self._conn.executemany("INSERT INTO channel_utterances (speaker, source, channel, embedding) "
+                                   "VALUES (?, ?, ?, ?)", copies)
             (count,) = self._conn.execute("SELECT COUNT(*) FROM utterances WHERE speaker = ?", (name,)).fetchone()
             meta = self._refreshed()                # the new operating point commits with the clips, or neither
             self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
@@ -453,6 +484,8 @@ class SpeakerDB:
             n = self._conn.execute("DELETE FROM utterances WHERE speaker = ?", (name,)).rowcount
             if n == 0:
                 raise DataError(f"{self.path}: no enrolled speaker {name!r}")
+            if self._has_channel_table():
+                self._conn.execute("DELETE FROM channel_utterances WHERE speaker = ?", (name,))
             meta = self._refreshed()
             self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
         self._meta.update(meta)
@@ -471,6 +504,8 @@ class SpeakerDB:
             n = self._conn.execute("UPDATE utterances SET speaker = ? WHERE speaker = ?", (new, old)).rowcount
             if n == 0:
                 raise DataError(f"{self.path}: no enrolled speaker {old!r}")
+            if self._has_channel_table():
+                self._conn.execute("UPDATE channel_utterances SET speaker = ? WHERE speaker = ?", (new, old))
         return int(n)
 
     def centroids(self) -> tuple[list[str], np.ndarray]:
@@ -492,10 +527,23 @@ class SpeakerDB:
             return [], np.zeros((0, self.embed_dim), dtype=np.float32)
         return names, _normalise(np.stack(sums)).astype(np.float32)
 
-    def clips(self) -> list[tuple[str, list[str], np.ndarray]]:
-        """``[(name, sources, (n_k, E) float64 L2-normalised embeddings)]`` per speaker, sorted by name, then source."""
-        rows = self._conn.execute(
-            "SELECT speaker, source, embedding FROM utterances ORDER BY speaker, source").fetchall()
+    def _has_channel_table(self) -> bool:
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = "
+                                  "'channel_utterances'").fetchone() is not None
+
+    def clips(self, channel: str | None = None) -> list[tuple[str, list[str], np.ndarray]]:
+        """``[(name, sources, (n_k, E) float64 L2-normalised embeddings)]`` per speaker, sorted by name, then source;
+        with ``channel``, the clips' copies through it (speakers without any copy are absent)."""
+        if channel is None:
+            rows = self._conn.execute(
+                "SELECT speaker, source, embedding FROM utterances ORDER BY speaker, source").fetchall()
+        elif channel not in CHANNELS:
+            raise ValueError(f"channel {channel!r} unknown; one of {', '.join(CHANNELS)}")
+        elif not self._has_channel_table():
+            rows = []
+        else:
+            rows = self._conn.execute("SELECT speaker, source, embedding FROM channel_utterances WHERE channel = ? "
+                                      "ORDER BY speaker, source", (channel,)).fetchall()
         out: list[tuple[str, list[str], list[np.ndarray]]] = []
         for speaker, source, blob in rows:
             v = np.frombuffer(blob, dtype=_BLOB_DTYPE).astype(np.float64)
@@ -507,6 +555,22 @@ class SpeakerDB:
             out[-1][1].append(source)
             out[-1][2].append(v / np.linalg.norm(v))
         return [(name, sources, np.stack(vecs)) for name, sources, vecs in out]
+
+    def channel_scoring(self, channel: str) -> "ChannelScoring | None":
+        """How to score against the ``channel`` copies of the clips, or None when an enrolled speaker has none.
+
+        The registry's back end, and an operating point estimated on the copies as ``refresh_threshold`` does on
+        the clips (with too few, the checkpoint's fallback on raw cosines). A locked threshold was chosen on the
+        clips as recorded, so it does not carry over to the copies."""
+        from spkid.scoring.backend import operating_point
+        clips = self.clips(channel)
+        if not clips or len(clips) != len(self.speakers()):
+            return None
+        op, stored, _ = operating_point(self.backend("registry"),
+                                        _subsample([c for _, _, c in clips], MAX_ESTIMATE_CLIPS))
+        if op is None:
+            return ChannelScoring(channel, clips, self.backend("raw"), self.fallback[0], None)
+        return ChannelScoring(channel, clips, self.backend("registry"), float(op.threshold), stored)
 
     # scoring ---------------------------------------------------------------------------------
 
@@ -580,6 +644,18 @@ class SpeakerDB:
                     "calibration": "null"}
         return {"threshold": repr(float(op.threshold)), "threshold_source": op.source,
                 "threshold_scale": "registry", "calibration": json.dumps(stored.to_dict())}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelScoring:
+    """``SpeakerDB.channel_scoring``'s answer: the ``channel``, its ``clips`` ``[(name, sources, (n_k, E))]``, the
+    ``backend`` to score them with, its ``threshold`` and ``calibration`` (None on the raw fallback)."""
+
+    channel: str
+    clips: list
+    backend: Backend
+    threshold: float
+    calibration: StoredCalibration | None
 
 
 @dataclasses.dataclass(frozen=True)

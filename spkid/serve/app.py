@@ -12,6 +12,7 @@ embedding queue (``batching.EmbedBatcher``) -> the registry (``registry.Registry
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -75,12 +76,14 @@ class Service:
         self.limiter.take(who.key)
         return who
 
-    async def features(self, clips, max_seconds: float | None = None) -> list:
-        """Features of each clip, decoded in worker threads (concurrently)."""
+    async def features(self, clips, max_seconds: float | None = None, channels: list | None = None) -> list:
+        """Features of each clip, decoded in worker threads (concurrently); with ``channels`` (one channel function
+        per clip, ``Model.features``'s), ``(features, features through it)`` pairs."""
         cap = max_seconds or self.cfg.max_clip_seconds
         loop = asyncio.get_running_loop()
+        channels = channels or [None] * len(clips)
         return list(await asyncio.gather(*[loop.run_in_executor(self.decoders, clip_features, c, self.model, cap,
-                                                                self.tmp) for c in clips]))
+                                                                self.tmp, ch) for c, ch in zip(clips, channels)]))
 
     async def embed(self, clips) -> np.ndarray:
         """``(N, E)`` L2-normalised embeddings of uploaded clips, through the shared queue."""
@@ -186,8 +189,13 @@ async def list_speakers(request):
                          "threshold": _threshold(snap.threshold)})
 
 
+def _telephone(seed: int, k: int, wav):
+    from spkid.audio.channel import telephone_copy
+    return telephone_copy(wav, seed)
+
+
 async def enroll(request):
-    from spkid.scoring.openset import add_clips
+    from spkid.scoring.openset import add_clips, channel_seed
     svc: Service = request.app.state.svc
     svc.allow(request, "admin")
     fields, files = await read_form(request)
@@ -198,14 +206,19 @@ async def enroll(request):
     clips = files.get("audio", [])
     if not clips:
         raise ApiError(400, "audio: no audio file field")
-    feats = await svc.features(clips)
-    emb = (await svc.batcher.embed(feats)).numpy()
     # sources: the clip's content hash (uploading the same clip again replaces it), never a client path
     sources = [f"upload sha256:{hashlib.sha256(c.data).hexdigest()[:16]}" for c in clips]
     if len(set(sources)) != len(sources):
         raise ApiError(422, "audio: the same clip was uploaded twice in one request")
+    # each clip and its telephone copy (what a narrowband call is named against: spkid enroll stores the same)
+    pairs = await svc.features(clips, channels=[functools.partial(_telephone, channel_seed(s)) for s in sources])
+    feats = [f for f, _ in pairs]
+    emb = (await svc.batcher.embed(feats + [c for _, c in pairs if c is not None])).numpy()
+    copies = {"telephone": {s: e for s, e in zip([s for s, (_, c) in zip(sources, pairs) if c is not None],
+                                                 emb[len(feats):])}}
+    emb = emb[: len(feats)]
     r = await svc.registry.write(lambda reg: add_clips(reg, name, sources, feats, emb, model=svc.model,
-                                                       on_outlier=on_outlier))
+                                                       on_outlier=on_outlier, channels=copies))
     return JSONResponse({"speaker": name, "utterances": r.n_utterances, "added": r.added,
                          "flags": [{"clip": clips[sources.index(f.source)].label, "reason": f.reason,
                                     "value": round(f.value, 2), "refused": f.refused} for f in r.flags],

@@ -121,12 +121,13 @@ def save_clip(clip: Clip, max_seconds: float, folder: str | Path) -> Path:
         raise
 
 
-def clip_features(clip: Clip, model, max_seconds: float, folder: str | Path) -> torch.Tensor:
+def clip_features(clip: Clip, model, max_seconds: float, folder: str | Path, channel=None):
     """Features ``(T, F)`` of one clip through the CLI's audio path (decode, resample, speech detection, log-mel)
-    after ``save_clip``'s checks; its temp file is gone afterwards."""
+    after ``save_clip``'s checks; its temp file is gone afterwards. ``channel`` (``Model.features``'s): the pair
+    ``(features, features through the channel)``."""
     tmp = save_clip(clip, max_seconds, folder)
     try:
-        return model.features([tmp])[0]
+        return model.features([tmp], channel=channel)[0]
     except SpkidError as e:                                      # CLI limits, speech detection, decode errors
         raise ApiError(422, str(e).replace(str(tmp), clip.label)) from None
     finally:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from spkid.diarization.names import assign_names, check_registry, name_clusters
-from spkid.errors import SpkidError
+from spkid.errors import InputWarning, SpkidError
 from spkid.scoring.speaker_db import SpeakerDB
 
 
@@ -56,3 +56,22 @@ def test_name_clusters_through_a_registry(tmp_path):
                      threshold_source="test").close()
     with pytest.raises(SpkidError, match=r"empty\.db: no speakers enrolled"):
         check_registry(tmp_path / "empty.db", "m1")
+
+
+def test_a_narrowband_recording_is_named_against_the_telephone_copies(tmp_path):
+    rng = np.random.default_rng(3)
+    wide, narrow = rng.standard_normal((3, 8)), rng.standard_normal((3, 8))    # each voice as recorded / by phone
+    with SpeakerDB.create(tmp_path / "r.db", model_id="m1", checkpoint="x.ckpt", embed_dim=8, threshold=0.5,
+                          threshold_source="test") as reg:
+        for name, w, n in zip(("ann", "bob", "cy"), wide, narrow):
+            src = [f"{name}{i}" for i in range(3)]
+            reg.enroll(name, w + 0.1 * rng.standard_normal((3, 8)), src, model_id="m1",
+                       channels={"telephone": {s: n + 0.1 * rng.standard_normal(8) for s in src}})
+    calls = np.stack([narrow[1], narrow[0]])                                 # bob, then ann, on the phone
+    assert [o.name for o in name_clusters(tmp_path / "r.db", calls, "m1", channel="telephone")] == ["bob", "ann"]
+    assert [o.name for o in name_clusters(tmp_path / "r.db", np.stack([wide[2]]), "m1")] == ["cy"]
+    with SpeakerDB.open(tmp_path / "r.db") as reg:                          # dan enrolled from features: no copies
+        reg.enroll("dan", rng.standard_normal((2, 8)), ["d0", "d1"], model_id="m1")
+    with pytest.warns(InputWarning, match=r"call\.wav: narrowband, but .*r\.db holds no telephone copies of dan "):
+        out = name_clusters(tmp_path / "r.db", calls, "m1", channel="telephone", recording="call.wav")
+    assert len(out) == 2                                                     # named against the clips as recorded

@@ -33,7 +33,8 @@ def test_vad_over_blocks_matches_one_pass(tmp_path):
     write_conversation(path, seconds=30.0)
     whole = speech_probs(load_audio(path).numpy())
     with AudioStream(path) as s:
-        streamed = speech_probs_stream(s, 5.0)
+        streamed, narrow_s = speech_probs_stream(s, 5.0)
+    assert narrow_s == 0.0
     assert streamed.shape == whole.shape
     assert np.mean(np.abs(streamed - whole) < 0.1) > 0.97        # only a few frames after each block start differ
     assert np.mean((streamed > 0.5) == (whole > 0.5)) > 0.98
@@ -65,18 +66,22 @@ def test_narrowband_files_get_both_vad_modes(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(stream, "speech_probs_narrowband", lambda x, t=1: calls.append("narrow") or speech_probs(x, t))
     monkeypatch.setattr(stream, "speech_probs", lambda x, t=1: calls.append("wide") or speech_probs(x, t))
-    seen = {}
+    seen, narrow_s = {}, {}
     for rate in (8000, 16000):
         path = tmp_path / f"c{rate}.wav"
         write_conversation(path, seconds=12.0, sample_rate=rate)
         calls.clear()
         with AudioStream(path) as s:
-            speech_probs_stream(s, 5.0)
+            _, narrow = speech_probs_stream(s, 5.0)
+            narrow_s[rate] = narrow / s.duration                                   # the share heard as narrowband
         seen[rate] = set(calls)
     x, sr = sf.read(str(tmp_path / "c16000.wav"), dtype="float32")
     phone = resample_poly(resample_poly(x, 1, 2), 2, 1)[: x.size]                     # through 8 kHz and back
     sf.write(str(tmp_path / "phone16k.wav"), np.concatenate([x, phone]).astype(np.float32), sr)   # wideband, then phone
     calls.clear()
     with AudioStream(tmp_path / "phone16k.wav") as s:
-        speech_probs_stream(s, 12.0)
+        _, mixed_s = speech_probs_stream(s, 12.0)
+        mixed_s /= s.duration
     assert seen == {8000: {"narrow"}, 16000: {"wide"}} and calls[0] == "wide" and calls[-1] == "narrow"
+    assert narrow_s == {8000: pytest.approx(1.0), 16000: 0.0}
+    assert 0.25 < mixed_s < 0.75                                                # the phone half, block by block

@@ -25,7 +25,7 @@ def test_two_voices_found_and_timed(conv):
     from spkid.diarization.evaluate import score_diarization
     path, c = conv
     r = diarize_file(path, MeanLogMel(), diar_config())
-    assert r.labels == ["SPEAKER_00", "SPEAKER_01"] and r.warning is None
+    assert r.labels == ["SPEAKER_00", "SPEAKER_01"] and r.warning is None and not r.narrowband
     assert all(s.file == "talk" and 0 <= s.start < s.end <= r.duration + 1e-6 for s in r.segments)
     assert [s.start for s in r.segments] == sorted(s.start for s in r.segments)
     assert r.segments[0].speaker == "SPEAKER_00"
@@ -60,7 +60,8 @@ def test_block_size_does_not_change_the_embeddings(conv):
 def test_8khz_input_and_forced_counts(tmp_path):
     path = tmp_path / "phone.flac"
     write_conversation(path, n_speakers=2, seconds=30.0, sample_rate=8000, seed=2)
-    assert len(diarize_file(path, MeanLogMel(), diar_config()).labels) == 2
+    r = diarize_file(path, MeanLogMel(), diar_config())
+    assert len(r.labels) == 2 and r.narrowband                # named against the registry's telephone copies
     assert len(diarize_file(path, MeanLogMel(), diar_config(), n_speakers=1).labels) == 1
     assert len(diarize_file(path, MeanLogMel(), diar_config(), min_speakers=3).labels) >= 2   # HMM: drops an empty one
     with pytest.raises(ConfigError, match="--min-speakers 3 / --max-speakers 2"):
@@ -130,3 +131,6 @@ def test_registry_names_replace_cluster_labels_and_strangers_are_renumbered(tmp_
     out = named(r, tmp_path / "reg.db", "m")
     assert [s.speaker for s in out] == ["SPEAKER_00", "bob", "SPEAKER_01", "ann", "SPEAKER_00", "SPEAKER_01"]
     assert out[1].score > 0.5 and out[0].score == 0.8           # a named turn carries the registry score
+    r.narrowband = True                                          # a call: the registry has no telephone copies
+    with pytest.warns(UserWarning, match=r"call\.wav: narrowband, but .*reg\.db holds no telephone copies of ann, bob"):
+        assert named(r, tmp_path / "reg.db", "m", "call.wav") == out

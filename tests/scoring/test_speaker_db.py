@@ -303,3 +303,64 @@ def test_write_failure_from_sqlite_is_a_data_error(tmp_path):
         with pytest.raises(DataError, match=r"reg.sqlite: cannot write registry \(.*readonly"):
             reg.enroll("bob", x, ["b1", "b2"], model_id=MODEL)
         assert reg.speakers() == [("alice", 2)]
+
+
+# channel copies --------------------------------------------------------------------------------------------
+
+def test_channel_copies_follow_their_clips(tmp_path):
+    a, _ = _speaker(1, 3)
+    b, _ = _speaker(2, 2)
+    tel_a, _ = _speaker(11, 3)
+    with _create(tmp_path) as reg:
+        assert reg.clips("telephone") == [] and reg.channel_scoring("telephone") is None
+        reg.enroll("a", a, ["a0", "a1", "a2"], model_id=MODEL,
+                   channels={"telephone": {"a0": tel_a[0], "a1": tel_a[1], "a2": tel_a[2]}})
+        reg.enroll("b", b, ["b0", "b1"], model_id=MODEL)                       # from features: no copies
+        (name, sources, vecs), = reg.clips("telephone")
+        assert name == "a" and sources == ["a0", "a1", "a2"]
+        np.testing.assert_allclose(vecs, _unit(tel_a), atol=1e-6)
+        assert reg.channel_scoring("telephone") is None                       # b has none: no channel scoring
+        reg.enroll("a", a[:1], ["a0"], model_id=MODEL)                        # a0 again, without a copy
+        assert reg.clips("telephone")[0][1] == ["a1", "a2"]                   # its old copy went with it
+        reg.rename("a", "ann")
+        assert [n for n, _, _ in reg.clips("telephone")] == ["ann"]
+        reg.remove("ann")
+        assert reg.clips("telephone") == []
+        with pytest.raises(ValueError, match="not among the sources"):
+            reg.enroll("c", a[:1], ["c0"], model_id=MODEL, channels={"telephone": {"other": tel_a[0]}})
+        with pytest.raises(ValueError, match="channel 'radio' unknown"):
+            reg.enroll("c", a[:1], ["c0"], model_id=MODEL, channels={"radio": {"c0": tel_a[0]}})
+        with pytest.raises(DataError, match="telephone embedding of 'c0' is zero"):
+            reg.enroll("c", a[:1], ["c0"], model_id=MODEL, channels={"telephone": {"c0": np.zeros(E)}})
+        assert [n for n, _ in reg.speakers()] == ["b"]                         # refused enrolls left nothing
+
+
+def test_channel_scoring_estimates_its_own_operating_point(tmp_path):
+    with _create(tmp_path, scoring="topk_mean") as reg:
+        for k in range(8):
+            clips, _ = _speaker(100 + k, 4)
+            copies, _ = _speaker(100 + k, 4, spread=0.3)                      # the same voices, blurred by a channel
+            reg.enroll(f"s{k}", clips, [f"s{k}_{i}" for i in range(4)], model_id=MODEL,
+                       channels={"telephone": {f"s{k}_{i}": c for i, c in enumerate(copies)}})
+        sc = reg.channel_scoring("telephone")
+        assert reg.threshold_scale == "registry" and sc.calibration is not None
+        assert sc.threshold != pytest.approx(reg.threshold)                   # estimated on the copies, not reused
+        assert [n for n, _, _ in sc.clips] == [f"s{k}" for k in range(8)]
+        reg.set_threshold(0.99, "manual")                                      # a locked threshold: the clips' only
+        assert reg.channel_scoring("telephone").threshold == pytest.approx(sc.threshold)
+
+
+def test_registry_made_before_channel_copies_opens_and_gains_the_table(tmp_path):
+    a, _ = _speaker(1, 2)
+    with _create(tmp_path) as reg:
+        reg.enroll("a", a, ["a0", "a1"], model_id=MODEL)
+    con = sqlite3.connect(tmp_path / "reg.sqlite")
+    con.execute("DROP TABLE channel_utterances")                              # as an older spkid made it
+    con.commit()
+    con.close()
+    with SpeakerDB.open(tmp_path / "reg.sqlite") as reg:
+        assert reg.clips("telephone") == [] and reg.channel_scoring("telephone") is None
+        reg.rename("a", "b")
+        reg.enroll("c", a, ["c0", "c1"], model_id=MODEL, channels={"telephone": {"c0": a[0]}})
+        assert [(n, s) for n, s, _ in reg.clips("telephone")] == [("c", ["c0"])]
+        reg.remove("b")

@@ -1,0 +1,32 @@
+"""benchmarks/diarization.py's name score: right and wrong names on 10 ms frames, overlap counted for both voices,
+anonymous labels neither. No ../shared needed (the benchmark's data paths are only read when it runs)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import diarization
+        yield diarization
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_named_shares_right_wrong_overlap_and_anonymous(bench):
+    S = bench.Segment
+    ref = [S("f", 0.0, 4.0, "ann"), S("f", 3.0, 6.0, "bob"), S("g", 0.0, 2.0, "cy")]       # 1 s of overlap: 9 s
+    hyp = [S("f", 0.0, 3.5, "ann"), S("f", 3.0, 6.0, "bob"),                               # both voices in it
+           S("f", 3.5, 4.0, "SPEAKER_00"),                                                 # anonymous: neither
+           S("g", 0.0, 1.0, "ann"), S("g", 1.0, 2.0, "cy")]                                # ann where cy talks
+    right, wrong = bench.named_shares(ref, hyp)
+    assert right == pytest.approx((3.5 + 3.0 + 1.0) / 9.0, abs=0.003)
+    assert wrong == pytest.approx(1.0 / 9.0, abs=0.003)
+    assert bench.named_shares(ref, []) == (0.0, 0.0)
