@@ -11,9 +11,10 @@ neighbours like another user's job, each in its own session (``setsid``). That m
 sessions first, so hogs started inside the trainer's own session would take its share, not a neighbour's
 (``--same-session`` measures that case). Threads: ``auto`` is ``spkid.runtime.use_threads(0)`` (free cores:
 affinity mask minus ``/proc/stat`` utilisation and the load average), as ``train.threads = 0`` does; a number
-fixes it. OpenMP wait policy: ``spkid`` (importing spkid sets ``OMP_WAIT_POLICY=PASSIVE``: waiting threads
-sleep), ``default`` (torch imported before spkid, so libgomp keeps its default: a waiting thread spins about
-300,000 rounds, milliseconds, before it sleeps; what spkid did before), ``ACTIVE`` (spin until work comes).
+fixes it. OpenMP wait policy: ``spkid`` (importing spkid sets ``GOMP_SPINCOUNT=20000``: a waiting thread spins
+about 0.2 ms, then sleeps), ``PASSIVE`` (waiting threads sleep at once; what spkid did before), ``default`` (torch
+imported before spkid, so libgomp keeps its default: a waiting thread spins about 300,000 rounds, milliseconds,
+before it sleeps; what spkid did before that), ``ACTIVE`` (spin until work comes).
 ``--diagnose`` adds the rows that find the cause: 2 threads vs 1 vs auto under each policy, alone and beside 2
 hogs. The machine's load average is printed before and after: other programs running meanwhile count too.
 Target (issue 18): 300 steps beside TWO hogs take at most 2.5x as long as alone. They run in ``--rounds``
@@ -41,7 +42,7 @@ HOG = "while True: pass"
 def worker(data: str, steps: int, threads: int, policy: str) -> dict:
     """In a fresh process: train ``steps`` demo steps; ``{"elapsed", "threads", "steps", "policy"}``."""
     if policy == "default":
-        import torch  # noqa: F401  loads libgomp before spkid can set OMP_WAIT_POLICY: libgomp's default
+        import torch  # noqa: F401  loads libgomp before spkid can set its spin: libgomp's default
     from spkid.config import apply_overrides, load_config
     from spkid.runtime import use_threads
     from spkid.training.loop import train
@@ -105,8 +106,8 @@ def main() -> int:
         if a.diagnose:
             s = a.diagnose_steps
             for hogs in (0, 2):
-                for threads, policy in ((2, "default"), (2, "ACTIVE"), (2, "spkid"), (1, "default"),
-                                        (1, "spkid"), (0, "spkid")):
+                for threads, policy in ((2, "default"), (2, "ACTIVE"), (2, "PASSIVE"), (2, "spkid"), (1, "default"),
+                                        (1, "spkid"), (0, "PASSIVE"), (0, "spkid")):
                     r = measure(data, s, threads, hogs, policy, a.same_session)
                     rows.append((f"{s} steps, {hogs} hogs, threads {threads or 'auto'}, wait policy {policy}", r))
         # the target, in alternating rounds (alone, beside, alone, ...): other programs on this machine come and

@@ -3,18 +3,32 @@
 Threads: on a CPU that other programs share, more OpenMP threads than free cores is the worst case. Every
 parallel region of a step ends at a barrier that waits for the slowest thread, and a thread the kernel has
 descheduled for a busy core holds the barrier for a whole scheduler slice (milliseconds), hundreds of times a
-step. Worse, libgomp (torch's OpenMP) lets a waiting thread spin for a while (``GOMP_SPINCOUNT``, milliseconds)
-before it sleeps, so idle threads burn the cores that the busy ones and the neighbours need (``docs/scaling.md``:
-a ``demo`` step at 2 threads beside two CPU-bound programs took 2.9 s spinning, 0.19 s sleeping). So: importing this
-module sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy (libgomp reads it once, when torch loads
-it: ``spkid`` imports this module before torch), and ``resolve_threads(0)`` counts the cores that are actually
-free (the affinity mask, minus what ``/proc/stat`` and the load average show busy).
+step. Worse, libgomp (torch's OpenMP) lets a waiting thread spin for a while (``GOMP_SPINCOUNT``, by default
+300,000 rounds, milliseconds) before it sleeps, so idle threads burn the cores that the busy ones and the
+neighbours need (``docs/scaling.md``: a ``demo`` step at 2 threads beside two CPU-bound programs took 2.9 s
+spinning). Not spinning at all (``OMP_WAIT_POLICY=PASSIVE``) fixed that but made every parallel region wake its
+threads from sleep: alone, a ``demo`` step took 0.080 s instead of 0.046 s and diarization ran at 88x real time
+instead of 113x. A short spin, ``SPIN_COUNT`` rounds (about 0.2 ms), keeps the threads awake between the regions
+of one step and lets them sleep once a neighbour holds the core: faster than both, alone and beside two
+CPU-bound programs (``docs/scaling.md``). So importing this module sets ``GOMP_SPINCOUNT`` unless the user chose
+a wait policy or a spin count (libgomp reads them once, when torch loads it: ``spkid`` imports this module before
+torch), and ``resolve_threads(0)`` counts the cores that are actually free (the affinity mask, minus what
+``/proc/stat`` and the load average show busy).
 """
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")        # before torch loads libgomp; see the module doc
+SPIN_COUNT = "20000"      # rounds an OpenMP thread spins at a barrier before it sleeps (libgomp: ~100,000 per ms)
+
+
+def openmp_env(env) -> None:
+    """Set ``GOMP_SPINCOUNT`` in ``env`` (a mapping) unless a wait policy or spin count is already chosen there."""
+    if "OMP_WAIT_POLICY" not in env:
+        env.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+
+
+openmp_env(os.environ)     # before torch loads libgomp; see the module doc
 
 import contextlib  # noqa: E402
 import math  # noqa: E402

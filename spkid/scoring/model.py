@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import spkid.runtime  # noqa: F401  first: spkid/__init__ imports this module, runtime sets OMP_WAIT_POLICY before torch
+import spkid.runtime  # noqa: F401  first: spkid/__init__ imports this module, runtime sets the OpenMP spin before torch
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -128,17 +128,17 @@ def launch_command(argv: list[str], nproc: int) -> list[str]:
 
 
 def launch_env(nproc: int, env: dict | None = None) -> dict:
-    """Environment for the workers: ``OMP_NUM_THREADS`` = free cores // nproc and ``OMP_WAIT_POLICY=PASSIVE``
-    unless the caller set them.
+    """Environment for the workers: ``OMP_NUM_THREADS`` = free cores // nproc and spkid's short OpenMP spin
+    (``runtime.openmp_env``) unless the caller set them.
 
     (torchrun itself would pin every worker to 1 thread; on a CPU this splits the cores that other programs leave
-    free between the ranks, and OpenMP threads sleep instead of spinning at barriers: ``spkid.runtime``.)
+    free between the ranks, and OpenMP threads sleep soon instead of spinning at barriers: ``spkid.runtime``.)
     """
-    from spkid.runtime import free_cores
+    from spkid.runtime import free_cores, openmp_env
     env = dict(os.environ if env is None else env)
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, free_cores() // nproc))
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    openmp_env(env)
     return env
 
 

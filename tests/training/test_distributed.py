@@ -109,6 +109,8 @@ def test_launch_command_drops_nproc_and_splits_cores(argv, expect):
     assert cmd[6:] == ["spkid", *expect] and without_nproc(argv) == expect
     assert launch_env(2, {})["OMP_NUM_THREADS"] == str(max(1, len(os.sched_getaffinity(0)) // 2))
     assert launch_env(2, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"      # the user's choice wins
+    assert launch_env(2, {})["GOMP_SPINCOUNT"] == "20000"                          # workers spin briefly
+    assert "GOMP_SPINCOUNT" not in launch_env(2, {"OMP_WAIT_POLICY": "PASSIVE"})    # unless a policy is chosen
 
 
 def test_nproc_checks_settings_before_launching(hw4, tmp_path):
