@@ -29,7 +29,7 @@ SAMPLE_RATE = 16000
 CONTEXT_FRAMES = 64          # VAD frames (32 ms each, about 2 s) of the previous block given as context
 NARROWBAND_RATE = 8000       # Hz: files at this rate or below are narrowband (telephone) for speech detection
 RESAMPLE_MARGIN_S = 0.1      # seconds of input read past each block edge for the resampling filter
-CACHE_S = 60.0               # a read shorter than this decodes the whole CACHE_S stretch around it, kept for the next
+CACHE_S = 60.0               # a read shorter than this decodes CACHE_S from its start on, kept for the reads after it
 
 
 class AudioStream:
@@ -83,17 +83,16 @@ class AudioStream:
     def read(self, start: int, end: int) -> np.ndarray:
         """16 kHz samples ``[start, end)`` ``(end - start,)``, zero past the end of the file.
 
-        The last stretch decoded is kept (``CACHE_S`` around a short read, or the whole of a longer one), so the
+        The last stretch decoded is kept (``CACHE_S`` from a short read on, or the whole of a longer one), so the
         passes that come back to it (the embeddings after speech detection in a file of one block, the overlap
         detector's chunks, the boundaries' short windows) slice it instead of decoding and resampling again."""
         c = self._cache
         if c is not None and c[0] <= start and end <= c[0] + c[1].size:
             return c[1][start - c[0]: end - c[0]].copy()
-        span = int(CACHE_S * SAMPLE_RATE)
-        lo = start // span * span if end - start < span else start
-        wav = self._decode(lo, max(end, lo + span) if end - start < span else end)
-        self._cache = (lo, wav)
-        return wav[start - lo: end - lo].copy()
+        # a short read decodes CACHE_S from its start on: the reads after it, later in the file, slice that
+        wav = self._decode(start, max(end, start + int(CACHE_S * SAMPLE_RATE)))
+        self._cache = (start, wav)
+        return wav[: end - start].copy()
 
     def _decode(self, start: int, end: int) -> np.ndarray:
         sr = self.sample_rate

@@ -28,6 +28,26 @@ def test_blocks_tile_the_file_and_match_load_audio(tmp_path, rate):
         assert np.max(np.abs(s.read(a, b) - whole[a:b])) < (1e-6 if rate == 16000 else 2e-3)
 
 
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_reads_from_the_kept_stretch_equal_fresh_decodes(tmp_path, rate, monkeypatch):
+    import spkid.diarization.stream as stream
+    monkeypatch.setattr(stream, "CACHE_S", 2.0)                 # a stretch shorter than the file: reads cross it
+    path = tmp_path / f"c{rate}.wav"
+    write_conversation(path, seconds=12.0, sample_rate=rate)
+    with AudioStream(path) as s, AudioStream(path) as fresh:
+        decodes = []
+        real = s._decode
+        monkeypatch.setattr(s, "_decode", lambda a, b: decodes.append((a, b)) or real(a, b))
+        spans = [(1000, 5000), (6000, 20000), (20000, 31000), (30000, 40000), (500, 900), (s.n_samples - 100,
+                                                                                          s.n_samples + 300)]
+        for a, b in spans:
+            got = s.read(a, b)
+            assert got.shape == (b - a,) and np.array_equal(got, fresh._decode(a, b)), (a, b)
+            got[:] = 7.0                                         # the caller's copy: the kept stretch stays intact
+        assert decodes[:2] == [(1000, 33000), (30000, 62000)]    # two of the first four reads came from the first
+        assert np.array_equal(s.read(100, 200), fresh._decode(100, 200))
+
+
 def test_vad_over_blocks_matches_one_pass(tmp_path):
     path = tmp_path / "c.wav"
     write_conversation(path, seconds=30.0)
