@@ -205,8 +205,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         ids, items = gather(files)
         fails: list = []                # unreadable clips are left out with a warning; all unreadable: an error
         named = _item_sources(items)
-        pairs = model.features(items, failures=fails,
-                               channel=lambda k, wav: telephone_copy(wav, channel_seed(named[k])))
+        pairs = model.features(items, failures=fails, channel=telephone_channel(named))
         if len(fails) == len(items):    # before creating a new registry: nothing readable leaves no registry
             raise none_readable(fails)
         kept = [(s, f, c) for s, (f, c) in zip(named, pairs) if f is not None]
@@ -232,8 +231,14 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         return r
 
 
+def telephone_channel(sources: list[str]):
+    """``Model.features``'s ``channel`` for items named ``sources``: item ``k``'s speech through the telephone
+    channel drawn from ``sources[k]`` (``channel_seed``), so enrolling a clip again gives the same copy."""
+    return lambda k, wav: telephone_copy(wav, channel_seed(sources[k]))
+
+
 def channel_seed(source: str) -> int:
-    """The channel a clip's copy goes through: drawn from its source's name, so enrolling it again gives the same."""
+    """The channel a clip's copy goes through: drawn from its source's name."""
     return zlib.crc32(source.encode("utf-8", "surrogatepass"))
 
 

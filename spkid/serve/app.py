@@ -12,7 +12,6 @@ embedding queue (``batching.EmbedBatcher``) -> the registry (``registry.Registry
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import os
@@ -189,13 +188,8 @@ async def list_speakers(request):
                          "threshold": _threshold(snap.threshold)})
 
 
-def _telephone(seed: int, k: int, wav):
-    from spkid.audio.channel import telephone_copy
-    return telephone_copy(wav, seed)
-
-
 async def enroll(request):
-    from spkid.scoring.openset import add_clips, channel_seed
+    from spkid.scoring.openset import add_clips, telephone_channel
     svc: Service = request.app.state.svc
     svc.allow(request, "admin")
     fields, files = await read_form(request)
@@ -211,7 +205,7 @@ async def enroll(request):
     if len(set(sources)) != len(sources):
         raise ApiError(422, "audio: the same clip was uploaded twice in one request")
     # each clip and its telephone copy (what a narrowband call is named against: spkid enroll stores the same)
-    pairs = await svc.features(clips, channels=[functools.partial(_telephone, channel_seed(s)) for s in sources])
+    pairs = await svc.features(clips, channels=[telephone_channel([s]) for s in sources])   # one item each: k = 0
     feats = [f for f, _ in pairs]
     emb = (await svc.batcher.embed(feats + [c for _, c in pairs if c is not None])).numpy()
     copies = {"telephone": {s: e for s, e in zip([s for s, (_, c) in zip(sources, pairs) if c is not None],
