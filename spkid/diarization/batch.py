@@ -31,12 +31,12 @@ def load_embedder(checkpoint: str | Path | None, registry: str | Path | None = N
 def named(r: FileDiarization, registry: str | Path, model_id: str, recording: str | Path = "this recording"
           ) -> list[Segment]:
     """``r``'s segments (of the audio file ``recording``) with each cluster's registry name where the registry gives
-    one (``names.name_clusters``, against telephone copies when ``r`` is narrowband); the clusters left anonymous
-    are renumbered ``SPEAKER_00``, ... in order of first speech."""
+    one (``names.name_clusters``: each cluster against the clips or their telephone copies, whichever it sounds
+    closer to); the clusters left anonymous are renumbered ``SPEAKER_00``, ... in order of first speech."""
     from spkid.diarization.names import name_clusters
     if not r.segments:
         return []
-    answers = name_clusters(registry, r.cluster_emb, model_id, channel="telephone" if r.narrowband else None,
+    answers = name_clusters(registry, r.cluster_emb, model_id, narrowband=r.narrowband,
                             recording=str(recording))
     rename, k = {}, 0
     for label, ans in zip(r.labels, answers):
@@ -124,7 +124,7 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
 
     Returns the speaker turns (``Segment``: file, start, end, speaker, score) in time order. Speakers are
     ``SPEAKER_00``, ... or, with ``registry``, the enrolled names the registry's back end and threshold give them
-    (one-to-one; ``names.name_clusters``; a telephone call against the registry's telephone copies). Without
+    (one-to-one; ``names.name_clusters``; a voice on the telephone against the registry's telephone copies). Without
     ``checkpoint`` the registry's own model embeds, or without a registry the pretrained ``base`` model. A file
     without speech gives ``[]`` and a ``UserWarning``."""
     from spkid.diarization.names import check_registry

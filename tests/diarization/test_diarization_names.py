@@ -58,20 +58,59 @@ def test_name_clusters_through_a_registry(tmp_path):
         check_registry(tmp_path / "empty.db", "m1")
 
 
-def test_a_narrowband_recording_is_named_against_the_telephone_copies(tmp_path):
-    rng = np.random.default_rng(3)
-    wide, narrow = rng.standard_normal((3, 8)), rng.standard_normal((3, 8))    # each voice as recorded / by phone
-    with SpeakerDB.create(tmp_path / "r.db", model_id="m1", checkpoint="x.ckpt", embed_dim=8, threshold=0.5,
+def _phone_registry(path, rng):
+    """ann, bob, cy: each voice as recorded (``wide``) and through a telephone (``narrow``), three clips each with
+    their telephone copies."""
+    wide, narrow = rng.standard_normal((3, 8)), rng.standard_normal((3, 8))
+    with SpeakerDB.create(path, model_id="m1", checkpoint="x.ckpt", embed_dim=8, threshold=0.5,
                           threshold_source="test") as reg:
         for name, w, n in zip(("ann", "bob", "cy"), wide, narrow):
             src = [f"{name}{i}" for i in range(3)]
             reg.enroll(name, w + 0.1 * rng.standard_normal((3, 8)), src, model_id="m1",
                        channels={"telephone": {s: n + 0.1 * rng.standard_normal(8) for s in src}})
+    return wide, narrow
+
+
+def test_each_cluster_is_named_against_the_enrollment_it_sounds_like(tmp_path):
+    rng = np.random.default_rng(3)
+    wide, narrow = _phone_registry(tmp_path / "r.db", rng)
     calls = np.stack([narrow[1], narrow[0]])                                 # bob, then ann, on the phone
-    assert [o.name for o in name_clusters(tmp_path / "r.db", calls, "m1", channel="telephone")] == ["bob", "ann"]
-    assert [o.name for o in name_clusters(tmp_path / "r.db", np.stack([wide[2]]), "m1")] == ["cy"]
+    out = name_clusters(tmp_path / "r.db", calls, "m1", narrowband=True)
+    assert [(o.name, o.channel) for o in out] == [("bob", "telephone"), ("ann", "telephone")]
+    # a narrowband file whose voices sound as recorded (audio merely sampled at 8 kHz): named against the clips
+    out = name_clusters(tmp_path / "r.db", np.stack([wide[2], wide[0]]), "m1", narrowband=True)
+    assert [(o.name, o.channel) for o in out] == [("cy", None), ("ann", None)]
+    # a meeting with one participant on the phone: each cluster against its own enrollment, still one-to-one
+    out = name_clusters(tmp_path / "r.db", np.stack([wide[0], narrow[1], wide[1] + 5 * narrow[1]]), "m1")
+    assert [(o.name, o.channel) for o in out[:2]] == [("ann", None), ("bob", "telephone")] and out[2].name is None
+    # a stranger stays anonymous against either enrollment
+    out = name_clusters(tmp_path / "r.db", np.stack([-wide.sum(0) - narrow.sum(0)]), "m1")
+    assert out[0].name is None and out[0].why == "below threshold"
+    assert name_clusters(tmp_path / "r.db", np.zeros((0, 8)), "m1") == []    # no clusters, no names
+
+
+def test_without_copies_of_every_speaker_a_narrowband_recording_is_named_against_the_clips(tmp_path):
+    rng = np.random.default_rng(3)
+    wide, narrow = _phone_registry(tmp_path / "r.db", rng)
+    calls = np.stack([narrow[1], narrow[0]])
     with SpeakerDB.open(tmp_path / "r.db") as reg:                          # dan enrolled from features: no copies
         reg.enroll("dan", rng.standard_normal((2, 8)), ["d0", "d1"], model_id="m1")
     with pytest.warns(InputWarning, match=r"call\.wav: narrowband, but .*r\.db holds no telephone copies of dan "):
-        out = name_clusters(tmp_path / "r.db", calls, "m1", channel="telephone", recording="call.wav")
-    assert len(out) == 2                                                     # named against the clips as recorded
+        out = name_clusters(tmp_path / "r.db", calls, "m1", narrowband=True, recording="call.wav")
+    assert len(out) == 2 and all(o.channel is None for o in out)           # named against the clips as recorded
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                      # a wideband recording: nothing to say
+        out = name_clusters(tmp_path / "r.db", np.stack([wide[2]]), "m1")
+    assert [o.name for o in out] == ["cy"]
+
+
+def test_per_cluster_thresholds_and_margins():
+    scores = np.array([[0.80, 0.30], [0.55, 0.20]])
+    # the second cluster is on a scale whose threshold is 0.6: below it there, though above the first's 0.5
+    out = assign_names(scores, ["a", "b"], threshold=np.array([0.5, 0.6]), margin=np.array([0.05, 0.05]))
+    assert [o.name for o in out] == ["a", None]
+    out = assign_names(np.array([[0.2, 0.80], [0.2, 0.75]]), ["a", "b"], threshold=np.array([0.5, 0.5]),
+                       margin=np.array([0.05, 0.01]))
+    # both want b; in margins the second gains 25 against the first's 6: b goes to the second
+    assert [o.name for o in out] == [None, "b"]
