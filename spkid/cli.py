@@ -516,7 +516,7 @@ def _cmd_report(a) -> int:
 
 def _add_diarize(sub) -> None:
     p = sub.add_parser("diarize", help="who spoke when: speaker turns of audio files as RTTM (names from a registry)")
-    p.add_argument("audio", nargs="+", help="audio files (any length: decoded in blocks)")
+    p.add_argument("audio", nargs="+", help="audio files (any length: decoded in blocks) or folders of them")
     p.add_argument("-o", "--output", required=True, help="RTTM file for all inputs (file field: each file's stem)")
     p.add_argument("--segments", metavar="CSV", help="also write file,start,end,speaker,score")
     p.add_argument("--registry", help="name the speakers enrolled here (its back end, threshold and a margin; "
@@ -550,14 +550,15 @@ def _add_diarize(sub) -> None:
 
 def _cmd_diarize(a) -> int:
     import time
-    from spkid.diarization.batch import diarize_files, load_embedder
+    from spkid.diarization.batch import audio_inputs, diarize_files, load_embedder
     from spkid.diarization.pipeline import DiarizeConfig
     from spkid.diarization.rttm import write_rttm, write_segments_csv
     from spkid.fileio import refuse_overwriting_inputs
     if a.num_speakers is not None and (a.min_speakers != 1 or a.max_speakers is not None):
         raise SpkidError("diarize: give --num-speakers or --min-speakers/--max-speakers, not both")
     outs = [a.output] + ([a.segments] if a.segments else [])
-    refuse_overwriting_inputs(outs, [*a.audio, *([a.registry] if a.registry else [])])
+    files = audio_inputs(a.audio)
+    refuse_overwriting_inputs(outs, [*files, *([a.registry] if a.registry else [])])
     embedder = load_embedder(a.checkpoint, a.registry, device=a.device, **_inference_args(a))
     t0 = time.perf_counter()
 
@@ -574,7 +575,7 @@ def _cmd_diarize(a) -> int:
     if not a.settled:
         given.update(settled_s=0.0, raw_settled_s=0.0)
     cfg = DiarizeConfig(method=a.method, overlap=a.overlap, **{k: v for k, v in given.items() if v is not None})
-    res = diarize_files(a.audio, embedder, cfg, registry=a.registry,
+    res = diarize_files(files, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
                         progress=not a.quiet, on_file=report)
     segments = [s for o in res for s in o.segments]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from spkid.diarization.pipeline import DiarizeConfig, FileDiarization, SpkidEmbedder, diarize_file
 from spkid.diarization.rttm import Segment
-from spkid.errors import SpkidError
+from spkid.errors import DataError, SpkidError
 
 DEFAULT_CHECKPOINT = "base"      # the pretrained model, resolved by spkid.load like any checkpoint name
 
@@ -49,6 +49,23 @@ def named(r: FileDiarization, registry: str | Path, model_id: str, recording: st
                     s.score if rename[s.speaker][1] is None else rename[s.speaker][1]) for s in r.segments]
 
 
+def audio_inputs(paths: list[str | Path]) -> list[Path]:
+    """The files to diarize: each path as given, a folder replaced by the audio files under it (``data.scan``,
+    sorted). A missing file stays (its own error comes when its turn does); a folder without audio raises
+    ``DataError`` naming it, before any work."""
+    from spkid.data.scan import scan
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = scan(p)
+            if not found:
+                raise DataError(f"{p}: no audio files in this folder")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 @dataclass
 class FileOutcome:
     """One input's outcome: its ``segments`` (empty on error or without speech), ``error`` (one line) or
@@ -68,7 +85,8 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
                   registry: str | Path | None = None, n_speakers: int | None = None, min_speakers: int = 1,
                   max_speakers: int | None = None, progress: bool = True,
                   on_file: Callable[[FileOutcome], None] | None = None) -> list[FileOutcome]:
-    """Diarize every path (in order); ``SpkidError`` of one file (undecodable, too short) becomes its ``error``.
+    """Diarize every path (in order; a folder: the audio files under it, ``audio_inputs``); ``SpkidError`` of one
+    file (undecodable, too short) becomes its ``error``.
     Two inputs with one stem would share an RTTM file field: refused before any work. ``on_file`` is called as
     each file finishes (the CLI prints a line); the progress bar (seconds of audio, two passes) shows on a
     terminal only."""
@@ -77,7 +95,7 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
     from tqdm import tqdm
 
     from spkid.diarization.stream import AudioStream
-    paths = [Path(p) for p in paths]
+    paths = audio_inputs(paths)
     if registry is not None:
         from spkid.diarization.names import check_registry
         check_registry(registry, embedder.model_id)
@@ -138,4 +156,5 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
     return named(r, registry, embedder.model_id, path) if registry is not None else r.segments
 
 
-__all__ = ["DEFAULT_CHECKPOINT", "load_embedder", "named", "FileOutcome", "diarize_files", "diarize"]
+__all__ = ["DEFAULT_CHECKPOINT", "load_embedder", "named", "audio_inputs", "FileOutcome", "diarize_files",
+           "diarize"]

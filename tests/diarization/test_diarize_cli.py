@@ -47,6 +47,24 @@ def test_diarize_writes_one_rttm_and_csv_and_survives_a_bad_file(trained, audio,
     assert rows[0] == "file,start,end,speaker,score" and len(rows) == len(lines) + 1
 
 
+def test_diarize_takes_folders_of_audio(trained, audio, tmp_path, capsys):
+    calls = tmp_path / "calls"
+    (calls / "monday").mkdir(parents=True)
+    (calls / "monday" / "one.wav").write_bytes((audio / "one.wav").read_bytes())
+    (calls / "two.flac").write_bytes((audio / "two.flac").read_bytes())
+    (calls / "notes.txt").write_text("not audio")                       # not an audio file: not an input
+    out = tmp_path / "folder.rttm"
+    rc, stdout, err = _run(capsys, "diarize", calls, "-o", out, "--checkpoint", trained["ckpt"], "--device", "cpu",
+                           "--quiet")
+    assert rc == 0, err
+    assert {s.file for s in read_rttm(out)} == {"one", "two"} and "of 2 file(s)" in stdout
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _run(capsys, "diarize", tmp_path / "empty", "-o", tmp_path / "e.rttm", "--checkpoint",
+                      trained["ckpt"], "--device", "cpu", "--quiet")
+    assert rc == 1 and err.strip() == f"spkid: error: {tmp_path / 'empty'}: no audio files in this folder"
+    assert not (tmp_path / "e.rttm").exists()
+
+
 def test_diarize_argument_errors_are_one_line(trained, audio, tmp_path, capsys):
     rc, _, err = _run(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint",
                       trained["ckpt"], "--num-speakers", "2", "--max-speakers", "3")
