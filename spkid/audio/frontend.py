@@ -161,4 +161,12 @@ def logmel(wav: torch.Tensor, features=None) -> torch.Tensor:
     return feats[0]
 
 
-__all__ = ["LogMel", "frontend_for", "logmel", "mel_filterbank", "hz_to_mel", "mel_to_hz"]
+def remove_dc(wav: torch.Tensor) -> torch.Tensor:
+    """One recording ``(S,)`` minus its mean: a DC offset (a cheap microphone or sound card) leaks through the
+    window into the lowest mel bands; 0.03 of full scale moved a base-model embedding to cosine 0.94 of its own
+    (docs/reliability.md, "A DC offset"). Inference applies it to every waveform before spkid's own features (an
+    imported model's front end stays its toolkit's, exactly); training data has none."""
+    return wav - wav.mean() if wav.numel() else wav
+
+
+__all__ = ["LogMel", "frontend_for", "logmel", "remove_dc", "mel_filterbank", "hz_to_mel", "mel_to_hz"]

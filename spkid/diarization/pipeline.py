@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spkid.audio.frontend import remove_dc
 from spkid.audio.vad import VadConfig, segments_from_probs
 from spkid.diarization import cluster as C
 from spkid.diarization.overlap import regions, shipped_detector
@@ -120,6 +121,7 @@ class SpkidEmbedder:
                               f"{model.cfg.features.sample_rate} Hz")
         self.model = model
         self.frontend = frontend_for(model.cfg.features)
+        self.dc = model.cfg.features.kind == "logmel"      # as Model.features: spkid's front end loses the offset
         self.model_id = model.model_id
 
     @torch.no_grad()
@@ -127,7 +129,7 @@ class SpkidEmbedder:
         lengths = torch.tensor([w.size for w in wavs])
         x = torch.zeros(len(wavs), int(lengths.max()))
         for i, w in enumerate(wavs):
-            x[i, : w.size] = torch.from_numpy(w)
+            x[i, : w.size] = remove_dc(torch.from_numpy(w)) if self.dc else torch.from_numpy(w)   # without its offset
         feats, n = self.frontend(x, lengths)                                   # (B, S) -> (B, T, F)
         return self.model.embed_raw([f[:k] for f, k in zip(feats, n.tolist())]).numpy()
 

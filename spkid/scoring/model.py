@@ -207,6 +207,9 @@ class Model:
         raise DataError(f"input array: expected a 1-D waveform or (frames, {n_mels}) features, got {tuple(x.shape)}")
 
     def _with_channel(self, wav: torch.Tensor, name: str, channel, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cfg.features.kind == "logmel":     # spkid's own front end; an imported one stays its toolkit's, exactly
+            from spkid.audio.frontend import remove_dc
+            wav = remove_dc(wav)
         feats = self._logmel(wav, name)
         if channel is None or self.cfg.features.sample_rate != 16000:
             return feats, None
