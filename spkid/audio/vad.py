@@ -138,12 +138,30 @@ def speech_probs_narrowband(wav: torch.Tensor | np.ndarray, threads: int = 1) ->
     (a telephone channel, a recording at 8 kHz): the larger of ``speech_probs`` and of Silero's 8 kHz mode on the
     waveform decimated to 8 kHz (256-sample frames: the same 32 ms). On narrowband voices each of the two misses
     speech the other finds (whole FSDD and synthetic-voice calls for the 16 kHz model; docs/diarization.md)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from spkid.audio.io import resample
     x = _as_numpy(wav)
-    p16 = speech_probs(x, threads)
-    n = p16.size
+    n = -(-x.size // FRAME)
     if n == 0:
-        return p16
+        return np.zeros(0, dtype=np.float32)
+    # the two modes are independent: the 16 kHz one runs in a second thread (onnxruntime releases the GIL) when
+    # this process may use two cores (torch's thread count: --threads 1 keeps it to one)
+    pool = ThreadPoolExecutor(1) if torch.get_num_threads() > 1 else None
+    p16_job = pool.submit(speech_probs, x, threads) if pool is not None else None
+    try:
+        p8 = _speech_probs_8k(x, n, threads)
+        p16 = p16_job.result() if p16_job is not None else speech_probs(x, threads)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return np.maximum(p16, p8)
+
+
+def _speech_probs_8k(x: np.ndarray, n: int, threads: int) -> np.ndarray:
+    """Silero's 8 kHz mode on a 16 kHz waveform ``(S,)`` decimated to 8 kHz: ``(n,)`` probabilities of the same
+    32 ms frames as ``speech_probs``."""
+    from spkid.audio.io import resample
     y = np.zeros((n + NARROW_WARMUP) * NARROW_FRAME, dtype=np.float32)      # NARROW_WARMUP frames of zeros first
     r = resample(x, SAMPLE_RATE, SAMPLE_RATE // 2)[: n * NARROW_FRAME]
     y[NARROW_WARMUP * NARROW_FRAME: NARROW_WARMUP * NARROW_FRAME + r.size] = r
@@ -166,8 +184,7 @@ def speech_probs_narrowband(wav: torch.Tensor | np.ndarray, threads: int = 1) ->
         prev = fr[:, -NARROW_CONTEXT:]
         if t >= NARROW_WARMUP:
             p8[:, t - NARROW_WARMUP] = p[:, 0]
-    p8 = p8.reshape(-1)[:n]
-    return np.maximum(p16, p8)
+    return p8.reshape(-1)[:n]
 
 
 def segments_from_probs(probs: np.ndarray, n_samples: int, cfg: VadConfig | None = None) -> list[tuple[int, int]]:

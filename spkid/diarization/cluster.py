@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.cluster.vq import kmeans2
-from scipy.special import logsumexp
 
 
 WINDOWS_PER_SPEAKER = 6      # spectral's count is at most N / 6 (4.5 s of speech per speaker on average)
@@ -88,21 +87,27 @@ def spectral(x: np.ndarray, *, n_speakers: int | None = None, min_speakers: int 
         return np.zeros(n, dtype=np.int64)
     sim = _unit(x) @ _unit(x).T
     best = None
-    for p in prune:
+    for p in prune:                                         # eigenvalues only: the vectors of the winner alone
         keep = max(2, int(round(p * n)))
-        a = _pruned(sim, keep)
-        lap = np.diag(a.sum(1)) - a
-        vals, vecs = np.linalg.eigh(lap)
+        lap = _laplacian(sim, keep)
+        vals = np.linalg.eigvalsh(lap)
         gaps = np.diff(vals[: hi + 1])
         lo = min(max(min_speakers, 2), hi)                  # a minimum above the points available: all of them
         k = min(n_speakers, hi) if n_speakers else int(np.argmax(gaps[lo - 1: hi]) + lo)
         ratio = (keep / n) / (gaps[k - 1] / max(vals[-1], 1e-10) + 1e-10)
         if best is None or ratio < best[0]:
-            best = (ratio, k, vecs)
-    _, k, vecs = best
+            best = (ratio, k, keep)
+    _, k, keep = best
+    _, vecs = np.linalg.eigh(_laplacian(sim, keep))
     emb = _unit(vecs[:, :k])
     _, labels = kmeans2(emb, k, minit="++", seed=seed, missing="warn")
     return relabel(labels)
+
+
+def _laplacian(sim: np.ndarray, keep: int) -> np.ndarray:
+    """The graph Laplacian ``(N, N)`` of ``_pruned(sim, keep)``."""
+    a = _pruned(sim, keep)
+    return np.diag(a.sum(1)) - a
 
 
 def _pruned(sim: np.ndarray, keep: int) -> np.ndarray:
@@ -264,13 +269,20 @@ def _forward_backward(loglik: np.ndarray, loop: float, gaps: np.ndarray) -> np.n
     fwd[0] = loglik[0] - np.log(k)
     for t in range(1, n):
         tr = free if gaps[t - 1] else trans
-        fwd[t] = loglik[t] + logsumexp(fwd[t - 1][:, None] + tr, axis=0)
+        fwd[t] = loglik[t] + _logsumexp(fwd[t - 1][:, None] + tr, axis=0)
     bwd = np.zeros((n, k))
     for t in range(n - 2, -1, -1):
         tr = free if gaps[t] else trans
-        bwd[t] = logsumexp(tr + (loglik[t + 1] + bwd[t + 1])[None, :], axis=1)
+        bwd[t] = _logsumexp(tr + (loglik[t + 1] + bwd[t + 1])[None, :], axis=1)
     lp = fwd + bwd
-    return np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
+    return np.exp(lp - _logsumexp(lp, axis=1)[:, None])
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    """``log(sum(exp(a), axis))`` of finite ``a``, shifted by the maximum; scipy's costs 10x more per call in the
+    HMM's per-window loop (its array-API checks)."""
+    m = a.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(a - m).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
 def compact(x: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -152,6 +152,21 @@ def test_narrowband_probs_are_framed_like_the_16k_ones(n):
     assert (speech_probs_narrowband(np.zeros(20 * SR, np.float32)) < 0.5).all()
 
 
+def test_narrowband_modes_in_two_threads_or_one_agree():
+    """With two cores the 16 kHz mode runs beside the 8 kHz one; with torch kept to one thread they run in turn:
+    the same probabilities either way."""
+    x = np.resize(_padded(_synthetic_speech(4, 2.0), 3)[0], 5 * NARROW_CHUNK * FRAME)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        both = speech_probs_narrowband(x)
+        torch.set_num_threads(1)
+        one = speech_probs_narrowband(x)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(both, one)
+
+
 def test_narrowband_content_tells_a_telephone_call_stored_at_16k_from_wideband_audio():
     """The same voices wideband (clean, and with white noise) are not narrowband; through a telephone channel and
     back at 16 kHz they are, with noise in the pauses too; silence and a clip under one frame are not."""
