@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spkid.audio.frontend import remove_dc
 from spkid.errors import DataError
 
 SAMPLE_RATE = 16000
@@ -81,6 +82,7 @@ class OverlapDetector:
     def chunk_probs(self, wavs: np.ndarray) -> np.ndarray:
         """Overlap probabilities ``(B, CHUNK_S / FRAME_S)`` of chunks ``wavs`` ``(B, CHUNK_S * 16000)``."""
         x = torch.from_numpy(np.ascontiguousarray(wavs, dtype=np.float32))
+        x = torch.stack([remove_dc(row) for row in x]) if len(x) else x               # a chunk's DC offset, if any
         feats, _ = self.frontend(x, torch.full((x.shape[0],), x.shape[1]))            # (B, S) -> (B, T, 40)
         p = torch.sigmoid(self.net(feats)).numpy()
         return p[:, : int(round(CHUNK_S / FRAME_S))]
