@@ -204,7 +204,7 @@ async def enroll(request):
     sources = [f"upload sha256:{hashlib.sha256(c.data).hexdigest()[:16]}" for c in clips]
     if len(set(sources)) != len(sources):
         raise ApiError(422, "audio: the same clip was uploaded twice in one request")
-    # each clip and its telephone copy (what a narrowband call is named against: spkid enroll stores the same)
+    # each clip and its telephone copy (what a voice on the phone is named against: spkid enroll stores the same)
     pairs = await svc.features(clips, channels=[telephone_channel([s]) for s in sources])   # one item each: k = 0
     feats = [f for f, _ in pairs]
     emb = (await svc.batcher.embed(feats + [c for _, c in pairs if c is not None])).numpy()
