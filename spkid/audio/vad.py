@@ -140,7 +140,6 @@ def speech_probs_narrowband(wav: torch.Tensor | np.ndarray, threads: int = 1) ->
     speech the other finds (whole FSDD and synthetic-voice calls for the 16 kHz model; docs/diarization.md)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from spkid.audio.io import resample
     x = _as_numpy(wav)
     n = -(-x.size // FRAME)
     if n == 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from spkid.diarization.pipeline import DiarizeConfig, FileDiarization, SpkidEmbedder, diarize_file
 from spkid.diarization.rttm import Segment
-from spkid.errors import DataError, SpkidError
+from spkid.errors import SpkidError
 
 DEFAULT_CHECKPOINT = "base"      # the pretrained model, resolved by spkid.load like any checkpoint name
 
@@ -50,19 +50,13 @@ def named(r: FileDiarization, registry: str | Path, model_id: str, recording: st
 
 
 def audio_inputs(paths: list[str | Path]) -> list[Path]:
-    """The files to diarize: each path as given, a folder replaced by the audio files under it (``data.scan``,
-    sorted). A missing file stays (its own error comes when its turn does); a folder without audio raises
-    ``DataError`` naming it, before any work."""
-    from spkid.data.scan import scan
+    """The files to diarize: each path as given, a folder replaced by the audio files under it, sorted
+    (``data.scan.gather``). A missing file stays (its own error comes when its turn does); a folder without
+    audio raises ``DataError`` naming it, before any work."""
+    from spkid.data.scan import gather
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            found = scan(p)
-            if not found:
-                raise DataError(f"{p}: no audio files in this folder")
-            out += found
-        else:
-            out.append(p)
+        out += gather(p, features=False)[1] if p.is_dir() else [p]
     return out
 
 

@@ -121,7 +121,6 @@ class SpkidEmbedder:
                               f"{model.cfg.features.sample_rate} Hz")
         self.model = model
         self.frontend = frontend_for(model.cfg.features)
-        self.dc = model.cfg.features.kind == "logmel"      # as Model.features: spkid's front end loses an offset
         self.model_id = model.model_id
 
     @torch.no_grad()
@@ -129,7 +128,7 @@ class SpkidEmbedder:
         lengths = torch.tensor([w.size for w in wavs])
         x = torch.zeros(len(wavs), int(lengths.max()))
         for i, w in enumerate(wavs):
-            x[i, : w.size] = remove_dc(torch.from_numpy(w)) if self.dc else torch.from_numpy(w)   # an offset
+            x[i, : w.size] = remove_dc(torch.from_numpy(w)) if self.model.strips_dc else torch.from_numpy(w)
         feats, n = self.frontend(x, lengths)                                   # (B, S) -> (B, T, F)
         return self.model.embed_raw([f[:k] for f, k in zip(feats, n.tolist())]).numpy()
 

@@ -206,8 +206,14 @@ class Model:
             return self._with_channel(x, "input waveform", channel, k)
         raise DataError(f"input array: expected a 1-D waveform or (frames, {n_mels}) features, got {tuple(x.shape)}")
 
+    @property
+    def strips_dc(self) -> bool:
+        """Whether a waveform loses its DC offset before its features (``audio.frontend.remove_dc``): with spkid's
+        own front end; an imported one stays its toolkit's, exactly."""
+        return self.cfg.features.kind == "logmel"
+
     def _with_channel(self, wav: torch.Tensor, name: str, channel, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.cfg.features.kind == "logmel":     # spkid's own front end; an imported one stays its toolkit's, exactly
+        if self.strips_dc:
             from spkid.audio.frontend import remove_dc
             wav = remove_dc(wav)
         feats = self._logmel(wav, name)
