@@ -1,7 +1,8 @@
 """Overlapped-speech detection: which stretches of a recording hold two voices at once.
 
-``OverlapNet`` maps log-mel frames ``(B, T, 40)`` (the HW4 front end, 10 ms hop) to overlap logits ``(B, T // 2)``
-at 20 ms: the chunk's mean removed per mel band, two 1-D convolutions (the second with stride 2), a two-layer
+``OverlapNet`` maps frames ``(B, T, 40 + bins)`` every 10 ms (``overlap_features``: the HW4 log-mel and, when the
+network was built with ``spectrum_bins``, the log power of the lowest bins of a 32 ms FFT, fine enough to resolve
+the harmonics of two voices) to overlap logits ``(B, T // 2)`` at 20 ms: the chunk's mean removed per band, two 1-D convolutions (the second with stride 2), a two-layer
 bidirectional GRU, a linear head. It is trained on simulated conversations of the training speakers, with
 rooms, noise and telephone channels (``python -m spkid.diarization.train_overlap``); the weights ship beside this
 module as ``overlap.pt``.
@@ -29,19 +30,36 @@ FRAME = int(FRAME_S * SAMPLE_RATE)   # samples per output frame
 CHUNK_S = 8.0                  # seconds the network sees at once (training chunks have this length)
 HOP_S = 6.0                    # chunk step at inference: 1 s of context kept on each side
 SHIPPED = Path(__file__).with_name("overlap.pt")
+SPECTRUM_FFT = 512             # the fine spectrum's FFT (and Hann window): 32 ms, 31.25 Hz per bin
+
+
+def overlap_features(wav: torch.Tensor, spectrum_bins: int = 0) -> torch.Tensor:
+    """Detector input ``(B, T, 40 + spectrum_bins)`` of equal-length waveforms ``(B, S)``, ``T = S // 160 + 1``: the
+    HW4 log-mel, then (``spectrum_bins`` > 0) the natural log of the power of FFT bins ``0 .. spectrum_bins - 1``
+    (``SPECTRUM_FFT`` points, 10 ms hop, centred, floor 1e-9). 40 mel bands are 40-90 Hz wide where voices' pitch
+    harmonics lie, so two voices at once blur into one; the fine bins keep both harmonic combs."""
+    from spkid.audio.frontend import frontend_for
+    feats, _ = frontend_for(None)(wav, torch.full((wav.shape[0],), wav.shape[1]))   # (B, S) -> (B, T, 40)
+    if spectrum_bins <= 0:
+        return feats
+    spec = torch.stft(wav.float(), SPECTRUM_FFT, 160, SPECTRUM_FFT, torch.hann_window(SPECTRUM_FFT), center=True,
+                      pad_mode="reflect", return_complex=True)[:, :spectrum_bins]    # (B, bins, T)
+    fine = torch.log(torch.clamp(spec.real.square() + spec.imag.square(), min=1e-9)).transpose(1, 2)
+    t = min(feats.shape[1], fine.shape[1])
+    return torch.cat([feats[:, :t], fine[:, :t]], dim=2)                           # (B, T, 40 + bins)
 
 
 class OverlapNet(nn.Module):
-    """Log-mel ``(B, T, F)`` -> overlap logits ``(B, ceil(T / 2))``."""
+    """``overlap_features`` ``(B, T, n_mels + spectrum_bins)`` -> overlap logits ``(B, ceil(T / 2))``."""
 
-    def __init__(self, n_mels: int = 40, channels: int = 64, hidden: int = 64):
+    def __init__(self, n_mels: int = 40, channels: int = 64, hidden: int = 64, spectrum_bins: int = 0):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv1d(n_mels, channels, 5, padding=2), nn.ReLU(), nn.BatchNorm1d(channels),
+            nn.Conv1d(n_mels + spectrum_bins, channels, 5, padding=2), nn.ReLU(), nn.BatchNorm1d(channels),
             nn.Conv1d(channels, channels, 5, stride=2, padding=2), nn.ReLU(), nn.BatchNorm1d(channels))
         self.rnn = nn.GRU(channels, hidden, num_layers=2, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * hidden, 1)
-        self.config = {"n_mels": n_mels, "channels": channels, "hidden": hidden}
+        self.config = {"n_mels": n_mels, "channels": channels, "hidden": hidden, "spectrum_bins": spectrum_bins}
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = feats - feats.mean(dim=1, keepdim=True)                      # (B, T, F), per-band mean removed
@@ -74,16 +92,14 @@ class OverlapDetector:
     """A trained ``OverlapNet`` and what its training recorded (``meta``: data, validation precision and recall)."""
 
     def __init__(self, net: OverlapNet, meta: dict | None = None):
-        from spkid.audio.frontend import frontend_for
         self.net, self.meta = net, meta or {}
-        self.frontend = frontend_for(None)
 
     @torch.no_grad()
     def chunk_probs(self, wavs: np.ndarray) -> np.ndarray:
         """Overlap probabilities ``(B, CHUNK_S / FRAME_S)`` of chunks ``wavs`` ``(B, CHUNK_S * 16000)``."""
         x = torch.from_numpy(np.ascontiguousarray(wavs, dtype=np.float32))
         x = torch.stack([remove_dc(row) for row in x]) if len(x) else x               # a chunk's DC offset, if any
-        feats, _ = self.frontend(x, torch.full((x.shape[0],), x.shape[1]))            # (B, S) -> (B, T, 40)
+        feats = overlap_features(x, self.net.config["spectrum_bins"])                  # (B, S) -> (B, T, F)
         p = torch.sigmoid(self.net(feats)).numpy()
         return p[:, : int(round(CHUNK_S / FRAME_S))]
 
@@ -124,4 +140,4 @@ def regions(probs: np.ndarray, threshold: float, *, min_s: float = 0.1, smooth: 
     return [(a * FRAME_S, b * FRAME_S) for a, b in zip(edges[::2], edges[1::2]) if (b - a) * FRAME_S >= min_s]
 
 
-__all__ = ["OverlapNet", "OverlapDetector", "load_detector", "shipped_detector", "regions", "SHIPPED", "FRAME_S", "CHUNK_S"]
+__all__ = ["OverlapNet", "overlap_features", "OverlapDetector", "load_detector", "shipped_detector", "regions", "SHIPPED", "FRAME_S", "CHUNK_S"]

@@ -78,7 +78,9 @@ class DiarizeConfig:
     refine_step_s: float = 0.15
     overlap: bool = True             # the overlap detector (spkid/diarization/overlap.py): where it finds two voices,
                                      # the second speaker is added (the nearest turn of another speaker)
-    overlap_threshold: float = 0.9   # its probability from which a second speaker is given (dev conversations)
+    overlap_threshold: float = 0.8   # its probability from which a second speaker is given (dev conversations)
+    overlap_threshold_narrowband: float = 0.9   # ... in a narrowband recording (telephone): the detector is less
+                                     # precise there (docs/diarization.md)
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self):
@@ -90,8 +92,9 @@ class DiarizeConfig:
         if self.block_s < 10 * self.window_s or self.batch < 1 or self.max_points < 2:
             raise ConfigError(f"diarize: need block_s >= 10 windows, batch >= 1, max_points >= 2; got {self.block_s}, "
                               f"{self.batch}, {self.max_points}")
-        if not 0 < self.overlap_threshold < 1:
-            raise ConfigError(f"diarize overlap_threshold {self.overlap_threshold}: a probability in (0, 1)")
+        for name in ("overlap_threshold", "overlap_threshold_narrowband"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"diarize {name} {getattr(self, name)}: a probability in (0, 1)")
         if not 0 <= self.merge_raw < 1:
             raise ConfigError(f"diarize merge_raw {self.merge_raw}: a cosine in [0, 1) (0: off)")
         if not 0 < self.threshold < 2:
@@ -207,7 +210,8 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     bounds = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu)
     segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents)
     if cfg.overlap and a.overlap is not None:
-        segments = _second_speakers(segments, regions(a.overlap, cfg.overlap_threshold), a.speech)
+        thr = cfg.overlap_threshold_narrowband if a.narrowband else cfg.overlap_threshold
+        segments = _second_speakers(segments, regions(a.overlap, thr), a.speech)
     names = [f"SPEAKER_{k:02d}" for k in range(len(cents))]
     segments = [Segment(s.file, s.start, s.end, names[int(s.speaker)], s.score) for s in segments]
     mean_raw = np.stack([a.emb[labels == k].mean(0) for k in range(len(cents))])

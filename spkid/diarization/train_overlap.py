@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spkid.diarization.overlap import CHUNK_S, FRAME_S, SAMPLE_RATE, OverlapNet
+from spkid.diarization.overlap import CHUNK_S, FRAME_S, SAMPLE_RATE, OverlapNet, overlap_features
 from spkid.diarization.simulate import build_conversation, speech_span
 
 
@@ -44,10 +44,10 @@ def speaker_pools(dirs: list[str], files_per_speaker: int, seed: int) -> dict[st
     return pools
 
 
-def simulate_chunks(pools: dict[str, list], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` chunks: features ``(n, T, 40)`` float16 and frame labels ``(n, CHUNK_S / FRAME_S)`` uint8."""
+def simulate_chunks(pools: dict[str, list], n: int, seed: int, spectrum_bins: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` chunks: features ``(n, T, 40 + spectrum_bins)`` float16 (``overlap_features``) and frame labels
+    ``(n, CHUNK_S / FRAME_S)`` uint8."""
     from spkid.audio.channel import telephone
-    from spkid.audio.frontend import frontend_for
     from spkid.audio.noise import NoiseBank, mix_at_snr
     from spkid.audio.rooms import RirBank, reverberate
     rng = np.random.default_rng(seed)
@@ -83,22 +83,22 @@ def simulate_chunks(pools: dict[str, list], n: int, seed: int) -> tuple[np.ndarr
         if rng.random() < 0.15:
             x = telephone(x, lengths, g)
         x = x * float(10 ** (rng.uniform(-20, 0) / 20) / max(float(x.abs().max()), 1e-6))
-        f, _ = frontend_for(None)(x, lengths)
-        feats.append(f[0].to(torch.float16).numpy())
+        feats.append(overlap_features(x, spectrum_bins)[0].to(torch.float16).numpy())
         labels.append((active >= 2).astype(np.uint8))
     t_min = min(f.shape[0] for f in feats)
     return np.stack([f[:t_min] for f in feats]), np.stack(labels)
 
 
 def train(feats: np.ndarray, labels: np.ndarray, *, epochs: int, batch: int, lr: float, seed: int,
-          max_minutes: float, channels: int = 64, hidden: int = 64) -> tuple[OverlapNet, dict]:
+          max_minutes: float, channels: int = 64, hidden: int = 64, spectrum_bins: int = 0) -> tuple[OverlapNet, dict]:
     """Train on 90 % of the chunks; returns the network and, on the other 10 %, frame precision and recall of
     overlap per threshold ``[[threshold, precision, recall], ...]``."""
     torch.manual_seed(seed)
     n = len(feats)
     order = np.random.default_rng(seed).permutation(n)
     val, tr = order[: max(1, n // 10)], order[max(1, n // 10):]
-    net = OverlapNet(n_mels=feats.shape[2], channels=channels, hidden=hidden)
+    net = OverlapNet(n_mels=feats.shape[2] - spectrum_bins, channels=channels, hidden=hidden,
+                     spectrum_bins=spectrum_bins)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
     steps = epochs * -(-len(tr) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -154,11 +154,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-minutes", type=float, default=30.0, help="training stops here whatever the epoch")
     ap.add_argument("--channels", type=int, default=64, help="convolution channels of the network")
     ap.add_argument("--hidden", type=int, default=64, help="GRU units per direction")
+    ap.add_argument("--spectrum-bins", type=int, default=0,
+                    help="also feed the log power of this many 31.25 Hz FFT bins (0: the log-mel alone)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    if min(a.chunks, a.files_per_speaker, a.epochs, a.batch, a.channels, a.hidden) < 1 or a.lr <= 0:
+    if (min(a.chunks, a.files_per_speaker, a.epochs, a.batch, a.channels, a.hidden) < 1 or a.lr <= 0
+            or not 0 <= a.spectrum_bins <= 257):
         print("spkid: error: --chunks, --files-per-speaker, --epochs, --batch, --channels, --hidden must be >= 1 and "
-              "--lr > 0", file=sys.stderr)
+              "--lr > 0, --spectrum-bins in 0..257", file=sys.stderr)
         return 1
     for d in a.dirs:
         if not Path(d).is_dir():
@@ -169,9 +172,10 @@ def main(argv=None) -> int:
         print(f"spkid: error: {', '.join(a.dirs)}: {len(pools)} speakers with speech; need at least 3",
               file=sys.stderr)
         return 1
-    feats, labels = simulate_chunks(pools, a.chunks, a.seed)
+    feats, labels = simulate_chunks(pools, a.chunks, a.seed, a.spectrum_bins)
     net, scores = train(feats, labels, epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed,
-                        max_minutes=a.max_minutes, channels=a.channels, hidden=a.hidden)
+                        max_minutes=a.max_minutes, channels=a.channels, hidden=a.hidden,
+                        spectrum_bins=a.spectrum_bins)
     meta = {"speakers": len(pools), "chunks": a.chunks, "dirs": [Path(d).name for d in a.dirs], **scores}
     torch.save({"config": net.config, "meta": meta,
                 "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}},

@@ -139,4 +139,6 @@ def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monk
     assert default.overlap and default.threshold == 1.0 and default.resplit == 0.75
     assert given.resplit == 0.0
     assert given.settled_s == 0.0 and given.raw_settled_s == 0.0 and given.merge_raw == 0.0
-    assert given.threshold == 0.9 and given.overlap_threshold == 0.7 and not given.overlap
+    assert given.threshold == 0.9 and given.overlap_threshold == given.overlap_threshold_narrowband == 0.7
+    assert not given.overlap
+    assert (default.overlap_threshold, default.overlap_threshold_narrowband) == (0.8, 0.9)

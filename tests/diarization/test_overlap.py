@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.diarization.overlap import FRAME_S, SHIPPED, OverlapNet, load_detector, regions
+from spkid.diarization.overlap import FRAME_S, SHIPPED, OverlapNet, load_detector, overlap_features, regions
 from spkid.diarization.pipeline import DiarizeConfig, _second_speakers
 from spkid.diarization.rttm import Segment
 from spkid.errors import ConfigError, DataError
@@ -32,6 +32,30 @@ def test_net_shapes():
     with torch.no_grad():
         assert net(torch.randn(3, 801, 40)).shape == (3, 401)
         assert net(torch.randn(1, 100, 40)).shape == (1, 50)
+    fine = OverlapNet(n_mels=40, spectrum_bins=129).eval()
+    with torch.no_grad():
+        assert fine(torch.randn(2, 801, 169)).shape == (2, 401)
+
+
+def test_features_log_mel_then_fine_bins():
+    """The first 40 columns are the HW4 log-mel; the fine bins are 31.25 Hz apart, so a 1 kHz tone peaks in bin 32
+    and the fifth harmonics of two voices at 200 and 230 Hz (1000 and 1150 Hz) stay two peaks, where the mel bands
+    (about 110 Hz apart there, each twice as wide) merge them into one."""
+    from spkid.audio.frontend import logmel
+    t = torch.arange(16000 * 2) / 16000
+    tone = 0.3 * torch.sin(2 * torch.pi * 1000 * t)
+    f = overlap_features(tone[None], 129)
+    assert f.shape == (1, 16000 * 2 // 160 + 1, 40 + 129)
+    assert torch.allclose(f[0, :, :40], logmel(tone), atol=1e-5)
+    assert int(f[0, 100, 40:].argmax()) == 32
+    assert overlap_features(tone[None]).shape == (1, 201, 40)                     # no bins: the log-mel alone
+    two = torch.sin(2 * torch.pi * 1000 * t) + torch.sin(2 * torch.pi * 1150 * t)
+
+    def peaks(row):
+        return [k for k in range(1, len(row) - 1) if row[k] > row[k - 1] and row[k] > row[k + 1] and row[k] > row.max() - 3]
+    f = overlap_features(two[None], 129)[0, 100]
+    assert peaks(f[40:]) == [32, 37]
+    assert len(peaks(f[:40])) == 1
 
 
 def test_second_speaker_over_an_overlap():
@@ -49,7 +73,10 @@ def test_second_speaker_over_an_overlap():
 def test_config_checks_the_threshold():
     with pytest.raises(ConfigError, match="overlap_threshold"):
         DiarizeConfig(overlap_threshold=1.5)
-    assert DiarizeConfig().overlap and DiarizeConfig().overlap_threshold == 0.9
+    with pytest.raises(ConfigError, match="overlap_threshold_narrowband"):
+        DiarizeConfig(overlap_threshold_narrowband=0.0)
+    assert DiarizeConfig().overlap and DiarizeConfig().overlap_threshold == 0.8
+    assert DiarizeConfig().overlap_threshold_narrowband == 0.9
 
 
 def test_bad_weights_one_line_error(tmp_path):
@@ -111,9 +138,39 @@ def test_training_command_writes_a_loadable_detector(tmp_path):
                  "--channels", "16", "--hidden", "8"]) == 0
     det = load_detector(out)
     assert det.meta["speakers"] == 3 and det.meta["chunks"] == 12
-    assert det.net.config == {"n_mels": 40, "channels": 16, "hidden": 8}           # the size asked for, reloaded
+    assert det.net.config == {"n_mels": 40, "channels": 16, "hidden": 8, "spectrum_bins": 0}   # as asked, reloaded
     table = det.meta["val_precision_recall"]
     assert len(table) > 5 and all(0 <= p <= 1 and 0 <= r <= 1 for _, p, r in table)
     assert [r for _, _, r in table] == sorted((r for _, _, r in table), reverse=True)   # recall falls as thr rises
     assert main([str(tmp_path / "nowhere"), "--out", str(out)]) == 1
     assert main([str(tmp_path / "voices"), "--out", str(out), "--hidden", "0"]) == 1
+    assert main([str(tmp_path / "voices"), "--out", str(out), "--spectrum-bins", "300"]) == 1
+    fine = tmp_path / "fine.pt"                          # with fine spectrum bins: trained, reloaded, run on a chunk
+    assert main([str(tmp_path / "voices"), "--out", str(fine), "--chunks", "8", "--epochs", "1", "--batch", "4",
+                 "--channels", "8", "--hidden", "4", "--spectrum-bins", "16"]) == 0
+    det = load_detector(fine)
+    assert det.net.config["spectrum_bins"] == 16
+    p = det.chunk_probs(np.zeros((1, 16000 * 8), dtype=np.float32) + 0.01 * np.random.default_rng(0).standard_normal(
+        (1, 16000 * 8)).astype(np.float32))
+    assert p.shape == (1, int(8 / FRAME_S)) and np.isfinite(p).all()
+
+
+def test_narrowband_recordings_take_their_own_overlap_threshold(tmp_path):
+    """A probability of 0.85 gives a second speaker at the default 0.8, but not in a narrowband recording (0.9)."""
+    from spkid.diarization.pipeline import Analysis, decide
+    rng = np.random.default_rng(0)
+    a_dir, b_dir = rng.standard_normal(32), rng.standard_normal(32)
+    starts = np.arange(0, 16000 * 20 - 24000 + 1, 12000)                    # 1.5 s windows every 0.75 s over 20 s
+    win = np.stack([starts, starts + 24000], 1)
+    emb = np.stack([(a_dir if s < 16000 * 10 else b_dir) + 0.05 * rng.standard_normal(32) for s in starts])
+    probs = np.zeros(int(20 / FRAME_S), dtype=np.float32)
+    probs[int(9 / FRAME_S): int(11 / FRAME_S)] = 0.85                        # both talk from 9 s to 11 s
+    cfg = DiarizeConfig(refine=False, resplit=0.0, merge_raw=0.0)
+
+    def both_talk(narrow):
+        an = Analysis(tmp_path / "f.wav", 20.0, [(0, 16000 * 20)], win, emb.astype(np.float32), probs, narrow)
+        segs = decide(an, None, None, cfg).segments
+        return sum(max(0.0, min(x.end, y.end) - max(x.start, y.start)) for i, x in enumerate(segs)
+                   for y in segs[i + 1:] if x.speaker != y.speaker)
+    assert both_talk(False) == pytest.approx(2.0, abs=0.1)
+    assert both_talk(True) == 0.0
