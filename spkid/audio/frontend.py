@@ -12,6 +12,7 @@ the batch's padding.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,4 +175,51 @@ def remove_dc(wav: torch.Tensor) -> torch.Tensor:
     return wav - m if abs(m) >= DC_MIN else wav
 
 
-__all__ = ["LogMel", "frontend_for", "logmel", "remove_dc", "DC_MIN", "mel_filterbank", "hz_to_mel", "mel_to_hz"]
+LEVEL_DBFS = -20.0                    # where a waveform outside LEVEL_RANGE_DBFS is brought: the base model's training
+LEVEL_RANGE_DBFS = (-30.0, -12.0)     # speech sits at a median active level of -19 to -21 dBFS per corpus, its 10th to
+                                      # 90th percentiles from about -31 to -14 (docs/reliability.md, "Quiet and loud")
+LEVEL_MAX_GAIN_DB = 40.0              # never raised by more (near-silence stays faint)
+LEVEL_FRAME = 512                     # 32 ms frames for the active level
+LEVEL_TOP = 0.3                       # the loudest 30 % of them: the speech, not its pauses
+
+
+def active_level(power: torch.Tensor | np.ndarray) -> float:
+    """Active level in dBFS from mean-square powers of ``LEVEL_FRAME`` frames ``(N,)``: the mean power of the
+    loudest ``LEVEL_TOP`` of them; ``-inf`` for silence or no frames."""
+    p = np.sort(np.asarray(power, dtype=np.float64).ravel())
+    if p.size == 0:
+        return float("-inf")
+    top = float(p[-max(1, int(np.ceil(LEVEL_TOP * p.size))):].mean())
+    return 10.0 * np.log10(top) if top > 0 else float("-inf")
+
+
+def frame_power(wav: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Mean-square power of each ``LEVEL_FRAME`` frame of a waveform ``(S,)`` -> ``(ceil(S / LEVEL_FRAME),)`` (the last
+    frame over the samples it has)."""
+    x = np.asarray(wav.detach().cpu() if isinstance(wav, torch.Tensor) else wav, dtype=np.float64).ravel()
+    n = x.size // LEVEL_FRAME
+    out = (x[: n * LEVEL_FRAME].reshape(n, LEVEL_FRAME) ** 2).mean(1)
+    return np.append(out, (x[n * LEVEL_FRAME:] ** 2).mean()) if x.size > n * LEVEL_FRAME else out
+
+
+def level_gain(level_db: float) -> float:
+    """The gain for a recording at active level ``level_db`` (dBFS): 1 inside ``LEVEL_RANGE_DBFS`` (or for silence),
+    else what brings it to ``LEVEL_DBFS``, raising by at most ``LEVEL_MAX_GAIN_DB``."""
+    lo, hi = LEVEL_RANGE_DBFS
+    if not np.isfinite(level_db) or lo <= level_db <= hi:
+        return 1.0
+    return float(10.0 ** (min(LEVEL_DBFS - level_db, LEVEL_MAX_GAIN_DB) / 20.0))
+
+
+def set_level(wav: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """One recording ``(S,)`` brought to ``LEVEL_DBFS`` when its active level is outside ``LEVEL_RANGE_DBFS``; as it is
+    otherwise. spkid's log-mel is not level-free: the base model scored a clip against its own copy 10 dB quieter at
+    cosine 0.89, 20 dB quieter at 0.72, 30 dB at 0.57 (docs/reliability.md, "Quiet and loud"). Inference applies it
+    with ``remove_dc`` (an imported model's front end stays its toolkit's, exactly), and speech detection sees the
+    levelled copy: Silero kept 14 of 50 s of speech at -50 dBFS peak, none at -60."""
+    g = level_gain(active_level(frame_power(wav)))
+    return wav * g if g != 1.0 else wav
+
+
+__all__ = ["LogMel", "frontend_for", "logmel", "remove_dc", "DC_MIN", "set_level", "level_gain", "active_level",
+           "frame_power", "LEVEL_DBFS", "LEVEL_RANGE_DBFS", "LEVEL_MAX_GAIN_DB", "mel_filterbank", "hz_to_mel", "mel_to_hz"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from spkid.audio.frontend import set_level
 from spkid.errors import ConfigError
 
 SAMPLE_RATE = 16000
@@ -98,7 +99,7 @@ def _session(threads: int, name: str = MODEL_FILE):
 def speech_probs(wav: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray:
     """Per-frame speech probability ``(ceil(S / 512),)`` of a 16 kHz waveform ``(S,)``; frame k covers
     samples ``[512 k, 512 (k + 1))`` (the last frame zero-padded)."""
-    x = _as_numpy(wav)
+    x = set_level(_as_numpy(wav))          # Silero loses speech below about -40 dBFS peak
     n = -(-x.size // FRAME)
     if n == 0:
         return np.zeros(0, dtype=np.float32)
@@ -140,7 +141,7 @@ def speech_probs_narrowband(wav: torch.Tensor | np.ndarray, threads: int = 1) ->
     speech the other finds (whole FSDD and synthetic-voice calls for the 16 kHz model; docs/diarization.md)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    x = _as_numpy(wav)
+    x = set_level(_as_numpy(wav))          # Silero loses speech below about -40 dBFS peak
     n = -(-x.size // FRAME)
     if n == 0:
         return np.zeros(0, dtype=np.float32)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spkid.audio.frontend import remove_dc
+from spkid.audio.frontend import active_level, level_gain, remove_dc
 from spkid.audio.vad import VadConfig, segments_from_probs
 from spkid.diarization import cluster as C
 from spkid.diarization.overlap import regions, shipped_detector
@@ -125,13 +125,14 @@ class SpkidEmbedder:
         self.model = model
         self.frontend = frontend_for(model.cfg.features)
         self.model_id = model.model_id
+        self.conditions_audio = model.conditions_audio      # the file's level is set (``Analysis.gain``)
 
     @torch.no_grad()
     def __call__(self, wavs: list[np.ndarray]) -> np.ndarray:
         lengths = torch.tensor([w.size for w in wavs])
         x = torch.zeros(len(wavs), int(lengths.max()))
         for i, w in enumerate(wavs):
-            x[i, : w.size] = remove_dc(torch.from_numpy(w)) if self.model.strips_dc else torch.from_numpy(w)
+            x[i, : w.size] = remove_dc(torch.from_numpy(w)) if self.conditions_audio else torch.from_numpy(w)
         feats, n = self.frontend(x, lengths)                                   # (B, S) -> (B, T, F)
         return self.model.embed_raw([f[:k] for f, k in zip(feats, n.tolist())]).numpy()
 
@@ -157,8 +158,11 @@ class FileDiarization:
 class Analysis:
     """What the speech and embedding passes found in one file: ``duration`` (s), ``speech`` segments
     ``[(start, end)]`` and windows ``win`` ``(W, 2)`` in 16 kHz samples, window embeddings ``emb`` ``(W, E)``, and
-    the overlap detector's probability per 20 ms frame ``overlap`` ``(F,)`` (None when ``cfg.overlap`` is off), and
-    whether most of the file is ``narrowband`` (``stream.speech_probs_stream``)."""
+    the overlap detector's probability per 20 ms frame ``overlap`` ``(F,)`` (None when ``cfg.overlap`` is off),
+    whether most of the file is ``narrowband`` (``stream.speech_probs_stream``), and the ``gain`` its audio is
+    embedded with: what brings the level of its speech into the model's training range (``audio.frontend.set_level``;
+    one gain for the whole file, so that speakers keep their relative levels), 1 for an embedder that keeps its own
+    front end."""
 
     path: Path
     duration: float
@@ -167,6 +171,7 @@ class Analysis:
     emb: np.ndarray
     overlap: np.ndarray | None = None
     narrowband: bool = False
+    gain: float = 1.0
 
     @property
     def speech_s(self) -> float:
@@ -179,18 +184,21 @@ def analyse(stream: AudioStream, embedder: Embedder, cfg: DiarizeConfig, progres
     if stream.duration < cfg.window_s:
         raise DataError(f"{stream.path}: {stream.duration:.2f} s of audio is shorter than one {cfg.window_s:g} s "
                         "window")
-    probs, narrow_s = speech_probs_stream(stream, cfg.block_s, threads=cfg.vad.threads, progress=progress)
+    probs, narrow_s, power = speech_probs_stream(stream, cfg.block_s, threads=cfg.vad.threads, progress=progress)
     narrow = narrow_s > stream.duration / 2
     speech = segments_from_probs(probs, stream.n_samples, cfg.vad)
+    n = min(probs.size, power.size)
+    gain = level_gain(active_level(power[:n][probs[:n] >= cfg.vad.threshold])) \
+        if getattr(embedder, "conditions_audio", False) else 1.0
     win = windows_over(speech, _n(cfg.window_s), _n(cfg.hop_s), _n(cfg.min_window_s))
     if len(win) == 0:
         if progress is not None:
             progress(stream.duration)
         return Analysis(stream.path, stream.duration, speech, win, np.zeros((0, 0), dtype=np.float32),
-                        narrowband=narrow)
-    emb = _embed_windows(stream, win, embedder, cfg, progress)
+                        narrowband=narrow, gain=gain)
+    emb = _embed_windows(stream, win, embedder, cfg, progress, gain)
     ovl = shipped_detector().probs(stream, speech) if cfg.overlap else None
-    return Analysis(stream.path, stream.duration, speech, win, emb, ovl, narrow)
+    return Analysis(stream.path, stream.duration, speech, win, emb, ovl, narrow, gain)
 
 
 def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, cfg: DiarizeConfig, *,
@@ -207,7 +215,7 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb)
     cents = C.centroids(x, labels)
     refine = cfg.refine and stream is not None and embedder is not None
-    bounds = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu)
+    bounds = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu, a.gain)
     segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents)
     if cfg.overlap and a.overlap is not None:
         thr = cfg.overlap_threshold_narrowband if a.narrowband else cfg.overlap_threshold
@@ -251,13 +259,14 @@ def _check_counts(n: int | None, lo: int, hi: int | None) -> None:
 
 
 def _embed_windows(stream: AudioStream, win: np.ndarray, embedder: Embedder, cfg: DiarizeConfig,
-                   progress) -> np.ndarray:
-    """Embeddings ``(W, E)`` of windows ``win`` ``(W, 2)`` (samples, sorted), decoding block by block; a window
-    across two blocks waits for the next one (the unfinished tail is kept)."""
+                   progress, gain: float = 1.0) -> np.ndarray:
+    """Embeddings ``(W, E)`` of windows ``win`` ``(W, 2)`` (samples, sorted) of the audio times ``gain``, decoding
+    block by block; a window across two blocks waits for the next one (the unfinished tail is kept)."""
     out: list[np.ndarray] = []
     i, n = 0, len(win)
     tail, tail_start = np.zeros(0, dtype=np.float32), 0
     for start, wav in stream.blocks(cfg.block_s):
+        wav = wav * np.float32(gain) if gain != 1.0 else wav
         buf = np.concatenate([tail, wav]) if tail.size else wav
         buf_start = start - tail.size
         end = start + wav.size
@@ -313,7 +322,8 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
 
 
 def _boundaries(stream: AudioStream | None, win: np.ndarray, labels: np.ndarray, cents: np.ndarray,
-                embedder: Embedder | None, cfg: DiarizeConfig, refine: bool, mu: np.ndarray) -> dict[int, int]:
+                embedder: Embedder | None, cfg: DiarizeConfig, refine: bool, mu: np.ndarray,
+                gain: float = 1.0) -> dict[int, int]:
     """``{t: sample}``: where speech passes from window ``t``'s speaker to window ``t+1``'s, for each change between
     overlapping windows (without ``refine``: halfway between the window centres)."""
     out = {}
@@ -328,14 +338,14 @@ def _boundaries(stream: AudioStream | None, win: np.ndarray, labels: np.ndarray,
         points = np.arange(lo, hi + 1, step)
         if len(points) < 3:
             continue
-        audio = stream.read(int(points[0]) - half, int(points[-1]) + half)
+        audio = stream.read(int(points[0]) - half, int(points[-1]) + half) * np.float32(gain)
         wavs = [audio[p - points[0]: p - points[0] + 2 * half] for p in points]
         raw = C._unit(np.concatenate([embedder(wavs[i: i + cfg.batch]) for i in range(0, len(wavs), cfg.batch)]))
         e = _space(raw, mu)
         d = e @ cents[labels[t]] - e @ cents[labels[t + 1]]                 # > 0: sounds like the first speaker
         # split after point j: evidence for the first speaker before, for the second after
-        gain = np.cumsum(d)[:-1] - (d.sum() - np.cumsum(d)[:-1])
-        j = int(np.argmax(gain))
+        evidence = np.cumsum(d)[:-1] - (d.sum() - np.cumsum(d)[:-1])
+        j = int(np.argmax(evidence))
         out[int(t)] = int((points[j] + points[j + 1]) // 2)
     return out
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from spkid.audio.frontend import frame_power
 from spkid.audio.io import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
 from spkid.audio.vad import FRAME, narrowband_content, speech_probs, speech_probs_narrowband
 from spkid.errors import DataError
@@ -132,9 +133,10 @@ def _first_line(e: Exception) -> str:
 
 
 def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1,
-                        progress=None) -> tuple[np.ndarray, float]:
-    """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block, and the
-    seconds of the file that are narrowband: a file recorded at ``NARROWBAND_RATE`` or below, and a block whose
+                        progress=None) -> tuple[np.ndarray, float, np.ndarray]:
+    """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block, the
+    seconds of the file that are narrowband, and each block's 512-sample frames' mean-square power (about one per
+    probability: for the file's speech level, ``audio.frontend.active_level``). Narrowband: a file recorded at ``NARROWBAND_RATE`` or below, and a block whose
     content is narrowband (``vad.narrowband_content``: a telephone call stored at 16 kHz), gets
     ``speech_probs_narrowband`` (both of Silero's modes).
 
@@ -142,8 +144,10 @@ def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1
     narrow_file = stream.sample_rate <= NARROWBAND_RATE
     out = []
     narrow_s = 0.0
+    power = []
     tail = np.zeros(0, dtype=np.float32)
     for start, wav in stream.blocks(block_s):
+        power.append(frame_power(wav))
         narrow = narrow_file or narrowband_content(wav)
         narrow_s += wav.size / SAMPLE_RATE if narrow else 0.0
         probs = speech_probs_narrowband if narrow else speech_probs
@@ -152,7 +156,8 @@ def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1
         tail = wav[-CONTEXT_FRAMES * FRAME:] if wav.size >= CONTEXT_FRAMES * FRAME else np.zeros(0, np.float32)
         if progress is not None:
             progress(wav.size / SAMPLE_RATE)
-    return (np.concatenate(out) if out else np.zeros(0, dtype=np.float32)), narrow_s
+    return ((np.concatenate(out) if out else np.zeros(0, dtype=np.float32)), narrow_s,
+            np.concatenate(power) if power else np.zeros(0))
 
 
 def windows_over(speech: list[tuple[int, int]], window: int, hop: int, min_window: int) -> np.ndarray:

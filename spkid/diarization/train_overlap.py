@@ -5,7 +5,7 @@
 Each ``AUDIO_DIR`` holds one folder per speaker. Chunks of ``CHUNK_S`` seconds are simulated with
 ``spkid.diarization.simulate.build_conversation`` (1-3 speakers, short turns, 10-30 % of the speech overlapped),
 each speaker in a room of their own (the training room bank, half the time), then noise at 5-20 dB (half the time)
-and a telephone channel (15 %); the label of a 20 ms frame is 1 where two or more speakers' own signals have
+and a telephone channel (``--telephone-share``, 15 %); the label of a 20 ms frame is 1 where two or more speakers' own signals have
 speech. Log-mel features are computed once; the network trains for ``--epochs`` on them; precision and recall on
 the held-out tenth of the chunks, per threshold, are printed and stored with the weights. The threshold that
 diarization uses is a diarization setting (``DiarizeConfig.overlap_threshold``), chosen on conversations.
@@ -44,9 +44,10 @@ def speaker_pools(dirs: list[str], files_per_speaker: int, seed: int) -> dict[st
     return pools
 
 
-def simulate_chunks(pools: dict[str, list], n: int, seed: int, spectrum_bins: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def simulate_chunks(pools: dict[str, list], n: int, seed: int, spectrum_bins: int = 0,
+                    telephone_share: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
     """``n`` chunks: features ``(n, T, 40 + spectrum_bins)`` float16 (``overlap_features``) and frame labels
-    ``(n, CHUNK_S / FRAME_S)`` uint8."""
+    ``(n, CHUNK_S / FRAME_S)`` uint8; ``telephone_share`` of them through a random telephone channel."""
     from spkid.audio.channel import telephone
     from spkid.audio.noise import NoiseBank, mix_at_snr
     from spkid.audio.rooms import RirBank, reverberate
@@ -80,7 +81,7 @@ def simulate_chunks(pools: dict[str, list], n: int, seed: int, spectrum_bins: in
         x, lengths = torch.from_numpy(wav)[None], torch.tensor([size])
         if rng.random() < 0.5:
             x = mix_at_snr(x, lengths, noise.draw(1, size, g).float(), torch.tensor([rng.uniform(5.0, 20.0)]))
-        if rng.random() < 0.15:
+        if rng.random() < telephone_share:
             x = telephone(x, lengths, g)
         x = x * float(10 ** (rng.uniform(-20, 0) / 20) / max(float(x.abs().max()), 1e-6))
         feats.append(overlap_features(x, spectrum_bins)[0].to(torch.float16).numpy())
@@ -156,12 +157,14 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=64, help="GRU units per direction")
     ap.add_argument("--spectrum-bins", type=int, default=0,
                     help="also feed the log power of this many 31.25 Hz FFT bins (0: the log-mel alone)")
+    ap.add_argument("--telephone-share", type=float, default=0.15,
+                    help="share of the chunks sent through a random telephone channel")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if (min(a.chunks, a.files_per_speaker, a.epochs, a.batch, a.channels, a.hidden) < 1 or a.lr <= 0
-            or not 0 <= a.spectrum_bins <= 257):
+            or not 0 <= a.spectrum_bins <= 257 or not 0 <= a.telephone_share <= 1):
         print("spkid: error: --chunks, --files-per-speaker, --epochs, --batch, --channels, --hidden must be >= 1 and "
-              "--lr > 0, --spectrum-bins in 0..257", file=sys.stderr)
+              "--lr > 0, --spectrum-bins in 0..257, --telephone-share in [0, 1]", file=sys.stderr)
         return 1
     for d in a.dirs:
         if not Path(d).is_dir():
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
         print(f"spkid: error: {', '.join(a.dirs)}: {len(pools)} speakers with speech; need at least 3",
               file=sys.stderr)
         return 1
-    feats, labels = simulate_chunks(pools, a.chunks, a.seed, a.spectrum_bins)
+    feats, labels = simulate_chunks(pools, a.chunks, a.seed, a.spectrum_bins, a.telephone_share)
     net, scores = train(feats, labels, epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed,
                         max_minutes=a.max_minutes, channels=a.channels, hidden=a.hidden,
                         spectrum_bins=a.spectrum_bins)

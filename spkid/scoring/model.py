@@ -207,15 +207,16 @@ class Model:
         raise DataError(f"input array: expected a 1-D waveform or (frames, {n_mels}) features, got {tuple(x.shape)}")
 
     @property
-    def strips_dc(self) -> bool:
-        """Whether a waveform loses its DC offset before its features (``audio.frontend.remove_dc``): with spkid's
-        own front end; an imported one stays its toolkit's, exactly."""
+    def conditions_audio(self) -> bool:
+        """Whether a waveform loses its DC offset and is brought into the training data's level range before its
+        features (``audio.frontend.remove_dc``, ``set_level``): with spkid's own front end; an imported one stays its
+        toolkit's, exactly."""
         return self.cfg.features.kind == "logmel"
 
     def _with_channel(self, wav: torch.Tensor, name: str, channel, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.strips_dc:
-            from spkid.audio.frontend import remove_dc
-            wav = remove_dc(wav)
+        if self.conditions_audio:
+            from spkid.audio.frontend import remove_dc, set_level
+            wav = set_level(remove_dc(wav))
         feats = self._logmel(wav, name)
         if channel is None or self.cfg.features.sample_rate != 16000:
             return feats, None

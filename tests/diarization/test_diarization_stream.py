@@ -53,9 +53,11 @@ def test_vad_over_blocks_matches_one_pass(tmp_path):
     write_conversation(path, seconds=30.0)
     whole = speech_probs(load_audio(path).numpy())
     with AudioStream(path) as s:
-        streamed, narrow_s = speech_probs_stream(s, 5.0)
+        streamed, narrow_s, power = speech_probs_stream(s, 5.0)
     assert narrow_s == 0.0
     assert streamed.shape == whole.shape
+    wav = load_audio(path).numpy()                               # each 512-sample frame's power, block by block
+    assert abs(power.size - whole.size) <= 6 and power.sum() == pytest.approx((wav ** 2).sum() / 512, rel=0.05)
     assert np.mean(np.abs(streamed - whole) < 0.1) > 0.97        # only a few frames after each block start differ
     assert np.mean((streamed > 0.5) == (whole > 0.5)) > 0.98
 
@@ -92,7 +94,7 @@ def test_narrowband_files_get_both_vad_modes(tmp_path, monkeypatch):
         write_conversation(path, seconds=12.0, sample_rate=rate)
         calls.clear()
         with AudioStream(path) as s:
-            _, narrow = speech_probs_stream(s, 5.0)
+            _, narrow, _ = speech_probs_stream(s, 5.0)
             narrow_s[rate] = narrow / s.duration                                   # the share heard as narrowband
         seen[rate] = set(calls)
     x, sr = sf.read(str(tmp_path / "c16000.wav"), dtype="float32")
@@ -100,7 +102,7 @@ def test_narrowband_files_get_both_vad_modes(tmp_path, monkeypatch):
     sf.write(str(tmp_path / "phone16k.wav"), np.concatenate([x, phone]).astype(np.float32), sr)   # wideband, then phone
     calls.clear()
     with AudioStream(tmp_path / "phone16k.wav") as s:
-        _, mixed_s = speech_probs_stream(s, 12.0)
+        _, mixed_s, _ = speech_probs_stream(s, 12.0)
         mixed_s /= s.duration
     assert seen == {8000: {"narrow"}, 16000: {"wide"}} and calls[0] == "wide" and calls[-1] == "narrow"
     assert narrow_s == {8000: pytest.approx(1.0), 16000: 0.0}

@@ -134,3 +134,39 @@ def test_registry_names_replace_cluster_labels_and_strangers_are_renumbered(tmp_
     r.narrowband = True                                          # a call: the registry has no telephone copies
     with pytest.warns(UserWarning, match=r"call\.wav: narrowband, but .*reg\.db holds no telephone copies of ann, bob"):
         assert named(r, tmp_path / "reg.db", "m", "call.wav") == out
+
+
+def test_a_quiet_recording_is_levelled_once_for_the_whole_file(tmp_path):
+    """A conversation 40 dB below its level is embedded with one gain for the file that brings its speech to
+    LEVEL_DBFS (both speakers keep their relative level); an embedder with its own front end gets it as it is."""
+    from spkid.audio.frontend import LEVEL_DBFS, active_level, frame_power
+
+    class Levelled(MeanLogMel):
+        conditions_audio = True
+
+        def __init__(self):
+            super().__init__()
+            self.levels = []
+
+        def __call__(self, wavs):
+            self.levels += [active_level(frame_power(w)) for w in wavs]
+            return super().__call__(wavs)
+
+    loud, quiet = tmp_path / "loud.wav", tmp_path / "quiet.wav"
+    write_conversation(loud, n_speakers=2, seconds=30.0, seed=4)
+    x, sr = sf.read(str(loud), dtype="float32")
+    x = x * 10 ** ((LEVEL_DBFS - active_level(frame_power(x))) / 20)             # the speech at about LEVEL_DBFS
+    sf.write(str(loud), x, sr, subtype="FLOAT")
+    sf.write(str(quiet), x * 0.01, sr, subtype="FLOAT")
+    cfg = diar_config()
+    got = {}
+    for p in (loud, quiet):
+        emb = Levelled()
+        with AudioStream(p) as s:
+            got[p.stem] = (analyse(s, emb, cfg), np.median(emb.levels))
+    (a_loud, lv_loud), (a_quiet, lv_quiet) = got["loud"], got["quiet"]
+    assert a_loud.gain == 1.0 and 80 < a_quiet.gain < 125                      # 40 dB, as measured on its speech
+    assert lv_quiet == pytest.approx(lv_loud, abs=1.0)                        # the windows as loud as the loud file's
+    assert len(diarize_file(quiet, Levelled(), cfg).labels) == len(diarize_file(loud, Levelled(), cfg).labels) == 2
+    with AudioStream(quiet) as s:
+        assert analyse(s, MeanLogMel(), cfg).gain == 1.0                        # no conditions_audio: as it is
