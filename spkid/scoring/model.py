@@ -145,8 +145,12 @@ class Model:
                              f"own architecture; this one is {loaded.arch!r} (run it with --runtime torch)")
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def features(self, inputs, *, failures: list | None = None, channel=None) -> list:
+    def features(self, inputs, *, failures: list | None = None, channel=None, level: bool = True) -> list:
         """Turn each input item into log-mel features ``(T, n_mels)``.
+
+        ``level``: a waveform outside the training data's level range is brought into it first
+        (``conditions_audio``); ``predict`` passes False, so that audio gives exactly the features ``prepare`` writes
+        of it (the HW4 definition) and the two paths agree.
 
         ``channel``: a function of the item's index and its 16 kHz speech waveform ``(S,) -> (S,)`` (for example
         ``audio.channel.telephone_copy``); each item then gives ``(features, features through the channel)``, the
@@ -165,18 +169,18 @@ class Model:
             check_definition(folder, self.cfg.features, str(item))
         pick = (lambda pair: pair) if channel is not None else (lambda pair: pair[0])
         if failures is None:
-            return [pick(self._one(item, channel, k)) for k, item in enumerate(inputs)]
+            return [pick(self._one(item, channel, k, level)) for k, item in enumerate(inputs)]
         out: list = []
         for k, item in enumerate(inputs):
             try:
-                out.append(pick(self._one(item, channel, k)))
+                out.append(pick(self._one(item, channel, k, level)))
             except DataError as e:
                 failures.append((k, str(e)))
                 warnings.warn(InputWarning(f"{e}; left out"), stacklevel=2)
                 out.append(pick((None, None)))
         return out
 
-    def _one(self, item, channel=None, k: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _one(self, item, channel=None, k: int = 0, level: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(features, features through channel(k, speech) or None)`` of one item."""
         n_mels = self.cfg.features.n_mels
         if isinstance(item, (str, Path)):
@@ -196,14 +200,14 @@ class Model:
                     warnings.warn(InputWarning(f"{path}: only {seconds:.2f} s of speech detected (need "
                                                f"{MIN_SPEECH_S} s); used the whole {wav.shape[0] / 16000:.2f} s "
                                                "recording"), stacklevel=2)
-            return self._with_channel(wav, str(path), channel, k)
+            return self._with_channel(wav, str(path), channel, k, level)
         x = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item).float()
         if x.dim() == 2 and x.shape[1] == n_mels and x.shape[0] >= 1:
             if not torch.isfinite(x).all():
                 raise DataError("input array: contains NaN or Inf values")
             return x, None
         if x.dim() == 1 and x.numel() > 0:
-            return self._with_channel(x, "input waveform", channel, k)
+            return self._with_channel(x, "input waveform", channel, k, level)
         raise DataError(f"input array: expected a 1-D waveform or (frames, {n_mels}) features, got {tuple(x.shape)}")
 
     @property
@@ -213,10 +217,12 @@ class Model:
         toolkit's, exactly."""
         return self.cfg.features.kind == "logmel"
 
-    def _with_channel(self, wav: torch.Tensor, name: str, channel, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _with_channel(self, wav: torch.Tensor, name: str, channel, k: int,
+                      level: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.conditions_audio:
             from spkid.audio.frontend import remove_dc, set_level
-            wav = set_level(remove_dc(wav))
+            wav = remove_dc(wav)
+            wav = set_level(wav) if level else wav
         feats = self._logmel(wav, name)
         if channel is None or self.cfg.features.sample_rate != 16000:
             return feats, None
@@ -240,7 +246,8 @@ class Model:
     def scores(self, inputs) -> torch.Tensor:
         """Class probabilities ``(N, n_speakers)``, columns in ``self.speakers`` order."""
         self.check_classes()
-        return class_scores(self.net, self.embed_raw(self.features(inputs)), self.device, len(self.speakers))
+        return class_scores(self.net, self.embed_raw(self.features(inputs, level=False)), self.device,
+                            len(self.speakers))
 
     def check_classes(self) -> None:
         """An imported embedder has no training speakers: closed-set prediction is an error naming it."""

@@ -23,7 +23,7 @@ def gather_inputs(models, source: str | Path, progress: bool = True, failures: l
     ids, items = gather(src)
     if src.is_file():
         ids = [src.name]                   # a CSV Id is the file name, not the path typed
-    return ids, models[0].features(items, failures=failures)
+    return ids, models[0].features(items, failures=failures, level=False)      # what `prepare` writes of it
 
 
 def gather_paths(models, source: str | Path) -> tuple[list[str], list[Path], list[int]]:

@@ -116,7 +116,7 @@ def compute(job: ShardJob) -> torch.Tensor:
               for c in job.checkpoints]
     for m, infer in zip(models, job.infer):
         m.cfg.infer = InferConfig(**infer)
-    feats = models[0].features(list(job.items))
+    feats = models[0].features(list(job.items), level=job.kind == "embed")      # predict: as `prepare` writes it
     if job.kind == "embed":
         return F.normalize(models[0].embed_raw(feats), dim=-1)
     return ensemble_scores(models, feats)

@@ -145,9 +145,10 @@ def test_training_command_writes_a_loadable_detector(tmp_path):
     assert main([str(tmp_path / "nowhere"), "--out", str(out)]) == 1
     assert main([str(tmp_path / "voices"), "--out", str(out), "--hidden", "0"]) == 1
     assert main([str(tmp_path / "voices"), "--out", str(out), "--spectrum-bins", "300"]) == 1
+    assert main([str(tmp_path / "voices"), "--out", str(out), "--telephone-share", "1.5"]) == 1
     fine = tmp_path / "fine.pt"                          # with fine spectrum bins: trained, reloaded, run on a chunk
     assert main([str(tmp_path / "voices"), "--out", str(fine), "--chunks", "8", "--epochs", "1", "--batch", "4",
-                 "--channels", "8", "--hidden", "4", "--spectrum-bins", "16"]) == 0
+                 "--channels", "8", "--hidden", "4", "--spectrum-bins", "16", "--telephone-share", "1"]) == 0
     det = load_detector(fine)
     assert det.net.config["spectrum_bins"] == 16
     p = det.chunk_probs(np.zeros((1, 16000 * 8), dtype=np.float32) + 0.01 * np.random.default_rng(0).standard_normal(
@@ -174,3 +175,14 @@ def test_narrowband_recordings_take_their_own_overlap_threshold(tmp_path):
                    for y in segs[i + 1:] if x.speaker != y.speaker)
     assert both_talk(False) == pytest.approx(2.0, abs=0.1)
     assert both_talk(True) == 0.0
+
+
+def test_telephone_share_sends_chunks_through_the_phone_band():
+    """--telephone-share 1: every simulated chunk loses what is above the telephone band; 0: none does."""
+    from spkid.diarization.train_overlap import simulate_chunks
+    pools = {f"s{i}": _voice_pool(seed, f0, vtl, 2) for i, (seed, f0, vtl) in
+             enumerate(((3, 100.0, 0.85), (11, 230.0, 1.15), (5, 160.0, 1.0)))}
+    wide, _ = simulate_chunks(pools, 3, seed=1, telephone_share=0.0)
+    phone, _ = simulate_chunks(pools, 3, seed=1, telephone_share=1.0)
+    top = lambda f: f[:, :, 34:40].astype(np.float32).mean((1, 2)) - f[:, :, 5:15].astype(np.float32).mean((1, 2))  # noqa: E731
+    assert (top(phone) < top(wide) - 3.0).all(), (top(phone), top(wide))

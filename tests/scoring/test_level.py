@@ -54,3 +54,15 @@ def test_a_quiet_or_loud_copy_embeds_like_the_clip(monkeypatch):
     monkeypatch.setattr(fe, "set_level", lambda w: w)                  # the copies as they are: far apart
     e = m.embed([x, *copies]).numpy()
     assert (e[1:] @ e[0]).min() < 0.85, e[1:] @ e[0]
+
+
+def test_predict_keeps_the_hw4_definition_embed_levels():
+    """Closed-set prediction computes what `prepare` writes of the audio (so the two paths agree); embedding levels."""
+    from spkid.audio.frontend import logmel
+    m = spkid.load("base", "cpu")
+    quiet = torch.from_numpy(reference_clip()) * 0.003
+    as_is, levelled = logmel(quiet, m.cfg.features), logmel(set_level(quiet), m.cfg.features)
+    assert not torch.allclose(as_is, levelled)
+    assert torch.allclose(m.features([quiet], level=False)[0], as_is)
+    assert torch.allclose(m.features([quiet])[0], levelled)
+    assert torch.allclose(m.scores([quiet]), m.scores([as_is]), atol=1e-5)   # predict: the features as prepared
