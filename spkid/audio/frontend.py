@@ -196,10 +196,10 @@ def active_level(power: torch.Tensor | np.ndarray) -> float:
 def frame_power(wav: torch.Tensor | np.ndarray) -> np.ndarray:
     """Mean-square power of each ``LEVEL_FRAME`` frame of a waveform ``(S,)`` -> ``(ceil(S / LEVEL_FRAME),)`` (the last
     frame over the samples it has)."""
-    x = np.asarray(wav.detach().cpu() if isinstance(wav, torch.Tensor) else wav, dtype=np.float64).ravel()
-    n = x.size // LEVEL_FRAME
-    out = (x[: n * LEVEL_FRAME].reshape(n, LEVEL_FRAME) ** 2).mean(1)
-    return np.append(out, (x[n * LEVEL_FRAME:] ** 2).mean()) if x.size > n * LEVEL_FRAME else out
+    x = np.asarray(wav.detach().cpu() if isinstance(wav, torch.Tensor) else wav, dtype=np.float32).ravel()
+    n = x.size // LEVEL_FRAME                       # squares in the input's float32, sums in float64: no 8-byte copy
+    out = np.square(x[: n * LEVEL_FRAME].reshape(n, LEVEL_FRAME)).mean(1, dtype=np.float64)
+    return np.append(out, np.square(x[n * LEVEL_FRAME:]).mean(dtype=np.float64)) if x.size > n * LEVEL_FRAME else out
 
 
 def level_gain(level_db: float) -> float:

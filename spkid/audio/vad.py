@@ -99,7 +99,11 @@ def _session(threads: int, name: str = MODEL_FILE):
 def speech_probs(wav: torch.Tensor | np.ndarray, threads: int = 1) -> np.ndarray:
     """Per-frame speech probability ``(ceil(S / 512),)`` of a 16 kHz waveform ``(S,)``; frame k covers
     samples ``[512 k, 512 (k + 1))`` (the last frame zero-padded)."""
-    x = set_level(_as_numpy(wav))          # Silero loses speech below about -40 dBFS peak
+    return _speech_probs_16k(set_level(_as_numpy(wav)), threads)    # Silero loses speech below about -40 dBFS peak
+
+
+def _speech_probs_16k(x: np.ndarray, threads: int) -> np.ndarray:
+    """``speech_probs`` of a waveform ``(S,)`` already levelled."""
     n = -(-x.size // FRAME)
     if n == 0:
         return np.zeros(0, dtype=np.float32)
@@ -148,10 +152,10 @@ def speech_probs_narrowband(wav: torch.Tensor | np.ndarray, threads: int = 1) ->
     # the two modes are independent: the 16 kHz one runs in a second thread (onnxruntime releases the GIL) when
     # this process may use two cores (torch's thread count: --threads 1 keeps it to one)
     pool = ThreadPoolExecutor(1) if torch.get_num_threads() > 1 else None
-    p16_job = pool.submit(speech_probs, x, threads) if pool is not None else None
+    p16_job = pool.submit(_speech_probs_16k, x, threads) if pool is not None else None
     try:
         p8 = _speech_probs_8k(x, n, threads)
-        p16 = p16_job.result() if p16_job is not None else speech_probs(x, threads)
+        p16 = p16_job.result() if p16_job is not None else _speech_probs_16k(x, threads)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)

@@ -136,8 +136,8 @@ def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1
                         progress=None) -> tuple[np.ndarray, float, np.ndarray]:
     """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block, the
     seconds of the file that are narrowband, and each block's 512-sample frames' mean-square power (about one per
-    probability: for the file's speech level, ``audio.frontend.active_level``). Narrowband: a file recorded at ``NARROWBAND_RATE`` or below, and a block whose
-    content is narrowband (``vad.narrowband_content``: a telephone call stored at 16 kHz), gets
+    probability: for the file's speech level, ``audio.frontend.active_level``). Narrowband: a file recorded at
+    ``NARROWBAND_RATE`` or below, and a block whose content is narrowband (``vad.narrowband_content``: a telephone call stored at 16 kHz), gets
     ``speech_probs_narrowband`` (both of Silero's modes).
 
     ``progress(seconds)`` is called after each block with the seconds of audio it covered."""
