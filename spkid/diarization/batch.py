@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from spkid.diarization.names import Enrolled
 from spkid.diarization.pipeline import DiarizeConfig, FileDiarization, SpkidEmbedder, diarize_file
 from spkid.diarization.rttm import Segment
 from spkid.errors import SpkidError
@@ -28,16 +29,13 @@ def load_embedder(checkpoint: str | Path | None, registry: str | Path | None = N
     return SpkidEmbedder(load(checkpoint or DEFAULT_CHECKPOINT, device, runtime=runtime, threads=threads))
 
 
-def named(r: FileDiarization, registry: str | Path, model_id: str, recording: str | Path = "this recording"
-          ) -> list[Segment]:
+def named(r: FileDiarization, enrolled: Enrolled, recording: str | Path = "this recording") -> list[Segment]:
     """``r``'s segments (of the audio file ``recording``) with each cluster's registry name where the registry gives
-    one (``names.name_clusters``: each cluster against the clips or their telephone copies, whichever it sounds
+    one (``names.Enrolled.name``: each cluster against the clips or their telephone copies, whichever it sounds
     closer to); the clusters left anonymous are renumbered ``SPEAKER_00``, ... in order of first speech."""
-    from spkid.diarization.names import name_clusters
     if not r.segments:
         return []
-    answers = name_clusters(registry, r.cluster_emb, model_id, narrowband=r.narrowband,
-                            recording=str(recording))
+    answers = enrolled.name(r.cluster_emb, narrowband=r.narrowband, recording=str(recording))
     rename, k = {}, 0
     for label, ans in zip(r.labels, answers):
         if ans.name is None:
@@ -90,9 +88,7 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
 
     from spkid.diarization.stream import AudioStream
     paths = audio_inputs(paths)
-    if registry is not None:
-        from spkid.diarization.names import check_registry
-        check_registry(registry, embedder.model_id)
+    enrolled = Enrolled(registry, embedder.model_id) if registry is not None else None   # refused before any work
     seen: dict[str, Path] = {}
     for p in paths:
         if p.stem in seen and seen[p.stem] != p:
@@ -114,8 +110,8 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
             t0 = time.perf_counter()
             try:
                 r = diarize_file(p, embedder, cfg, n_speakers=n_speakers, min_speakers=min_speakers,
-                                 max_speakers=max_speakers, progress=bar.update)
-                segs = named(r, registry, embedder.model_id, p) if registry is not None else r.segments
+                                 max_speakers=max_speakers, progress=bar.update, enrolled=enrolled)
+                segs = named(r, enrolled, p) if enrolled is not None else r.segments
                 o = FileOutcome(p, segs, len({s.speaker for s in segs}), r.duration, r.speech,
                                 time.perf_counter() - t0, warning=r.warning)
             except SpkidError as e:
@@ -136,18 +132,17 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
 
     Returns the speaker turns (``Segment``: file, start, end, speaker, score) in time order. Speakers are
     ``SPEAKER_00``, ... or, with ``registry``, the enrolled names the registry's back end and threshold give them
-    (one-to-one; ``names.name_clusters``; a voice on the telephone against the registry's telephone copies). Without
+    (one-to-one; ``names.Enrolled``; a voice on the telephone against the registry's telephone copies; a cluster
+    holding several enrolled voices split into them). Without
     ``checkpoint`` the registry's own model embeds, or without a registry the pretrained ``base`` model. A file
     without speech gives ``[]`` and a ``UserWarning``."""
-    from spkid.diarization.names import check_registry
     embedder = load_embedder(checkpoint, registry, device=device, runtime=runtime, threads=threads)
-    if registry is not None:
-        check_registry(registry, embedder.model_id)
+    enrolled = Enrolled(registry, embedder.model_id) if registry is not None else None
     r = diarize_file(path, embedder, config, n_speakers=n_speakers, min_speakers=min_speakers,
-                     max_speakers=max_speakers)
+                     max_speakers=max_speakers, enrolled=enrolled)
     if r.warning:
         warnings.warn(r.warning, stacklevel=2)
-    return named(r, registry, embedder.model_id, path) if registry is not None else r.segments
+    return named(r, enrolled, path) if enrolled is not None else r.segments
 
 
 __all__ = ["DEFAULT_CHECKPOINT", "load_embedder", "named", "audio_inputs", "FileOutcome", "diarize_files",

@@ -9,6 +9,8 @@ Three pieces, each a plain function of L2-normalised embeddings ``x`` ``(N, E)``
   "Auto-tuning spectral clustering for speaker diarization", 2019);
 - ``split_recentred``: each large cluster clustered again around its own mean (speakers that centring on the
   recording's mean left together), kept only where the parts are clearly different voices;
+- ``split_by_scores``: each cluster split where its windows' scores against known speakers (an enrollment) say
+  it holds several of them, smoothed in time by the same HMM;
 - ``hmm_resegment``: a VBx-style refinement (Landini et al., 2022): an HMM whose states are the speakers, with a
   loop probability between consecutive windows, run forward-backward; speaker centres re-estimated from the
   posteriors and speakers whose share vanishes dropped, a few times over.
@@ -194,6 +196,39 @@ def split_recentred(raw: np.ndarray, labels: np.ndarray, accept: float, min_wind
     return relabel(out)
 
 
+def split_by_scores(scores: np.ndarray, labels: np.ndarray, min_windows: int, *, scale: float = 20.0,
+                    loop: float = 0.9, candidates: int = 8) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """Each cluster split by the known speaker its windows score best against: ``scores`` ``(N, S)`` (window x
+    speaker, e.g. a registry's back end), ``labels`` ``(N,)`` -> ``(labels (N,), parts)``.
+
+    Within a cluster (its windows in time order), an HMM whose states are the ``candidates`` speakers with the
+    highest mean score there (log-likelihood ``scale * score``, staying with probability ``loop``) gives each
+    window a speaker; the speakers holding at least ``min_windows`` windows become the parts, and the windows of
+    the others go to the part they score best against. ``parts`` maps each split cluster to its labels (the first
+    is the cluster's own; the new ones follow the old labels): a caller keeps a split only where the parts prove
+    to be those speakers (``names.Enrolled.split``)."""
+    labels = relabel(labels)
+    out, nxt, parts = labels.copy(), int(labels.max()) + 1 if labels.size else 0, {}
+    for k in range(nxt):
+        idx = np.flatnonzero(labels == k)
+        if len(idx) < 2 * max(min_windows, 1) or scores.shape[1] < 2:
+            continue
+        s = scores[idx]
+        cand = np.argsort(-s.mean(0), kind="stable")[:candidates]
+        who = cand[_forward_backward(scale * s[:, cand], loop, np.zeros(len(idx) - 1, dtype=bool)).argmax(1)]
+        big = np.array([j for j in cand if (who == j).sum() >= min_windows])
+        if len(big) < 2:
+            continue
+        who = np.where(np.isin(who, big), who, big[np.argmax(s[:, big], axis=1)])
+        ids = [k]
+        for j in big[1:]:
+            out[idx[who == j]] = nxt
+            ids.append(nxt)
+            nxt += 1
+        parts[k] = ids
+    return out, parts
+
+
 def merge_same_speaker(raw: np.ndarray, labels: np.ndarray, margin: float, min_speakers: int = 1) -> np.ndarray:
     """Merge clusters that this recording says are one speaker: ``raw`` ``(N, E)`` uncentred embeddings.
 
@@ -296,4 +331,5 @@ def compact(x: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     return _unit(reps), group
 
 
-__all__ = ["ahc", "spectral", "merge_close", "split_recentred", "hmm_resegment", "compact", "centroids", "relabel"]
+__all__ = ["ahc", "spectral", "merge_close", "split_recentred", "split_by_scores", "hmm_resegment", "compact",
+           "centroids", "relabel"]

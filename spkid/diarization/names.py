@@ -26,11 +26,17 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from spkid.diarization.cluster import relabel, split_by_scores
 from spkid.errors import InputWarning, SpkidError
 
 MARGIN_LLR = 1.0         # the best name at least e^1 (2.7x) likelier than the second best
 MARGIN_COSINE = 0.05     # the same on raw cosines, for a registry still on its fallback threshold
 TELEPHONE = "telephone"  # the channel of the copies a cluster may be named against (SpeakerDB.CHANNELS)
+# Enrolled.split: the HMM over a cluster's windows scored against the enrolled speakers (measured on the default
+# test set's conversations with every speaker enrolled, docs/diarization.md: 12-40 and 0.8-0.95 about alike)
+SPLIT_SCALE = 20.0       # log-likelihood per unit of score
+SPLIT_LOOP = 0.9         # probability that the next window of the cluster is the same speaker's
+SPLIT_CANDIDATES = 8     # enrolled speakers a cluster is parted among: those of highest mean score there
 
 
 @dataclass(frozen=True)
@@ -45,13 +51,6 @@ class ClusterName:
     channel: str | None = None
 
 
-def check_registry(registry: str | Path, model_id: str) -> None:
-    """Refuse a registry of another model, or one without speakers, before any audio is processed."""
-    from spkid.scoring.speaker_db import SpeakerDB
-    with SpeakerDB.open(registry) as reg:
-        _check(reg, model_id)
-
-
 def _check(reg, model_id: str) -> None:
     if reg.model_id != model_id:
         raise SpkidError(f"{reg.path}: registry holds embeddings of model {reg.model_id}, the diarization model "
@@ -60,46 +59,98 @@ def _check(reg, model_id: str) -> None:
         raise SpkidError(f"{reg.path}: no speakers enrolled")
 
 
-def name_clusters(registry: str | Path, cluster_emb: np.ndarray, model_id: str, *, narrowband: bool = False,
-                  recording: str = "this recording", margin_llr: float = MARGIN_LLR,
-                  margin_cosine: float = MARGIN_COSINE) -> list[ClusterName]:
-    """Names for ``K`` clusters from their mean embeddings ``(K, E)`` (raw, any norm), each scored against the clips
-    as recorded and against their telephone copies (when every enrolled speaker has them), each cluster against
-    the set its best score is in. ``narrowband``: the ``recording`` is mostly telephone band; a registry without
-    copies for every speaker then gives an ``InputWarning`` naming the recording.
+class Enrolled:
+    """A registry's enrolled speakers, read once for a run: ``name`` clusters, ``split`` clusters that hold several
+    of them. Each speaker's clips as recorded and, when every speaker has them, their telephone copies, each set
+    with its back end, threshold and margin (in score units).
 
     Raises ``SpkidError`` when the registry holds embeddings of another model or no speakers."""
-    from spkid.scoring.speaker_db import SpeakerDB
-    x = np.asarray(cluster_emb, dtype=np.float64)
-    with SpeakerDB.open(registry) as reg:
-        _check(reg, model_id)
-        if len(x) == 0:
-            return []
-        cal = reg.calibration if reg.threshold_scale == "registry" else None
-        sets = [(None, reg.clips(), reg.backend(), reg.threshold, cal)]
-        scoring = reg.channel_scoring(TELEPHONE)
-        if scoring is not None:
-            sets.append((TELEPHONE, scoring.clips, scoring.backend, scoring.threshold, scoring.calibration))
-        elif narrowband:
-            have = {n for n, _, _ in reg.clips(TELEPHONE)}
-            missing = [n for n, _ in reg.speakers() if n not in have]
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            warnings.warn(InputWarning(
-                f"{recording}: narrowband, but {reg.path} holds no {TELEPHONE} copies of {shown} (enrolled from "
-                f"features or by an older spkid): named against the clips as recorded, less reliably (enroll their "
-                "audio again to add the copies)"), stacklevel=2)
-        names = [n for n, _, _ in sets[0][1]]
-        scored = []                     # per set: (channel, scores (K, S) in `names` order, threshold, margin)
+
+    def __init__(self, registry: str | Path, model_id: str, *, margin_llr: float = MARGIN_LLR,
+                 margin_cosine: float = MARGIN_COSINE):
+        from spkid.scoring.speaker_db import SpeakerDB
+        with SpeakerDB.open(registry) as reg:
+            _check(reg, model_id)
+            self.path = reg.path
+            cal = reg.calibration if reg.threshold_scale == "registry" else None
+            sets = [(None, reg.clips(), reg.backend(), reg.threshold, cal)]
+            scoring = reg.channel_scoring(TELEPHONE)
+            self.missing_copies: list[str] = []
+            if scoring is not None:
+                sets.append((TELEPHONE, scoring.clips, scoring.backend, scoring.threshold, scoring.calibration))
+            else:
+                have = {n for n, _, _ in reg.clips(TELEPHONE)}
+                self.missing_copies = [n for n, _ in reg.speakers() if n not in have]
+        self.names = [n for n, _, _ in sets[0][1]]
+        self.sets = []       # (channel, clips (S,) of (n_s, E) in `names` order, backend, threshold, margin)
         for channel, clips, backend, threshold, c in sets:
             by_name = {n: v for n, _, v in clips}                      # channel_scoring: every speaker has copies
             # LLR margin -> score units: llr differences are a * score differences (a > 0 for any sane calibration)
             margin = margin_llr / c.calibration.a if c is not None and c.calibration.a > 0 else margin_cosine
-            scored.append((channel, backend.scores([by_name[n] for n in names], x), threshold, margin))
-    pick = np.argmax(np.stack([sc.max(1) for _, sc, _, _ in scored]), axis=0)      # (K,) the set of each best score
-    rows = [scored[j] for j in pick]
-    out = assign_names(np.stack([sc[i] for i, (_, sc, _, _) in enumerate(rows)]), names,
-                       np.array([t for _, _, t, _ in rows]), np.array([m for _, _, _, m in rows]))
-    return [dataclasses.replace(o, channel=ch) for o, (ch, _, _, _) in zip(out, rows)]
+            self.sets.append((channel, [by_name[n] for n in self.names], backend, threshold, margin))
+
+    def scores(self, emb: np.ndarray) -> list[np.ndarray]:
+        """``(N, S)`` scores of embeddings ``(N, E)`` against every enrolled speaker, one array per set."""
+        x = np.asarray(emb, dtype=np.float64)
+        return [backend.scores(clips, x) for _, clips, backend, _, _ in self.sets]
+
+    def name(self, cluster_emb: np.ndarray, *, narrowband: bool = False,
+             recording: str = "this recording") -> list[ClusterName]:
+        """Names for ``K`` clusters from their mean embeddings ``(K, E)`` (raw, any norm), each cluster against the
+        set its best score is in, one-to-one (``assign_names``). ``narrowband``: the ``recording`` is mostly
+        telephone band; without copies for every speaker it then gives an ``InputWarning`` naming the recording."""
+        if narrowband and self.missing_copies:
+            m = self.missing_copies
+            shown = ", ".join(m[:3]) + (f" and {len(m) - 3} more" if len(m) > 3 else "")
+            warnings.warn(InputWarning(
+                f"{recording}: narrowband, but {self.path} holds no {TELEPHONE} copies of {shown} (enrolled from "
+                f"features or by an older spkid): named against the clips as recorded, less reliably (enroll their "
+                "audio again to add the copies)"), stacklevel=2)
+        if len(cluster_emb) == 0:
+            return []
+        scored = self.scores(cluster_emb)
+        pick = np.argmax(np.stack([sc.max(1) for sc in scored]), axis=0)      # (K,) the set of each best score
+        out = assign_names(np.stack([scored[j][i] for i, j in enumerate(pick)]), self.names,
+                           np.array([self.sets[j][3] for j in pick]), np.array([self.sets[j][4] for j in pick]))
+        return [dataclasses.replace(o, channel=self.sets[j][0]) for o, j in zip(out, pick)]
+
+    def split(self, emb: np.ndarray, labels: np.ndarray, min_windows: int, max_speakers: int | None = None
+              ) -> np.ndarray:
+        """Window labels ``(N,)`` with each cluster that holds several enrolled speakers split into them: the windows
+        ``emb`` ``(N, E)`` (raw, time order) scored against the enrolled speakers (in the set the cluster's mean
+        is closest to) and parted by ``cluster.split_by_scores`` (parts of at least ``min_windows`` windows). A
+        split is kept only when at least two of its parts are named (threshold, margin, one-to-one, all clusters
+        together): a cluster of one voice, or of strangers, stays whole; the count stays within ``max_speakers``.
+
+        One cluster often holds two voices that the recording alone cannot tell apart (a telephone call's
+        narrowband embeddings crowd together); clean enrollment of both can."""
+        labels = relabel(labels)
+        if labels.size == 0:
+            return labels
+        k = int(labels.max()) + 1
+        scored = self.scores(emb)
+        means = np.stack([np.asarray(emb)[labels == j].mean(0) for j in range(k)])
+        pick = np.argmax(np.stack([sc.max(1) for sc in self.scores(means)]), axis=0)     # (K,)
+        win_scores = np.stack([scored[pick[labels[t]]][t] for t in range(len(labels))])  # (N, S)
+        new, parts = split_by_scores(win_scores, labels, min_windows, scale=SPLIT_SCALE, loop=SPLIT_LOOP,
+                                     candidates=SPLIT_CANDIDATES)
+        if not parts:
+            return labels
+        answers = self.name(np.stack([np.asarray(emb)[new == j].mean(0) for j in range(int(new.max()) + 1)]))
+        for j, ids in parts.items():
+            if sum(answers[i].name is not None for i in ids) < 2:
+                new[np.isin(new, ids)] = j
+        new = relabel(new)
+        return labels if max_speakers is not None and int(new.max()) + 1 > max_speakers else new
+
+
+def name_clusters(registry: str | Path, cluster_emb: np.ndarray, model_id: str, *, narrowband: bool = False,
+                  recording: str = "this recording", margin_llr: float = MARGIN_LLR,
+                  margin_cosine: float = MARGIN_COSINE) -> list[ClusterName]:
+    """``Enrolled(registry, model_id).name(cluster_emb, ...)``: names for ``K`` clusters ``(K, E)``, read from the
+    registry file."""
+    return Enrolled(registry, model_id, margin_llr=margin_llr, margin_cosine=margin_cosine).name(
+        cluster_emb, narrowband=narrowband, recording=recording)
 
 
 def assign_names(scores: np.ndarray, names: list[str], threshold, margin) -> list[ClusterName]:
@@ -130,4 +181,5 @@ def assign_names(scores: np.ndarray, names: list[str], threshold, margin) -> lis
     return out
 
 
-__all__ = ["ClusterName", "check_registry", "name_clusters", "assign_names", "MARGIN_LLR", "MARGIN_COSINE"]
+__all__ = ["ClusterName", "Enrolled", "name_clusters", "assign_names", "MARGIN_LLR", "MARGIN_COSINE", "SPLIT_SCALE",
+           "SPLIT_LOOP", "SPLIT_CANDIDATES"]

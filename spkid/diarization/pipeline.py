@@ -6,7 +6,8 @@ so memory is bounded by a block, the window embeddings ``(W, E)`` and the cluste
 1. Silero speech probabilities over the whole file (``stream.speech_probs_stream``) -> speech segments;
 2. embeddings of ``window_s`` windows every ``hop_s`` over the speech, in batches;
 3. clustering (``cluster``: AHC at a calibrated threshold, or spectral + eigengap; then the HMM refinement)
-   -> one speaker label per window;
+   -> one speaker label per window; with a registry's speakers (``names.Enrolled``), a cluster that holds
+   several of them is split into them;
 4. every change of speaker between two windows is placed on a finer grid: short windows every ``refine_step_s``
    across the change are scored against the two speakers' centres and the boundary goes where the evidence
    flips (the split that maximises the summed score difference).
@@ -26,6 +27,7 @@ import torch
 from spkid.audio.frontend import active_level, level_gain, remove_dc
 from spkid.audio.vad import VadConfig, segments_from_probs
 from spkid.diarization import cluster as C
+from spkid.diarization.names import Enrolled
 from spkid.diarization.overlap import regions, shipped_detector
 from spkid.diarization.rttm import Segment
 from spkid.diarization.stream import SAMPLE_RATE, AudioStream, speech_probs_stream, windows_over
@@ -81,6 +83,10 @@ class DiarizeConfig:
     overlap_threshold: float = 0.8   # its probability from which a second speaker is given (dev conversations)
     overlap_threshold_narrowband: float = 0.9   # ... in a narrowband recording (telephone): the detector is less
                                      # precise there (docs/diarization.md)
+    name_split_s: float = 4.5        # with a registry: a cluster whose windows score best against several enrolled
+                                     # speakers, each for this much (name_split_s / hop_s windows), is split where at
+                                     # least two parts are named (names.Enrolled.split); 0: off; not with a given
+                                     # number of speakers
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self):
@@ -105,6 +111,8 @@ class DiarizeConfig:
         if not (0 <= self.resplit < 1 and 0 <= self.resplit_s < float("inf")):
             raise ConfigError(f"diarize resplit {self.resplit}, resplit_s {self.resplit_s}: need a cosine in [0, 1) "
                               "(0: off) and finite seconds >= 0")
+        if not 0 <= self.name_split_s < float("inf"):
+            raise ConfigError(f"diarize name_split_s {self.name_split_s}: finite seconds >= 0 (0: off)")
         if not 0 <= self.merge_raw_settled < 1:
             raise ConfigError(f"diarize merge_raw_settled {self.merge_raw_settled}: a cosine in [0, 1)")
         self.vad.validate()
@@ -202,9 +210,11 @@ def analyse(stream: AudioStream, embedder: Embedder, cfg: DiarizeConfig, progres
 
 
 def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, cfg: DiarizeConfig, *,
-           n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None) -> FileDiarization:
-    """Passes 3 and 4: cluster the windows, place the boundaries (refined when ``cfg.refine`` and a ``stream`` and
-    ``embedder`` are given), cut the speech into speaker turns."""
+           n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
+           enrolled: Enrolled | None = None) -> FileDiarization:
+    """Passes 3 and 4: cluster the windows (with ``enrolled`` speakers, a cluster holding several of them is split:
+    ``cfg.name_split_s``), place the boundaries (refined when ``cfg.refine`` and a ``stream`` and ``embedder`` are
+    given), cut the speech into speaker turns."""
     if len(a.win) == 0:
         why = (f"{a.path}: no speech found" if not a.speech else
                f"{a.path}: only {a.speech_s:.2f} s of speech, in pieces shorter than {cfg.min_window_s:g} s")
@@ -213,6 +223,8 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     mu = C._unit(a.emb).mean(0) if cfg.centre else np.zeros(a.emb.shape[1])
     x = _space(a.emb, mu)
     labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb)
+    if enrolled is not None and cfg.name_split_s > 0 and n_speakers is None:
+        labels = enrolled.split(a.emb, labels, max(1, int(round(cfg.name_split_s / cfg.hop_s))), max_speakers)
     cents = C.centroids(x, labels)
     refine = cfg.refine and stream is not None and embedder is not None
     bounds = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu, a.gain)
@@ -228,7 +240,8 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
 
 def diarize_file(path: str | Path, embedder: Embedder, cfg: DiarizeConfig | None = None, *,
                  n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
-                 progress: Callable[[float], None] | None = None) -> FileDiarization:
+                 progress: Callable[[float], None] | None = None, enrolled: Enrolled | None = None
+                 ) -> FileDiarization:
     """Diarize one audio file (segments labelled ``SPEAKER_00``, ``SPEAKER_01``, ... in order of first speech).
 
     ``progress(seconds)`` is called as audio is processed (about 2x the file's duration in all: the speech pass
@@ -238,7 +251,7 @@ def diarize_file(path: str | Path, embedder: Embedder, cfg: DiarizeConfig | None
     with AudioStream(path) as stream:
         a = analyse(stream, embedder, cfg, progress)
         return decide(a, stream, embedder, cfg, n_speakers=n_speakers, min_speakers=min_speakers,
-                      max_speakers=max_speakers)
+                      max_speakers=max_speakers, enrolled=enrolled)
 
 
 def _space(emb: np.ndarray, mu: np.ndarray) -> np.ndarray:

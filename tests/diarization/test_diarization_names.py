@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from spkid.diarization.names import assign_names, check_registry, name_clusters
+from spkid.diarization.names import Enrolled, assign_names, name_clusters
 from spkid.errors import InputWarning, SpkidError
 from spkid.scoring.speaker_db import SpeakerDB
 
@@ -51,11 +51,11 @@ def test_name_clusters_through_a_registry(tmp_path):
     out = name_clusters(tmp_path / "r.db", clusters, "m1")
     assert [o.name for o in out] == ["cy", "ann", None]
     with pytest.raises(SpkidError, match=r"r\.db: registry holds embeddings of model m1, the diarization model is m2"):
-        check_registry(tmp_path / "r.db", "m2")
+        Enrolled(tmp_path / "r.db", "m2")
     SpeakerDB.create(tmp_path / "empty.db", model_id="m1", checkpoint="x.ckpt", embed_dim=8, threshold=0.5,
                      threshold_source="test").close()
     with pytest.raises(SpkidError, match=r"empty\.db: no speakers enrolled"):
-        check_registry(tmp_path / "empty.db", "m1")
+        Enrolled(tmp_path / "empty.db", "m1")
 
 
 def _phone_registry(path, rng):
@@ -114,3 +114,40 @@ def test_per_cluster_thresholds_and_margins():
                        margin=np.array([0.05, 0.01]))
     # both want b; in margins the second gains 25 against the first's 6: b goes to the second
     assert [o.name for o in out] == [None, "b"]
+
+
+def test_split_by_scores_parts_a_cluster_by_the_speaker_its_windows_score_best_against():
+    from spkid.diarization.cluster import split_by_scores
+    rng = np.random.default_rng(0)
+    scores = 0.3 + 0.02 * rng.standard_normal((30, 4))
+    scores[:12, 1] += 0.3                                   # cluster 0: speaker 1, then speaker 3
+    scores[12:20, 3] += 0.3
+    scores[20:, 2] += 0.3                                   # cluster 1: speaker 2 throughout ...
+    scores[25, 0] += 0.5                                    # ... but for one window, smoothed away
+    labels = np.array([0] * 20 + [1] * 10)
+    out, parts = split_by_scores(scores, labels, 4)
+    assert parts == {0: [0, 2]}
+    assert (out[:12] == 0).all() and (out[12:20] == 2).all() and (out[20:] == 1).all()
+    out, parts = split_by_scores(scores, labels, 10)        # speaker 3's 8 windows are too few for a part
+    assert parts == {} and (out == labels).all()
+
+
+def test_enrolled_split_separates_enrolled_voices_and_leaves_strangers_and_single_voices_whole(tmp_path):
+    centres = _registry(tmp_path / "r.db")                  # ann, bob, cy
+    rng = np.random.default_rng(5)
+    stranger = -centres.sum(0)
+
+    def windows(c, n):
+        return c + 0.15 * rng.standard_normal((n, 8))
+    emb = np.concatenate([windows(centres[0], 10), windows(centres[1], 10),     # cluster 0: ann, then bob
+                          windows(centres[2], 12),                              # cluster 1: cy alone
+                          windows(centres[0], 8), windows(stranger, 8)])        # cluster 2: ann's voice, a stranger
+    labels = np.array([0] * 20 + [1] * 12 + [2] * 16)
+    e = Enrolled(tmp_path / "r.db", "m1")
+    out = e.split(emb, labels, 4)
+    assert len(set(out[:10])) == 1 and len(set(out[10:20])) == 1 and out[0] != out[10]    # ann and bob apart
+    assert len(set(out[20:32])) == 1 and len(set(out[32:])) == 1                          # the others stay whole
+    assert len(set(out)) == 4
+    assert [o.name for o in e.name(np.stack([emb[out == k].mean(0) for k in range(4)]))][:2] == ["ann", "bob"]
+    assert (e.split(emb, labels, 4, max_speakers=3) == labels).all()      # a split past --max-speakers: none
+    assert (e.split(emb, labels, 11) == labels).all()                     # parts under min_windows: none

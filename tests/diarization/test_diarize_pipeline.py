@@ -1,5 +1,6 @@
 """The diarization pipeline end to end with a training-free embedder (tests/diarization/diar_helpers.py): two
 distinct voices found and timed, block size without effect, 8 kHz input, no speech, too short, counts, names."""
+import dataclasses
 import warnings
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import soundfile as sf
 
 from spkid.diarization.batch import diarize_files, named
+from spkid.diarization.names import Enrolled
 from spkid.diarization.pipeline import analyse, diarize_file
 from spkid.diarization.stream import AudioStream
 from spkid.errors import ConfigError, DataError
@@ -128,12 +130,13 @@ def test_registry_names_replace_cluster_labels_and_strangers_are_renumbered(tmp_
     order = [2, 1, 3, 0]                                         # cluster k is voice order[k]
     segs = [Segment("f", float(t), t + 1.0, labels[k], 0.8) for t, k in enumerate([0, 1, 2, 3, 0, 2])]
     r = FileDiarization(segs, 10.0, 6.0, 12, voices[order] + 0.1, labels)
-    out = named(r, tmp_path / "reg.db", "m")
+    enrolled = Enrolled(tmp_path / "reg.db", "m")
+    out = named(r, enrolled, "this recording")
     assert [s.speaker for s in out] == ["SPEAKER_00", "bob", "SPEAKER_01", "ann", "SPEAKER_00", "SPEAKER_01"]
     assert out[1].score > 0.5 and out[0].score == 0.8           # a named turn carries the registry score
     r.narrowband = True                                          # a call: the registry has no telephone copies
     with pytest.warns(UserWarning, match=r"call\.wav: narrowband, but .*reg\.db holds no telephone copies of ann, bob"):
-        assert named(r, tmp_path / "reg.db", "m", "call.wav") == out
+        assert named(r, enrolled, "call.wav") == out
 
 
 def test_a_quiet_recording_is_levelled_once_for_the_whole_file(tmp_path):
@@ -170,3 +173,34 @@ def test_a_quiet_recording_is_levelled_once_for_the_whole_file(tmp_path):
     assert len(diarize_file(quiet, Levelled(), cfg).labels) == len(diarize_file(loud, Levelled(), cfg).labels) == 2
     with AudioStream(quiet) as s:
         assert analyse(s, MeanLogMel(), cfg).gain == 1.0                        # no conditions_audio: as it is
+
+
+def test_a_cluster_holding_two_enrolled_voices_is_split_into_them(tmp_path):
+    """Clustering left ann and bob together (AHC cut where everything joins); their enrollment parts them,
+    and each part is named. Without the registry, or with the count given, the cluster stays whole."""
+    from spkid.diarization.pipeline import Analysis, DiarizeConfig, decide
+    from spkid.scoring.speaker_db import SpeakerDB
+    rng = np.random.default_rng(2)
+    voices = rng.standard_normal((2, 16))
+    with SpeakerDB.create(tmp_path / "reg.db", model_id="m", checkpoint="none", embed_dim=16, threshold=0.5,
+                          threshold_source="test") as reg:
+        for name, v in zip(("ann", "bob"), voices):
+            reg.enroll(name, v + 0.2 * rng.standard_normal((3, 16)), [f"{name}{i}" for i in range(3)], model_id="m")
+    starts = np.arange(0, 16000 * 30 - 24000 + 1, 12000)                   # 1.5 s windows every 0.75 s over 30 s
+    win = np.stack([starts, starts + 24000], 1)
+    who = (starts // (16000 * 10)) % 2                                     # ann 0-10 s, bob 10-20 s, ann 20-30 s
+    emb = (voices[who] + 0.3 * rng.standard_normal((len(starts), 16))).astype(np.float32)
+    an = Analysis(tmp_path / "f.wav", 30.0, [(0, 16000 * 30)], win, emb)
+    cfg = DiarizeConfig(refine=False, overlap=False, method="ahc", threshold=1.99, resplit=0.0, merge_raw=0.0)
+    enrolled = Enrolled(tmp_path / "reg.db", "m")
+    assert len(decide(an, None, None, cfg).labels) == 1
+    r = decide(an, None, None, cfg, enrolled=enrolled)
+    assert len(r.labels) == 2
+    turns = named(r, enrolled, "f.wav")
+    assert [s.speaker for s in turns] == ["ann", "bob", "ann"]
+    assert abs(turns[1].start - 10.0) < 1.0 and abs(turns[1].end - 20.0) < 1.0
+    assert len(decide(an, None, None, cfg, enrolled=enrolled, n_speakers=1).labels) == 1
+    off = dataclasses.replace(cfg, name_split_s=0.0)
+    assert len(decide(an, None, None, off, enrolled=enrolled).labels) == 1
+    with pytest.raises(ConfigError, match="name_split_s"):
+        DiarizeConfig(name_split_s=float("nan"))
