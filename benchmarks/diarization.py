@@ -153,7 +153,7 @@ def run_system(system: dict, files: list[str], out_rttm: Path, registry: Path | 
         if system.get("threshold") is not None:
             cmd += ["--threshold", str(system["threshold"])]
         if registry is not None:
-            cmd += ["--registry", str(registry)]
+            cmd += ["--registry", str(registry)] + ([] if system.get("name_split", True) else ["--no-name-split"])
     else:
         cmd = [sys.executable, __file__, "--worker", "resemblyzer", "--method", system["method"], "--out",
                str(out_rttm), *files]
@@ -256,14 +256,15 @@ def _der(rows: list[dict], hyp_path: Path):
     return score_diarization(ref, hyp)[-1], hyp, ref
 
 
-def enroll_corpus(corpus: str, checkpoint: str, work: Path) -> Path:
-    """A registry holding every speaker of ``corpus`` (4 utterances each, none used in a conversation)."""
+def enroll_corpus(corpus: str, checkpoint: str, work: Path, half: bool = False) -> Path:
+    """A registry holding every speaker of ``corpus`` (4 utterances each, none used in a conversation); ``half``:
+    every other speaker (in name order), the rest strangers to it."""
     from spkid.scoring.openset import enroll
     _, held = pools(corpus, enroll=4)
-    reg = work / f"registry-{corpus}-{Path(checkpoint).stem}.db"
+    reg = work / f"registry-{corpus}-{Path(checkpoint).stem}{'-half' if half else ''}.db"
     reg.unlink(missing_ok=True)
     created = False
-    for spk, items in sorted(held.items()):
+    for spk, items in sorted(held.items())[:: 2 if half else 1]:
         files = []
         for j, it in enumerate(items):
             if isinstance(it, np.ndarray) and it.size == 0:     # digits where Silero heard no speech
@@ -292,6 +293,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold-10min", type=float, help="its own calibrated threshold (--calibrate on it)")
     ap.add_argument("--method", choices=["ahc", "spectral"], default="spectral", help="clustering of every system")
     ap.add_argument("--resemblyzer", action="store_true", help="also the Resemblyzer-embedding pipeline")
+    ap.add_argument("--no-name-split", action="store_true",
+                    help="the registry runs without splitting a cluster into enrolled voices (diarize --no-name-split)")
     ap.add_argument("--full", action="store_true", help="12 conversations per corpus, 1-10 min, plus one of an hour")
     ap.add_argument("--conversations", type=int, help="per corpus (default 6 librispeech, 4 FSDD, 3 synthetic)")
     ap.add_argument("--calibrate", action="store_true", help="threshold/method study on the dev speakers")
@@ -320,6 +323,7 @@ def main(argv=None) -> int:
          if a.checkpoint_10min else []) + ([{"name": "Resemblyzer", "kind": "resemblyzer"}] if a.resemblyzer else [])
     for sysd in systems:
         sysd["method"] = a.method
+        sysd["name_split"] = not a.no_name_split
     if not systems:
         ap.error("give --checkpoint, --checkpoint-10min and/or --resemblyzer")
     n, minutes = (12, (1.0, 10.0)) if a.full else ((6, 4, 3), (1.0, 2.0))
@@ -354,35 +358,67 @@ def main(argv=None) -> int:
                     res[f"der_{corpus}"] = _der(sub, hyp_path)[0].der_collar
                     res[f"count_wrong_{corpus}"] = count_errors(sub, hyp)[0]
             if sysd["kind"] == "spkid":
-                res["named"], res["named_wrong"] = _named(sysd, rows, work, cond)
+                res.update(_named(sysd, rows, work, cond))
             results.append(res)
             print(_line(res), file=sys.stderr)
     print(table(results))
     print()
     print(corpus_table(results))
+    if any("named" in r for r in results):
+        print()
+        print(enrolled_table(results))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0
 
 
-def _named(sysd: dict, rows: list[dict], work: Path, cond: str) -> tuple[float, float]:
-    """Shares of speech time with the right name and with a wrong one (``named_shares``), every speaker of each
-    corpus enrolled."""
-    right = wrong = total = 0.0
+def _named(sysd: dict, rows: list[dict], work: Path, cond: str) -> dict:
+    """The runs with a registry (``--registry``), per corpus: every speaker enrolled (``named`` / ``named_wrong``:
+    shares of speech time with the right name and with a wrong one, ``named_shares``; the DER and count of those
+    runs, where clusters holding several enrolled voices are split), and every other speaker enrolled
+    (``half_named``: the enrolled speakers' speech with their name; ``half_wrong``: all speech with a wrong name,
+    strangers named included)."""
+    from spkid.diarization.evaluate import score_diarization
+    acc = {k: [0.0, 0.0] for k in ("named", "named_wrong", "half_named", "half_wrong")}
+    refs, hyps, out = [], [], {}
     for corpus in ("libri", "fsdd", "synth"):
         sub = [r for r in rows if r["name"].startswith(corpus + "-")]
         if not sub:
             continue
-        reg = work / f"registry-{corpus}-{Path(sysd['checkpoint']).stem}.db"
-        if not reg.exists():
-            enroll_corpus(corpus, sysd["checkpoint"], work)
-        hyp_path = work / cond / f"named-{corpus}-{Path(sysd['checkpoint']).stem}.rttm"
-        run_system(sysd, [r["file"] for r in sub], hyp_path, registry=reg)
         ref = [Segment(**s) for r in sub for s in r["reference"]]
-        r_share, w_share = named_shares(ref, read_rttm(hyp_path) if hyp_path.exists() else [])
-        t = sum(s.duration for s in ref)
-        right, wrong, total = right + r_share * t, wrong + w_share * t, total + t
-    return (right / total, wrong / total) if total else (float("nan"), float("nan"))
+        for half in (False, True):
+            reg = work / f"registry-{corpus}-{Path(sysd['checkpoint']).stem}{'-half' if half else ''}.db"
+            if not reg.exists():
+                enroll_corpus(corpus, sysd["checkpoint"], work, half=half)
+            tag = f"{corpus}-{Path(sysd['checkpoint']).stem}{'-half' if half else ''}"
+            hyp_path = work / cond / f"named-{tag}.rttm"
+            run_system(sysd, [r["file"] for r in sub], hyp_path, registry=reg)
+            hyp = read_rttm(hyp_path) if hyp_path.exists() else []
+            if half:
+                from spkid.scoring.speaker_db import SpeakerDB
+                with SpeakerDB.open(reg) as db:
+                    enrolled = {n for n, _ in db.speakers()}
+                mine = [s for s in ref if s.speaker in enrolled]
+                right, t_right = named_shares(mine, hyp)[0], sum(s.duration for s in mine)
+                wrong = named_shares(ref, hyp)[1]
+                keys = ("half_named", "half_wrong")
+            else:
+                right, wrong = named_shares(ref, hyp)
+                t_right = sum(s.duration for s in ref)
+                keys = ("named", "named_wrong")
+                refs += ref
+                hyps += hyp
+                out[f"der_enrolled_{corpus}"] = score_diarization(ref, hyp)[-1].der_collar
+                out[f"count_wrong_enrolled_{corpus}"] = count_errors(sub, hyp)[0]
+            t_all = sum(s.duration for s in ref)
+            acc[keys[0]][0] += right * t_right
+            acc[keys[0]][1] += t_right
+            acc[keys[1]][0] += wrong * t_all
+            acc[keys[1]][1] += t_all
+    out.update({k: (v / t if t else float("nan")) for k, (v, t) in acc.items()})
+    out["der_enrolled"] = score_diarization(refs, hyps)[-1].der_collar if refs else float("nan")
+    out["count_wrong_enrolled"] = count_errors(rows, hyps)[0]
+    return out
 
 
 def _line(r: dict) -> str:
@@ -402,6 +438,23 @@ def table(results: list[dict]) -> str:
                      f"{100 * r['der_collar_skip']:.2f} % | {100 * r['jer']:.2f} % | {100 * r['false_alarm']:.1f} / "
                      f"{100 * r['miss']:.1f} / {100 * r['confusion']:.1f} % | {100 * r['count_wrong']:.0f} % "
                      f"({r['count_mae']:.2f}) | {named} | {r['rtf']:.0f}x | {r['maxrss_mb']:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def enrolled_table(results: list[dict]) -> str:
+    """The runs with a registry: every speaker enrolled (names, DER ±0.25 s, count, DER per source of voices), and
+    every other speaker enrolled (the enrolled named, all speech wrongly named)."""
+    rows = [r for r in results if "named" in r]
+    corpora = [c for c in ("libri", "fsdd", "synth") if any(f"der_enrolled_{c}" in r for r in rows)]
+    head = ("| condition | system | all enrolled: named right / wrong | DER ±0.25 s | count wrong | " +
+            " | ".join(f"{c}: DER / count wrong" for c in corpora) + " | half enrolled: named right / wrong |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [f"{100 * r[f'der_enrolled_{c}']:.2f} % / {100 * r[f'count_wrong_enrolled_{c}']:.0f} %"
+                 if f"der_enrolled_{c}" in r else "—" for c in corpora]
+        lines.append(f"| {r['condition']} | {r['system']} | {100 * r['named']:.1f} / {100 * r['named_wrong']:.1f} % | "
+                     f"{100 * r['der_enrolled']:.2f} % | {100 * r['count_wrong_enrolled']:.0f} % | " + " | ".join(cells)
+                     + f" | {100 * r['half_named']:.1f} / {100 * r['half_wrong']:.1f} % |")
     return "\n".join(lines)
 
 

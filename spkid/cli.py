@@ -544,6 +544,9 @@ def _add_diarize(sub) -> None:
     p.add_argument("--overlap-threshold", type=float, metavar="P",
                    help="overlap probability from which two speakers are given (default 0.8, and 0.9 for a "
                         "narrowband recording; given here, P for every recording)")
+    p.add_argument("--name-split", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --registry: split a speaker whose speech holds several enrolled voices into them, where "
+                        "at least two parts are named (default: on; not with --num-speakers)")
     p.add_argument("--device", default="auto")
     _add_inference_options(p, nproc=False)
     p.add_argument("--quiet", action="store_true")
@@ -575,6 +578,8 @@ def _cmd_diarize(a) -> int:
              "resplit": a.resplit}
     if not a.settled:
         given.update(settled_s=0.0, raw_settled_s=0.0)
+    if not a.name_split:
+        given["name_split_s"] = 0.0
     if a.overlap_threshold is not None:
         given["overlap_threshold_narrowband"] = a.overlap_threshold
     cfg = DiarizeConfig(method=a.method, overlap=a.overlap, **{k: v for k, v in given.items() if v is not None})

@@ -30,3 +30,12 @@ def test_named_shares_right_wrong_overlap_and_anonymous(bench):
     assert right == pytest.approx((3.5 + 3.0 + 1.0) / 9.0, abs=0.003)
     assert wrong == pytest.approx(1.0 / 9.0, abs=0.003)
     assert bench.named_shares(ref, []) == (0.0, 0.0)
+
+
+def test_enrolled_table_shows_every_registry_run(bench):
+    row = {"condition": "clean", "system": "spkid base", "named": 0.751, "named_wrong": 0.06, "der_enrolled": 0.0785,
+           "count_wrong_enrolled": 0.385, "der_enrolled_libri": 0.028, "count_wrong_enrolled_libri": 0.0,
+           "half_named": 0.7, "half_wrong": 0.05}
+    table = bench.enrolled_table([row, {"condition": "clean", "system": "Resemblyzer"}]).splitlines()
+    assert len(table) == 3                                         # a system without a registry run has no row
+    assert table[2] == ("| clean | spkid base | 75.1 / 6.0 % | 7.85 % | 38 % | 2.80 % / 0 % | 70.0 / 5.0 % |")
