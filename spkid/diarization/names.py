@@ -37,6 +37,8 @@ TELEPHONE = "telephone"  # the channel of the copies a cluster may be named agai
 SPLIT_SCALE = 20.0       # log-likelihood per unit of score
 SPLIT_LOOP = 0.9         # probability that the next window of the cluster is the same speaker's
 SPLIT_CANDIDATES = 8     # enrolled speakers a cluster is parted among: those of highest mean score there
+SCORE_ROWS = 2048        # embeddings scored at once: a 3-hour file's 14,000 windows against a large registry's
+                         # clips would otherwise hold a (windows, clips) matrix at once
 
 
 @dataclass(frozen=True)
@@ -82,17 +84,22 @@ class Enrolled:
                 have = {n for n, _, _ in reg.clips(TELEPHONE)}
                 self.missing_copies = [n for n, _ in reg.speakers() if n not in have]
         self.names = [n for n, _, _ in sets[0][1]]
-        self.sets = []       # (channel, clips (S,) of (n_s, E) in `names` order, backend, threshold, margin)
+        self.sets = []       # (channel, Gallery of the S speakers in `names` order, backend, threshold, margin)
         for channel, clips, backend, threshold, c in sets:
             by_name = {n: v for n, _, v in clips}                      # channel_scoring: every speaker has copies
             # LLR margin -> score units: llr differences are a * score differences (a > 0 for any sane calibration)
             margin = margin_llr / c.calibration.a if c is not None and c.calibration.a > 0 else margin_cosine
-            self.sets.append((channel, [by_name[n] for n in self.names], backend, threshold, margin))
+            self.sets.append((channel, backend.gallery([by_name[n] for n in self.names]), backend, threshold,
+                              margin))
 
-    def scores(self, emb: np.ndarray) -> list[np.ndarray]:
-        """``(N, S)`` scores of embeddings ``(N, E)`` against every enrolled speaker, one array per set."""
+    def scores(self, emb: np.ndarray, only: int | None = None) -> list[np.ndarray]:
+        """``(N, S)`` scores of embeddings ``(N, E)`` against every enrolled speaker, one array per set (``only``:
+        that set's alone), ``SCORE_ROWS`` embeddings at a time (the clip scores in between are ``(rows, clips)``)."""
         x = np.asarray(emb, dtype=np.float64)
-        return [backend.scores(clips, x) for _, clips, backend, _, _ in self.sets]
+        chosen = self.sets if only is None else [self.sets[only]]
+        return [np.concatenate([gallery.scores(backend.adapt(x[i: i + SCORE_ROWS]))
+                                for i in range(0, len(x), SCORE_ROWS)]) if len(x) else np.zeros((0, len(self.names)))
+                for _, gallery, backend, _, _ in chosen]
 
     def name(self, cluster_emb: np.ndarray, *, narrowband: bool = False,
              recording: str = "this recording") -> list[ClusterName]:
@@ -127,16 +134,18 @@ class Enrolled:
         labels = relabel(labels)
         if labels.size == 0:
             return labels
+        emb = np.asarray(emb)
         k = int(labels.max()) + 1
-        scored = self.scores(emb)
-        means = np.stack([np.asarray(emb)[labels == j].mean(0) for j in range(k)])
+        means = np.stack([emb[labels == j].mean(0) for j in range(k)])
         pick = np.argmax(np.stack([sc.max(1) for sc in self.scores(means)]), axis=0)     # (K,)
-        win_scores = np.stack([scored[pick[labels[t]]][t] for t in range(len(labels))])  # (N, S)
+        win_scores = np.zeros((len(labels), len(self.names)), dtype=np.float32)         # (N, S)
+        for j in range(k):                                   # each cluster's windows against its enrollment only
+            win_scores[labels == j] = self.scores(emb[labels == j], only=int(pick[j]))[0]
         new, parts = split_by_scores(win_scores, labels, min_windows, scale=SPLIT_SCALE, loop=SPLIT_LOOP,
                                      candidates=SPLIT_CANDIDATES)
         if not parts:
             return labels
-        answers = self.name(np.stack([np.asarray(emb)[new == j].mean(0) for j in range(int(new.max()) + 1)]))
+        answers = self.name(np.stack([emb[new == j].mean(0) for j in range(int(new.max()) + 1)]))
         for j, ids in parts.items():
             if sum(answers[i].name is not None for i in ids) < 2:
                 new[np.isin(new, ids)] = j

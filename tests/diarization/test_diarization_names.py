@@ -151,3 +151,16 @@ def test_enrolled_split_separates_enrolled_voices_and_leaves_strangers_and_singl
     assert [o.name for o in e.name(np.stack([emb[out == k].mean(0) for k in range(4)]))][:2] == ["ann", "bob"]
     assert (e.split(emb, labels, 4, max_speakers=3) == labels).all()      # a split past --max-speakers: none
     assert (e.split(emb, labels, 11) == labels).all()                     # parts under min_windows: none
+
+
+def test_enrolled_scores_in_chunks_equal_the_back_ends_scores(tmp_path, monkeypatch):
+    import spkid.diarization.names as names
+    from spkid.scoring.speaker_db import SpeakerDB
+    _registry(tmp_path / "r.db")
+    x = np.random.default_rng(1).standard_normal((7, 8))
+    with SpeakerDB.open(tmp_path / "r.db") as reg:
+        want = reg.backend().scores([c for _, _, c in reg.clips()], x)
+    e = Enrolled(tmp_path / "r.db", "m1")
+    monkeypatch.setattr(names, "SCORE_ROWS", 3)                          # 3 + 3 + 1 rows
+    assert np.allclose(e.scores(x)[0], want) and np.allclose(e.scores(x, only=0)[0], want)
+    assert e.scores(x[:0])[0].shape == (0, 3)
