@@ -379,6 +379,7 @@ def _named(sysd: dict, rows: list[dict], work: Path, cond: str) -> dict:
     (``half_named``: the enrolled speakers' speech with their name; ``half_wrong``: all speech with a wrong name,
     strangers named included)."""
     from spkid.diarization.evaluate import score_diarization
+    from spkid.scoring.speaker_db import SpeakerDB
     acc = {k: [0.0, 0.0] for k in ("named", "named_wrong", "half_named", "half_wrong")}
     refs, hyps, out = [], [], {}
     for corpus in ("libri", "fsdd", "synth"):
@@ -395,7 +396,6 @@ def _named(sysd: dict, rows: list[dict], work: Path, cond: str) -> dict:
             run_system(sysd, [r["file"] for r in sub], hyp_path, registry=reg)
             hyp = read_rttm(hyp_path) if hyp_path.exists() else []
             if half:
-                from spkid.scoring.speaker_db import SpeakerDB
                 with SpeakerDB.open(reg) as db:
                     enrolled = {n for n, _ in db.speakers()}
                 mine = [s for s in ref if s.speaker in enrolled]

@@ -101,6 +101,12 @@ class Enrolled:
                                 for i in range(0, len(x), SCORE_ROWS)]) if len(x) else np.zeros((0, len(self.names)))
                 for _, gallery, backend, _, _ in chosen]
 
+    def _closest(self, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Scores ``(K, S)`` of ``x`` ``(K, E)`` per set, and ``(K,)`` the set that holds each row's best score (the
+        enrollment it sounds like)."""
+        scored = self.scores(x)
+        return scored, np.argmax(np.stack([sc.max(1) for sc in scored]), axis=0)
+
     def name(self, cluster_emb: np.ndarray, *, narrowband: bool = False,
              recording: str = "this recording") -> list[ClusterName]:
         """Names for ``K`` clusters from their mean embeddings ``(K, E)`` (raw, any norm), each cluster against the
@@ -115,8 +121,7 @@ class Enrolled:
                 "audio again to add the copies)"), stacklevel=2)
         if len(cluster_emb) == 0:
             return []
-        scored = self.scores(cluster_emb)
-        pick = np.argmax(np.stack([sc.max(1) for sc in scored]), axis=0)      # (K,) the set of each best score
+        scored, pick = self._closest(cluster_emb)
         out = assign_names(np.stack([scored[j][i] for i, j in enumerate(pick)]), self.names,
                            np.array([self.sets[j][3] for j in pick]), np.array([self.sets[j][4] for j in pick]))
         return [dataclasses.replace(o, channel=self.sets[j][0]) for o, j in zip(out, pick)]
@@ -136,8 +141,7 @@ class Enrolled:
             return labels
         emb = np.asarray(emb)
         k = int(labels.max()) + 1
-        means = np.stack([emb[labels == j].mean(0) for j in range(k)])
-        pick = np.argmax(np.stack([sc.max(1) for sc in self.scores(means)]), axis=0)     # (K,)
+        _, pick = self._closest(np.stack([emb[labels == j].mean(0) for j in range(k)]))
         win_scores = np.zeros((len(labels), len(self.names)), dtype=np.float32)         # (N, S)
         for j in range(k):                                   # each cluster's windows against its enrollment only
             win_scores[labels == j] = self.scores(emb[labels == j], only=int(pick[j]))[0]
@@ -151,15 +155,6 @@ class Enrolled:
                 new[np.isin(new, ids)] = j
         new = relabel(new)
         return labels if max_speakers is not None and int(new.max()) + 1 > max_speakers else new
-
-
-def name_clusters(registry: str | Path, cluster_emb: np.ndarray, model_id: str, *, narrowband: bool = False,
-                  recording: str = "this recording", margin_llr: float = MARGIN_LLR,
-                  margin_cosine: float = MARGIN_COSINE) -> list[ClusterName]:
-    """``Enrolled(registry, model_id).name(cluster_emb, ...)``: names for ``K`` clusters ``(K, E)``, read from the
-    registry file."""
-    return Enrolled(registry, model_id, margin_llr=margin_llr, margin_cosine=margin_cosine).name(
-        cluster_emb, narrowband=narrowband, recording=recording)
 
 
 def assign_names(scores: np.ndarray, names: list[str], threshold, margin) -> list[ClusterName]:
@@ -190,5 +185,5 @@ def assign_names(scores: np.ndarray, names: list[str], threshold, margin) -> lis
     return out
 
 
-__all__ = ["ClusterName", "Enrolled", "name_clusters", "assign_names", "MARGIN_LLR", "MARGIN_COSINE", "SPLIT_SCALE",
+__all__ = ["ClusterName", "Enrolled", "assign_names", "MARGIN_LLR", "MARGIN_COSINE", "SPLIT_SCALE",
            "SPLIT_LOOP", "SPLIT_CANDIDATES"]

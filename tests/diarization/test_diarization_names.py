@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from spkid.diarization.names import Enrolled, assign_names, name_clusters
+from spkid.diarization.names import Enrolled, assign_names
 from spkid.errors import InputWarning, SpkidError
 from spkid.scoring.speaker_db import SpeakerDB
 
@@ -43,12 +43,12 @@ def _registry(path, model_id="m1"):
     return centres
 
 
-def test_name_clusters_through_a_registry(tmp_path):
+def test_names_through_a_registry(tmp_path):
     centres = _registry(tmp_path / "r.db")
     with SpeakerDB.open(tmp_path / "r.db") as reg:
         assert reg.threshold_scale == "raw"                       # too few clips for its own threshold: cosine margin
     clusters = np.stack([centres[2], centres[0], -centres[1]])     # cy, ann, a stranger
-    out = name_clusters(tmp_path / "r.db", clusters, "m1")
+    out = Enrolled(tmp_path / "r.db", "m1").name(clusters)
     assert [o.name for o in out] == ["cy", "ann", None]
     with pytest.raises(SpkidError, match=r"r\.db: registry holds embeddings of model m1, the diarization model is m2"):
         Enrolled(tmp_path / "r.db", "m2")
@@ -75,18 +75,18 @@ def test_each_cluster_is_named_against_the_enrollment_it_sounds_like(tmp_path):
     rng = np.random.default_rng(3)
     wide, narrow = _phone_registry(tmp_path / "r.db", rng)
     calls = np.stack([narrow[1], narrow[0]])                                 # bob, then ann, on the phone
-    out = name_clusters(tmp_path / "r.db", calls, "m1", narrowband=True)
+    out = Enrolled(tmp_path / "r.db", "m1").name(calls, narrowband=True)
     assert [(o.name, o.channel) for o in out] == [("bob", "telephone"), ("ann", "telephone")]
     # a narrowband file whose voices sound as recorded (audio merely sampled at 8 kHz): named against the clips
-    out = name_clusters(tmp_path / "r.db", np.stack([wide[2], wide[0]]), "m1", narrowband=True)
+    out = Enrolled(tmp_path / "r.db", "m1").name(np.stack([wide[2], wide[0]]), narrowband=True)
     assert [(o.name, o.channel) for o in out] == [("cy", None), ("ann", None)]
     # a meeting with one participant on the phone: each cluster against its own enrollment, still one-to-one
-    out = name_clusters(tmp_path / "r.db", np.stack([wide[0], narrow[1], wide[1] + 5 * narrow[1]]), "m1")
+    out = Enrolled(tmp_path / "r.db", "m1").name(np.stack([wide[0], narrow[1], wide[1] + 5 * narrow[1]]))
     assert [(o.name, o.channel) for o in out[:2]] == [("ann", None), ("bob", "telephone")] and out[2].name is None
     # a stranger stays anonymous against either enrollment
-    out = name_clusters(tmp_path / "r.db", np.stack([-wide.sum(0) - narrow.sum(0)]), "m1")
+    out = Enrolled(tmp_path / "r.db", "m1").name(np.stack([-wide.sum(0) - narrow.sum(0)]))
     assert out[0].name is None and out[0].why == "below threshold"
-    assert name_clusters(tmp_path / "r.db", np.zeros((0, 8)), "m1") == []    # no clusters, no names
+    assert Enrolled(tmp_path / "r.db", "m1").name(np.zeros((0, 8))) == []    # no clusters, no names
 
 
 def test_without_copies_of_every_speaker_a_narrowband_recording_is_named_against_the_clips(tmp_path):
@@ -96,12 +96,12 @@ def test_without_copies_of_every_speaker_a_narrowband_recording_is_named_against
     with SpeakerDB.open(tmp_path / "r.db") as reg:                          # dan enrolled from features: no copies
         reg.enroll("dan", rng.standard_normal((2, 8)), ["d0", "d1"], model_id="m1")
     with pytest.warns(InputWarning, match=r"call\.wav: narrowband, but .*r\.db holds no telephone copies of dan "):
-        out = name_clusters(tmp_path / "r.db", calls, "m1", narrowband=True, recording="call.wav")
+        out = Enrolled(tmp_path / "r.db", "m1").name(calls, narrowband=True, recording="call.wav")
     assert len(out) == 2 and all(o.channel is None for o in out)           # named against the clips as recorded
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")                                      # a wideband recording: nothing to say
-        out = name_clusters(tmp_path / "r.db", np.stack([wide[2]]), "m1")
+        out = Enrolled(tmp_path / "r.db", "m1").name(np.stack([wide[2]]))
     assert [o.name for o in out] == ["cy"]
 
 
