@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from spkid.audio.channel import fast_len, valid_mask
 from spkid.audio.io import load_audio
+from spkid.audio.noise import coloured_noise, mix_at_snr
 from spkid.errors import DataError
 
 SAMPLE_RATE = 16000
@@ -27,6 +28,10 @@ MAX_ORDER = 16          # image-source order; later reflections come from the di
 MAX_SECONDS = 2.0       # responses are cut here (beyond -60 dB for any RT60 this bank draws)
 ROOM_MIN = (3.0, 3.0, 2.4)      # shoebox sides in metres (length, width, height), drawn uniformly
 ROOM_MAX = (10.0, 8.0, 4.0)
+# room_copy: the far-field copy of an enrolled clip (a meeting room, a talker across the table, a quiet fan)
+COPY_RT60 = (0.3, 0.8)          # seconds, drawn uniformly
+COPY_DISTANCE = (1.0, 3.0)      # metres from the microphone, drawn uniformly
+COPY_SNR_DB = 20.0              # white, pink or brown noise; 5, 10, 30 dB and none named fewer voices in rooms
 
 
 def room_geometry(rng: np.random.Generator, distance: float, *, room_min=ROOM_MIN, room_max=ROOM_MAX,
@@ -154,4 +159,26 @@ def reverberate(wav: torch.Tensor, lengths: torch.Tensor, rirs: torch.Tensor) ->
     return wet * gain[:, None]
 
 
-__all__ = ["RirBank", "reverberate", "simulate_rir", "room_geometry", "normalise_rir", "PRE"]
+def room_copy(wav: torch.Tensor, seed: int) -> torch.Tensor:
+    """One clip as heard across a room drawn from ``seed``: ``(S,) -> (S,)`` at 16 kHz. A shoebox with RT60 in
+    ``COPY_RT60``, the talker ``COPY_DISTANCE`` from the microphone (``simulate_rir``), then white, pink or brown
+    noise at ``COPY_SNR_DB``. The far-field copy an enrolled clip is stored with (``scoring.openset``), so a voice
+    recorded across a room is named against enrollment heard that way (docs/diarization.md)."""
+    x = torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1)
+    rng = np.random.default_rng(int(seed))
+    while True:
+        rt60 = rng.uniform(*COPY_RT60)
+        dims, mic, src = room_geometry(rng, rng.uniform(*COPY_DISTANCE))
+        try:
+            h = normalise_rir(simulate_rir(rt60, dims, mic, src, rng))
+            break
+        except ValueError:                  # RT60 too short for this room's volume: draw another room
+            continue
+    lengths = torch.tensor([x.shape[1]])
+    wet = reverberate(x, lengths, torch.from_numpy(h)[None])
+    g = torch.Generator().manual_seed(int(seed))
+    beta = torch.tensor([float(rng.integers(3))])                  # 0 white, 1 pink, 2 brown
+    return mix_at_snr(wet, lengths, coloured_noise(1, x.shape[1], beta, g), torch.tensor([COPY_SNR_DB]))[0]
+
+
+__all__ = ["RirBank", "reverberate", "simulate_rir", "room_geometry", "normalise_rir", "room_copy", "PRE"]

@@ -9,12 +9,14 @@ calibration on the threshold's scale (``llr = a * score + b``, so the margin is 
 in raw-cosine units.
 
 Each cluster is named against the enrollment heard the way it sounds: the clips as recorded, or their telephone
-copies that ``spkid enroll`` stores beside them (``SpeakerDB.channel_scoring``: the same back end, an operating
-point of their own), whichever holds its best score. Wideband enrollment against a telephone call put the wrong
-speaker first on 5 of 11 LibriSpeech voices; telephone copies against audio that is merely sampled at 8 kHz (the
-full 0-4 kHz band, no companding) left both of its speakers below the copies' threshold (docs/diarization.md). The
-choice is per cluster, so a meeting with one participant on the phone is named too. A narrowband recording whose
-registry lacks copies for some speaker is named against the clips as recorded, and says so.
+or room copies that ``spkid enroll`` stores beside them (``SpeakerDB.channel_scoring``: the same back end, an
+operating point of their own), whichever holds its best score. Wideband enrollment against a telephone call put
+the wrong speaker first on 5 of 11 LibriSpeech voices; telephone copies against audio that is merely sampled at
+8 kHz (the full 0-4 kHz band, no companding) left both of its speakers below the copies' threshold; voices recorded
+across a room with noise were left anonymous below the clips' threshold, which their room copies clear
+(docs/diarization.md). The choice is per cluster, so a meeting with one participant on the phone is named too. A
+narrowband recording whose registry lacks telephone copies for some speaker is named against the clips as recorded,
+and says so; a channel whose copies some speaker lacks (enrolled from features, or by an older spkid) is not used.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from spkid.errors import InputWarning, SpkidError
 
 MARGIN_LLR = 1.0         # the best name at least e^1 (2.7x) likelier than the second best
 MARGIN_COSINE = 0.05     # the same on raw cosines, for a registry still on its fallback threshold
-TELEPHONE = "telephone"  # the channel of the copies a cluster may be named against (SpeakerDB.CHANNELS)
+TELEPHONE = "telephone"  # the channel a narrowband recording needs copies of (SpeakerDB.CHANNELS)
 # Enrolled.split: the HMM over a cluster's windows scored against the enrolled speakers (measured on the default
 # test set's conversations with every speaker enrolled, docs/diarization.md: 12-40 and 0.8-0.95 about alike)
 SPLIT_SCALE = 20.0       # log-likelihood per unit of score
@@ -63,26 +65,28 @@ def _check(reg, model_id: str) -> None:
 
 class Enrolled:
     """A registry's enrolled speakers, read once for a run: ``name`` clusters, ``split`` clusters that hold several
-    of them. Each speaker's clips as recorded and, when every speaker has them, their telephone copies, each set
-    with its back end, threshold and margin (in score units).
+    of them. Each speaker's clips as recorded and, for each channel of ``SpeakerDB.CHANNELS`` (telephone, room)
+    whose copies every speaker has, those copies, each set with its back end, threshold and margin (in score
+    units).
 
     Raises ``SpkidError`` when the registry holds embeddings of another model or no speakers."""
 
     def __init__(self, registry: str | Path, model_id: str, *, margin_llr: float = MARGIN_LLR,
                  margin_cosine: float = MARGIN_COSINE):
-        from spkid.scoring.speaker_db import SpeakerDB
+        from spkid.scoring.speaker_db import CHANNELS, SpeakerDB
         with SpeakerDB.open(registry) as reg:
             _check(reg, model_id)
             self.path = reg.path
             cal = reg.calibration if reg.threshold_scale == "registry" else None
             sets = [(None, reg.clips(), reg.backend(), reg.threshold, cal)]
-            scoring = reg.channel_scoring(TELEPHONE)
-            self.missing_copies: list[str] = []
-            if scoring is not None:
-                sets.append((TELEPHONE, scoring.clips, scoring.backend, scoring.threshold, scoring.calibration))
-            else:
-                have = {n for n, _, _ in reg.clips(TELEPHONE)}
-                self.missing_copies = [n for n, _ in reg.speakers() if n not in have]
+            self.missing_copies: list[str] = []       # speakers without telephone copies
+            for channel in CHANNELS:
+                scoring = reg.channel_scoring(channel)
+                if scoring is not None:
+                    sets.append((channel, scoring.clips, scoring.backend, scoring.threshold, scoring.calibration))
+                elif channel == TELEPHONE:
+                    have = {n for n, _, _ in reg.clips(TELEPHONE)}
+                    self.missing_copies = [n for n, _ in reg.speakers() if n not in have]
         self.names = [n for n, _, _ in sets[0][1]]
         self.sets = []       # (channel, Gallery of the S speakers in `names` order, backend, threshold, margin)
         for channel, clips, backend, threshold, c in sets:

@@ -152,9 +152,10 @@ class Model:
         (``conditions_audio``); ``predict`` passes False, so that audio gives exactly the features ``prepare`` writes
         of it (the HW4 definition) and the two paths agree.
 
-        ``channel``: a function of the item's index and its 16 kHz speech waveform ``(S,) -> (S,)`` (for example
-        ``audio.channel.telephone_copy``); each item then gives ``(features, features through the channel)``, the
-        second None for an item given as features (a ``.pt`` file, a ``(T, n_mels)`` array: no waveform to pass).
+        ``channel``: a function of the item's index and its 16 kHz speech waveform ``(S,)`` that gives copies of it
+        through simulated channels, ``{name: (S,)}`` (``scoring.openset.enrollment_channels``: a telephone, a
+        room); each item then gives ``(features, {name: features of that copy})``, the second None for an item
+        given as features (a ``.pt`` file, a ``(T, n_mels)`` array: no waveform to pass).
 
         ``failures``: a list to collect ``(index, message)`` of the items that cannot be read (their feature is
         None, an ``InputWarning`` names each) while the rest go on; None: the first bad item raises ``DataError``.
@@ -180,8 +181,8 @@ class Model:
                 out.append(pick((None, None)))
         return out
 
-    def _one(self, item, channel=None, k: int = 0, level: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(features, features through channel(k, speech) or None)`` of one item."""
+    def _one(self, item, channel=None, k: int = 0, level: bool = True) -> tuple[torch.Tensor, dict | None]:
+        """``(features, {name: features of each copy channel(k, speech) gives} or None)`` of one item."""
         n_mels = self.cfg.features.n_mels
         if isinstance(item, (str, Path)):
             path = Path(item)
@@ -218,7 +219,7 @@ class Model:
         return self.cfg.features.kind == "logmel"
 
     def _with_channel(self, wav: torch.Tensor, name: str, channel, k: int,
-                      level: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      level: bool = True) -> tuple[torch.Tensor, dict | None]:
         if self.conditions_audio:
             from spkid.audio.frontend import remove_dc, set_level
             wav = remove_dc(wav)
@@ -226,7 +227,8 @@ class Model:
         feats = self._logmel(wav, name)
         if channel is None or self.cfg.features.sample_rate != 16000:
             return feats, None
-        return feats, self._logmel(torch.as_tensor(channel(k, wav), dtype=torch.float32), name)
+        return feats, {ch: self._logmel(torch.as_tensor(copy, dtype=torch.float32), name)
+                       for ch, copy in channel(k, wav).items()}
 
     def _logmel(self, wav: torch.Tensor, name: str) -> torch.Tensor:
         from spkid.audio.frontend import logmel

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from spkid.audio.channel import telephone_copy
+from spkid.audio.rooms import room_copy
 from spkid.fileio import atomic_write, refuse_overwriting_inputs
 from spkid.errors import DataError, SpkidError
 from spkid.data.scan import gather, input_files
@@ -205,7 +206,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         ids, items = gather(files)
         fails: list = []                # unreadable clips are left out with a warning; all unreadable: an error
         named = _item_sources(items)
-        pairs = model.features(items, failures=fails, channel=telephone_channel(named))
+        pairs = model.features(items, failures=fails, channel=enrollment_channels(named))
         if len(fails) == len(items):    # before creating a new registry: nothing readable leaves no registry
             raise none_readable(fails)
         kept = [(s, f, c) for s, (f, c) in zip(named, pairs) if f is not None]
@@ -231,24 +232,36 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         return r
 
 
-def telephone_channel(sources: list[str]):
-    """``Model.features``'s ``channel`` for items named ``sources``: item ``k``'s speech through the telephone
-    channel drawn from ``sources[k]`` (``channel_seed``), so enrolling a clip again gives the same copy."""
-    return lambda k, wav: telephone_copy(wav, channel_seed(sources[k]))
+# the simulated channels each enrolled audio clip is also stored through (SpeakerDB.CHANNELS, in its order): what
+# diarization names a telephone call, or a voice recorded across a room, against (names.Enrolled)
+COPIES = {"telephone": telephone_copy, "room": room_copy}
 
 
-def channel_seed(source: str) -> int:
-    """The channel a clip's copy goes through: drawn from its source's name."""
-    return zlib.crc32(source.encode("utf-8", "surrogatepass"))
+def enrollment_channels(sources: list[str]):
+    """``Model.features``'s ``channel`` for items named ``sources``: item ``k``'s speech through each channel of
+    ``COPIES``, ``{channel: (S,)}``, drawn from ``sources[k]`` (``channel_seed``), so enrolling a clip again gives
+    the same copies."""
+    return lambda k, wav: {ch: copy(wav, channel_seed(sources[k], ch)) for ch, copy in COPIES.items()}
 
 
-def channel_copies(model: Model, feats: list[tuple[str, torch.Tensor]]) -> dict[str, dict[str, np.ndarray]]:
-    """``{"telephone": {source: L2-normalised embedding (E,)}}`` of clips' telephone copies (their log-mel
-    ``(T, F)``, from ``Model.features(..., channel=...)``)."""
-    if not feats:
+def channel_seed(source: str, channel: str = "telephone") -> int:
+    """The channel a clip's copy goes through: drawn from its source's name (and the channel's, but for the
+    telephone: copies enrolled before the room copies keep their seed)."""
+    key = source if channel == "telephone" else f"{channel}:{source}"
+    return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+
+
+def channel_copies(model: Model, feats: list[tuple[str, dict[str, torch.Tensor]]]) -> dict[str, dict[str, np.ndarray]]:
+    """``{channel: {source: L2-normalised embedding (E,)}}`` of clips' channel copies (their log-mel ``(T, F)`` per
+    channel, from ``Model.features(..., channel=enrollment_channels(...))``), embedded in one batch."""
+    rows = [(s, ch, f) for s, by in feats for ch, f in by.items()]
+    if not rows:
         return {}
-    emb = F.normalize(model.embed_raw([f for _, f in feats]), dim=-1).numpy()
-    return {"telephone": {s: e for (s, _), e in zip(feats, emb)}}
+    emb = F.normalize(model.embed_raw([f for _, _, f in rows]), dim=-1).numpy()
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for (s, ch, _), e in zip(rows, emb):
+        out.setdefault(ch, {})[s] = e
+    return out
 
 
 def add_clips(reg, name: str, sources: list[str], feats, emb: np.ndarray, *, model: Model,

@@ -17,9 +17,10 @@ Tables:
 - ``utterances(speaker, source, embedding)``: one row per enrolled utterance, keyed by
   ``(speaker, source)``; ``embedding`` is ``E`` little-endian float32 values.
 - ``channel_utterances(speaker, source, channel, embedding)``: an enrolled utterance's embedding through a
-  simulated channel (``telephone``: ``audio.channel.telephone_copy``), for clips enrolled from audio; diarization
-  names a narrowband call against these (``channel_scoring``). A registry made before this table gains it on its
-  next enroll; until then it has no channel copies.
+  simulated channel (``telephone``: ``audio.channel.telephone_copy``; ``room``: ``audio.rooms.room_copy``), for
+  clips enrolled from audio; diarization names a narrowband call, or a voice recorded across a room, against these
+  (``channel_scoring``). A registry made before this table (or before room copies) gains them as its speakers'
+  audio is enrolled again; until every speaker has a channel's copies, that channel is not used.
 
 Embeddings of different models live in different spaces, so a registry holds one model only
 and ``enroll`` refuses any other. Each write is one transaction: an error part-way through
@@ -78,7 +79,7 @@ CREATE TABLE IF NOT EXISTS channel_utterances (
 );
 """
 _CHANNEL_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS channel_utterances"):].strip().rstrip(";")
-CHANNELS = ("telephone",)
+CHANNELS = ("telephone", "room")                   # scoring.openset.COPIES makes them
 
 
 def _to_blob(vec: np.ndarray) -> bytes:

@@ -189,7 +189,7 @@ async def list_speakers(request):
 
 
 async def enroll(request):
-    from spkid.scoring.openset import add_clips, telephone_channel
+    from spkid.scoring.openset import add_clips, enrollment_channels
     svc: Service = request.app.state.svc
     svc.allow(request, "admin")
     fields, files = await read_form(request)
@@ -204,12 +204,15 @@ async def enroll(request):
     sources = [f"upload sha256:{hashlib.sha256(c.data).hexdigest()[:16]}" for c in clips]
     if len(set(sources)) != len(sources):
         raise ApiError(422, "audio: the same clip was uploaded twice in one request")
-    # each clip and its telephone copy (what a voice on the phone is named against: spkid enroll stores the same)
-    pairs = await svc.features(clips, channels=[telephone_channel([s]) for s in sources])   # one item each: k = 0
+    # each clip and its telephone and room copies (what a voice on the phone or across a room is named against:
+    # spkid enroll stores the same)
+    pairs = await svc.features(clips, channels=[enrollment_channels([s]) for s in sources])   # one item each: k = 0
     feats = [f for f, _ in pairs]
-    emb = (await svc.batcher.embed(feats + [c for _, c in pairs if c is not None])).numpy()
-    copies = {"telephone": {s: e for s, e in zip([s for s, (_, c) in zip(sources, pairs) if c is not None],
-                                                 emb[len(feats):])}}
+    rows = [(s, ch, f) for s, (_, by) in zip(sources, pairs) for ch, f in (by or {}).items()]
+    emb = (await svc.batcher.embed(feats + [f for _, _, f in rows])).numpy()      # one queue for every embedding
+    copies: dict[str, dict[str, np.ndarray]] = {}
+    for (s, ch, _), e in zip(rows, emb[len(feats):]):
+        copies.setdefault(ch, {})[s] = e
     emb = emb[: len(feats)]
     r = await svc.registry.write(lambda reg: add_clips(reg, name, sources, feats, emb, model=svc.model,
                                                        on_outlier=on_outlier, channels=copies))

@@ -11,7 +11,7 @@ from spkid.audio.augment import WaveAugmentConfig, Augmenter, pauses, speed_labe
 from spkid.audio.channel import a_law, mu_law, random_band_limit, telephone, valid_mask
 from spkid.audio.codecs import CODECS, CodecBank, codec_roundtrip
 from spkid.audio.noise import NoiseBank, band_noise, coloured_noise, hum_noise, mix_at_snr, snr_db, take_segments
-from spkid.audio.rooms import PRE, RirBank, reverberate, room_geometry, simulate_rir
+from spkid.audio.rooms import COPY_SNR_DB, PRE, RirBank, reverberate, room_copy, room_geometry, simulate_rir
 from spkid.audio.synth import make_voice, synth_utterance
 from spkid.errors import ConfigError
 
@@ -121,6 +121,21 @@ def test_simulated_rooms_reach_their_rt60_and_are_seeded():
         assert pra.experimental.measure_rt60(h, SR) == pytest.approx(rt60, rel=0.15)
     a, b, c = RirBank.simulate(3, seed=1), RirBank.simulate(3, seed=1), RirBank.simulate(3, seed=2)
     assert torch.equal(a.rirs, b.rirs) and not torch.equal(a.rirs[:, :100], c.rirs[:, :100])
+
+
+def test_room_copy_is_seeded_reverberant_and_at_its_snr():
+    # a second of noise bursts, then two of silence: the copy keeps the length, its tail holds the room's decay,
+    # and what is left after the decay is the added noise, COPY_SNR_DB below the copy's average power
+    x = torch.zeros(3 * SR)
+    x[:SR] = torch.randn(SR, generator=_g(0)) * (torch.arange(SR) % 4000 < 2000)
+    y = room_copy(x, 7)
+    assert y.shape == x.shape and torch.equal(y, room_copy(x, 7)) and not torch.equal(y, room_copy(x, 8))
+    assert torch.nn.functional.cosine_similarity(y[:SR], x[:SR], dim=0) < 0.99          # a room, not the clip
+    floor = y[-SR // 2:].square().mean()                      # 2.5 s after the last burst: RT60 <= 0.8 s decayed
+    assert 10 * torch.log10(y.square().mean() / floor) == pytest.approx(COPY_SNR_DB, abs=1.0)
+    decay = y[14000 + SR // 20: 14000 + SR // 10].square().mean()   # 50-100 ms after the last burst: the room rings
+    assert decay > 10 * floor
+    assert torch.equal(room_copy(torch.zeros(SR), 1), torch.zeros(SR))                   # silence stays silent
 
 
 def test_rir_folder_bank(tmp_path):

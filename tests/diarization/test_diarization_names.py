@@ -89,6 +89,34 @@ def test_each_cluster_is_named_against_the_enrollment_it_sounds_like(tmp_path):
     assert Enrolled(tmp_path / "r.db", "m1").name(np.zeros((0, 8))) == []    # no clusters, no names
 
 
+def test_a_voice_across_a_room_is_named_against_the_room_copies(tmp_path):
+    rng = np.random.default_rng(4)
+    wide, narrow, room = (rng.standard_normal((3, 64)) for _ in range(3))
+    with SpeakerDB.create(tmp_path / "r.db", model_id="m1", checkpoint="x.ckpt", embed_dim=64, threshold=0.5,
+                          threshold_source="test") as reg:
+        for name, w, n, r in zip(("ann", "bob", "cy"), wide, narrow, room):
+            src = [f"{name}{i}" for i in range(3)]
+            reg.enroll(name, w + 0.1 * rng.standard_normal((3, 64)), src, model_id="m1",
+                       channels={"telephone": {s: n + 0.1 * rng.standard_normal(64) for s in src},
+                                 "room": {s: r + 0.1 * rng.standard_normal(64) for s in src}})
+    enrolled = Enrolled(tmp_path / "r.db", "m1")
+    assert [ch for ch, *_ in enrolled.sets] == [None, "telephone", "room"]
+    # bob across the room, ann as recorded, cy on the phone, in one meeting
+    out = enrolled.name(np.stack([room[1], wide[0], narrow[2]]))
+    assert [(o.name, o.channel) for o in out] == [("bob", "room"), ("ann", None), ("cy", "telephone")]
+    # the room copies of one speaker missing (enrolled from features): that channel is not used, without a word
+    with SpeakerDB.open(tmp_path / "r.db") as reg:
+        reg.enroll("dan", rng.standard_normal((2, 64)), ["d0", "d1"], model_id="m1",
+                   channels={"telephone": {"d0": rng.standard_normal(64)}})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enrolled = Enrolled(tmp_path / "r.db", "m1")
+        assert [ch for ch, *_ in enrolled.sets] == [None, "telephone"]
+        out = enrolled.name(np.stack([room[1], wide[0]]), narrowband=True)
+    assert out[0].name is None and out[0].channel != "room" and (out[1].name, out[1].channel) == ("ann", None)
+
+
 def test_without_copies_of_every_speaker_a_narrowband_recording_is_named_against_the_clips(tmp_path):
     rng = np.random.default_rng(3)
     wide, narrow = _phone_registry(tmp_path / "r.db", rng)

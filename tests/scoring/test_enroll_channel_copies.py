@@ -1,12 +1,16 @@
-"""Enrolling audio stores each clip's telephone copy (what diarization names a narrowband call against)."""
+"""Enrolling audio stores each clip's telephone and room copies (what diarization names a narrowband call, or a
+voice recorded across a room, against)."""
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
 import spkid
 from spkid.audio.channel import telephone_copy
 from spkid.audio.synth import make_voice, synth_utterance
-from spkid.scoring.openset import channel_seed, enroll
+from spkid.audio.rooms import room_copy
+from spkid.scoring.openset import COPIES, channel_seed, enroll
+from spkid.scoring.speaker_db import CHANNELS
 from spkid.scoring.speaker_db import SpeakerDB
 
 
@@ -25,28 +29,43 @@ def test_features_with_a_channel_give_pairs_and_none_for_features(trained):
     wav = torch.from_numpy(synth_utterance(make_voice(np.random.default_rng(1)), np.random.default_rng(2), 16000, 2.0))
     feats = torch.randn(50, m.cfg.features.n_mels)
     seen = []
-    (w_plain, w_chan), (f_plain, f_chan) = m.features([wav, feats], channel=lambda k, x: seen.append(k) or -x)
+    (w_plain, w_chan), (f_plain, f_chan) = m.features([wav, feats],
+                                                      channel=lambda k, x: seen.append(k) or {"neg": -x, "same": x})
     assert seen == [0] and f_chan is None and torch.equal(f_plain, feats)
     assert torch.equal(w_plain, m.features([wav])[0])
-    assert torch.allclose(w_chan, m.features([-wav])[0])                      # the channel ran on the waveform
+    assert sorted(w_chan) == ["neg", "same"] and torch.equal(w_chan["same"], w_plain)
+    assert torch.allclose(w_chan["neg"], m.features([-wav])[0])              # each copy ran on the waveform
 
 
-def test_enroll_stores_a_deterministic_telephone_copy_of_each_audio_clip(trained, tmp_path):
+def test_every_copy_the_registry_knows_is_made():
+    assert tuple(COPIES) == CHANNELS
+
+
+@pytest.mark.parametrize("channel, copy", [("telephone", telephone_copy), ("room", room_copy)])
+def test_enroll_stores_a_deterministic_copy_of_each_audio_clip(trained, tmp_path, channel, copy):
     wavs = _wavs(tmp_path)
     pt = sorted(trained["seen"]["root"].glob("uttr-*.pt"))[0]
     for name in ("a.db", "b.db"):
         enroll(tmp_path / name, "x", [*wavs, pt], checkpoint=trained["ckpt"], device="cpu")
     with SpeakerDB.open(tmp_path / "a.db") as a, SpeakerDB.open(tmp_path / "b.db") as b:
         (_, src, clips), = a.clips()
-        (_, tsrc, copies), = a.clips("telephone")
+        (_, tsrc, copies), = a.clips(channel)
         assert len(src) == 4 and len(tsrc) == 3 and str(pt) not in " ".join(tsrc)    # no copy of features
-        np.testing.assert_array_equal(copies, b.clips("telephone")[0][2])            # the same channel again
+        np.testing.assert_array_equal(copies, b.clips(channel)[0][2])                # the same channel again
         plain = {s: c for s, c in zip(src, clips)}
         assert all(float(plain[s] @ c) < 0.999 for s, c in zip(tsrc, copies))        # a channel was applied
-    # the copy is the model's embedding of the clip's speech through telephone_copy(seed of its source)
+        other = [c for ch in CHANNELS if ch != channel for c in a.clips(ch)[0][2]]
+        assert all(float(c @ o) < 0.999 for c in copies for o in other)             # each channel its own copy
+    # the copy is the model's embedding of the clip's speech through the channel, seeded by its source
     m = spkid.load(trained["ckpt"], device="cpu")
     k = [str(w) for w in wavs].index(tsrc[0]) if tsrc[0] in map(str, wavs) else None
     assert k is not None
-    _, chan = m.features([wavs[k]], channel=lambda i, x: telephone_copy(x, channel_seed(tsrc[0])))[0]
-    e = torch.nn.functional.normalize(m.embed_raw([chan]), dim=-1)[0].numpy()
+    _, chan = m.features([wavs[k]], channel=lambda i, x: {channel: copy(x, channel_seed(tsrc[0], channel))})[0]
+    e = torch.nn.functional.normalize(m.embed_raw([chan[channel]]), dim=-1)[0].numpy()
     np.testing.assert_allclose(e, copies[0], atol=1e-5)
+
+
+def test_telephone_copies_keep_the_seed_they_were_enrolled_with():
+    import zlib
+    assert channel_seed("a.wav", "telephone") == channel_seed("a.wav") == zlib.crc32(b"a.wav")
+    assert channel_seed("a.wav", "room") != channel_seed("a.wav")
