@@ -153,8 +153,8 @@ class Model:
         of it (the HW4 definition) and the two paths agree.
 
         ``channel``: a function of the item's index and its 16 kHz speech waveform ``(S,)`` that gives copies of it
-        through simulated channels, ``{name: (S,)}`` (``scoring.openset.enrollment_channels``: a telephone, a
-        room); each item then gives ``(features, {name: features of that copy})``, the second None for an item
+        through simulated channels, ``{name: [(S,), ...]}`` (``scoring.openset.enrollment_channels``: a telephone,
+        rooms); each item then gives ``(features, {name: [features of each copy]})``, the second None for an item
         given as features (a ``.pt`` file, a ``(T, n_mels)`` array: no waveform to pass).
 
         ``failures``: a list to collect ``(index, message)`` of the items that cannot be read (their feature is
@@ -182,7 +182,7 @@ class Model:
         return out
 
     def _one(self, item, channel=None, k: int = 0, level: bool = True) -> tuple[torch.Tensor, dict | None]:
-        """``(features, {name: features of each copy channel(k, speech) gives} or None)`` of one item."""
+        """``(features, {name: [features of each copy channel(k, speech) gives]} or None)`` of one item."""
         n_mels = self.cfg.features.n_mels
         if isinstance(item, (str, Path)):
             path = Path(item)
@@ -227,8 +227,8 @@ class Model:
         feats = self._logmel(wav, name)
         if channel is None or self.cfg.features.sample_rate != 16000:
             return feats, None
-        return feats, {ch: self._logmel(torch.as_tensor(copy, dtype=torch.float32), name)
-                       for ch, copy in channel(k, wav).items()}
+        return feats, {ch: [self._logmel(torch.as_tensor(c, dtype=torch.float32), name) for c in copies]
+                       for ch, copies in channel(k, wav).items()}
 
     def _logmel(self, wav: torch.Tensor, name: str) -> torch.Tensor:
         from spkid.audio.frontend import logmel

@@ -232,36 +232,53 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         return r
 
 
-# the simulated channels each enrolled audio clip is also stored through (SpeakerDB.CHANNELS, in its order): what
-# diarization names a telephone call, or a voice recorded across a room, against (names.Enrolled)
-COPIES = {"telephone": telephone_copy, "room": room_copy}
+# the simulated channels each enrolled audio clip is also stored through (SpeakerDB.CHANNELS, in its order), and
+# how many renderings of it are averaged: what diarization names a telephone call, or a voice recorded across a
+# room, against (names.Enrolled). One room draws its own reverberation and noise; the mean of four is the voice
+# across a room rather than across that room (one draw per clip named voices in rooms as often, but which
+# strangers took an enrolled name swung with the rooms drawn; docs/diarization.md)
+COPIES = {"telephone": (telephone_copy, 1), "room": (room_copy, 4)}
 
 
 def enrollment_channels(sources: list[str]):
     """``Model.features``'s ``channel`` for items named ``sources``: item ``k``'s speech through each channel of
-    ``COPIES``, ``{channel: (S,)}``, drawn from ``sources[k]`` (``channel_seed``), so enrolling a clip again gives
-    the same copies."""
-    return lambda k, wav: {ch: copy(wav, channel_seed(sources[k], ch)) for ch, copy in COPIES.items()}
+    ``COPIES``, ``{channel: [(S,), ...]}`` (its renderings), drawn from ``sources[k]`` (``channel_seed``), so
+    enrolling a clip again gives the same copies."""
+    return lambda k, wav: {ch: [copy(wav, channel_seed(sources[k], ch, r)) for r in range(n)]
+                           for ch, (copy, n) in COPIES.items()}
 
 
-def channel_seed(source: str, channel: str = "telephone") -> int:
-    """The channel a clip's copy goes through: drawn from its source's name (and the channel's, but for the
-    telephone: copies enrolled before the room copies keep their seed)."""
-    key = source if channel == "telephone" else f"{channel}:{source}"
+def channel_seed(source: str, channel: str = "telephone", rendering: int = 0) -> int:
+    """The channel a clip's copy goes through: drawn from its source's name, the channel's and the rendering's
+    (the telephone's first from the source's name alone, as before there were others)."""
+    key = source if (channel, rendering) == ("telephone", 0) else f"{channel}:{rendering}:{source}"
     return zlib.crc32(key.encode("utf-8", "surrogatepass"))
 
 
-def channel_copies(model: Model, feats: list[tuple[str, dict[str, torch.Tensor]]]) -> dict[str, dict[str, np.ndarray]]:
-    """``{channel: {source: L2-normalised embedding (E,)}}`` of clips' channel copies (their log-mel ``(T, F)`` per
-    channel, from ``Model.features(..., channel=enrollment_channels(...))``), embedded in one batch."""
-    rows = [(s, ch, f) for s, by in feats for ch, f in by.items()]
+def copy_rows(copies: list[tuple[str, dict[str, list[torch.Tensor]]]]) -> list[tuple[str, str, torch.Tensor]]:
+    """``[(source, channel, features (T, F))]``, one row per rendering, of clips' copies ``[(source, {channel:
+    [features of each rendering]})]`` (``Model.features(..., channel=enrollment_channels(...))``)."""
+    return [(s, ch, f) for s, by in copies for ch, fs in by.items() for f in fs]
+
+
+def mean_copies(rows: list[tuple[str, str, torch.Tensor]], emb: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """``{channel: {source: L2-normalised embedding (E,)}}``: the mean of each clip's renderings' embeddings ``emb``
+    ``(len(rows), E)`` (L2-normalised, in ``copy_rows`` order)."""
+    acc: dict[str, dict[str, np.ndarray]] = {}
+    for (s, ch, _), e in zip(rows, np.asarray(emb, dtype=np.float64)):
+        by = acc.setdefault(ch, {})
+        by[s] = by[s] + e if s in by else e.copy()
+    return {ch: {s: (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32) for s, v in by.items()}
+            for ch, by in acc.items()}
+
+
+def channel_copies(model: Model, copies: list[tuple[str, dict[str, list[torch.Tensor]]]]
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """``mean_copies`` of clips' copies ``[(source, {channel: [features (T, F)]})]``, embedded in one batch."""
+    rows = copy_rows(copies)
     if not rows:
         return {}
-    emb = F.normalize(model.embed_raw([f for _, _, f in rows]), dim=-1).numpy()
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for (s, ch, _), e in zip(rows, emb):
-        out.setdefault(ch, {})[s] = e
-    return out
+    return mean_copies(rows, F.normalize(model.embed_raw([f for _, _, f in rows]), dim=-1).numpy())
 
 
 def add_clips(reg, name: str, sources: list[str], feats, emb: np.ndarray, *, model: Model,

@@ -189,7 +189,7 @@ async def list_speakers(request):
 
 
 async def enroll(request):
-    from spkid.scoring.openset import add_clips, enrollment_channels
+    from spkid.scoring.openset import add_clips, copy_rows, enrollment_channels, mean_copies
     svc: Service = request.app.state.svc
     svc.allow(request, "admin")
     fields, files = await read_form(request)
@@ -208,11 +208,9 @@ async def enroll(request):
     # spkid enroll stores the same)
     pairs = await svc.features(clips, channels=[enrollment_channels([s]) for s in sources])   # one item each: k = 0
     feats = [f for f, _ in pairs]
-    rows = [(s, ch, f) for s, (_, by) in zip(sources, pairs) for ch, f in (by or {}).items()]
+    rows = copy_rows([(s, c) for s, (_, c) in zip(sources, pairs) if c is not None])
     emb = (await svc.batcher.embed(feats + [f for _, _, f in rows])).numpy()      # one queue for every embedding
-    copies: dict[str, dict[str, np.ndarray]] = {}
-    for (s, ch, _), e in zip(rows, emb[len(feats):]):
-        copies.setdefault(ch, {})[s] = e
+    copies = mean_copies(rows, emb[len(feats):])
     emb = emb[: len(feats)]
     r = await svc.registry.write(lambda reg: add_clips(reg, name, sources, feats, emb, model=svc.model,
                                                        on_outlier=on_outlier, channels=copies))

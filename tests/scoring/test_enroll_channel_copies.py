@@ -30,15 +30,25 @@ def test_features_with_a_channel_give_pairs_and_none_for_features(trained):
     feats = torch.randn(50, m.cfg.features.n_mels)
     seen = []
     (w_plain, w_chan), (f_plain, f_chan) = m.features([wav, feats],
-                                                      channel=lambda k, x: seen.append(k) or {"neg": -x, "same": x})
+                                                      channel=lambda k, x: seen.append(k) or {"neg": [-x], "same": [x, x]})
     assert seen == [0] and f_chan is None and torch.equal(f_plain, feats)
     assert torch.equal(w_plain, m.features([wav])[0])
-    assert sorted(w_chan) == ["neg", "same"] and torch.equal(w_chan["same"], w_plain)
-    assert torch.allclose(w_chan["neg"], m.features([-wav])[0])              # each copy ran on the waveform
+    assert sorted(w_chan) == ["neg", "same"] and len(w_chan["neg"]) == 1 and len(w_chan["same"]) == 2
+    assert all(torch.equal(f, w_plain) for f in w_chan["same"])
+    assert torch.allclose(w_chan["neg"][0], m.features([-wav])[0])           # each copy ran on the waveform
 
 
 def test_every_copy_the_registry_knows_is_made():
-    assert tuple(COPIES) == CHANNELS
+    assert tuple(COPIES) == CHANNELS and all(n >= 1 for _, n in COPIES.values())
+
+
+def test_a_copy_is_the_mean_of_its_renderings():
+    from spkid.scoring.openset import mean_copies
+    e = np.eye(3, dtype=np.float32)
+    rows = [("a", "room", None), ("a", "room", None), ("b", "room", None), ("a", "telephone", None)]
+    out = mean_copies(rows, np.stack([e[0], e[1], e[2], e[2]]))
+    np.testing.assert_allclose(out["room"]["a"], [2 ** -0.5, 2 ** -0.5, 0], atol=1e-6)
+    np.testing.assert_allclose(out["room"]["b"], e[2]) and np.testing.assert_allclose(out["telephone"]["a"], e[2])
 
 
 @pytest.mark.parametrize("channel, copy", [("telephone", telephone_copy), ("room", room_copy)])
@@ -56,16 +66,20 @@ def test_enroll_stores_a_deterministic_copy_of_each_audio_clip(trained, tmp_path
         assert all(float(plain[s] @ c) < 0.999 for s, c in zip(tsrc, copies))        # a channel was applied
         other = [c for ch in CHANNELS if ch != channel for c in a.clips(ch)[0][2]]
         assert all(float(c @ o) < 0.999 for c in copies for o in other)             # each channel its own copy
-    # the copy is the model's embedding of the clip's speech through the channel, seeded by its source
+    # the copy is the mean of the model's embeddings of the clip's speech through the channel's renderings, each
+    # seeded by the source
     m = spkid.load(trained["ckpt"], device="cpu")
     k = [str(w) for w in wavs].index(tsrc[0]) if tsrc[0] in map(str, wavs) else None
     assert k is not None
-    _, chan = m.features([wavs[k]], channel=lambda i, x: {channel: copy(x, channel_seed(tsrc[0], channel))})[0]
-    e = torch.nn.functional.normalize(m.embed_raw([chan[channel]]), dim=-1)[0].numpy()
-    np.testing.assert_allclose(e, copies[0], atol=1e-5)
+    n = COPIES[channel][1]
+    _, chan = m.features([wavs[k]], channel=lambda i, x: {channel: [copy(x, channel_seed(tsrc[0], channel, r))
+                                                                    for r in range(n)]})[0]
+    e = torch.nn.functional.normalize(m.embed_raw(chan[channel]), dim=-1).mean(0)
+    np.testing.assert_allclose((e / e.norm()).numpy(), copies[0], atol=1e-5)
 
 
 def test_telephone_copies_keep_the_seed_they_were_enrolled_with():
     import zlib
     assert channel_seed("a.wav", "telephone") == channel_seed("a.wav") == zlib.crc32(b"a.wav")
-    assert channel_seed("a.wav", "room") != channel_seed("a.wav")
+    assert len({channel_seed("a.wav"), channel_seed("a.wav", "room"), channel_seed("a.wav", "room", 1),
+                channel_seed("a.wav", "telephone", 1)}) == 4
