@@ -10,8 +10,9 @@ in raw-cosine units.
 
 Each cluster is named against the enrollment heard the way it sounds: the clips as recorded, or their telephone
 or room copies that ``spkid enroll`` stores beside them (``SpeakerDB.channel_scoring``: the same back end, an
-operating point of their own), whichever holds its best score. Wideband enrollment against a telephone call put
-the wrong speaker first on 5 of 11 LibriSpeech voices; telephone copies against audio that is merely sampled at
+operating point of their own): the telephone copies where they hold its best score, else the clips or the room
+copies, whichever threshold it clears by more (``Enrolled._closest``). Wideband enrollment against a telephone
+call put the wrong speaker first on 5 of 11 LibriSpeech voices; telephone copies against audio that is merely sampled at
 8 kHz (the full 0-4 kHz band, no companding) left both of its speakers below the copies' threshold; voices recorded
 across a room with noise were left anonymous below the clips' threshold, which their room copies clear
 (docs/diarization.md). The choice is per cluster, so a meeting with one participant on the phone is named too. A
@@ -106,10 +107,21 @@ class Enrolled:
                 for _, gallery, backend, _, _ in chosen]
 
     def _closest(self, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Scores ``(K, S)`` of ``x`` ``(K, E)`` per set, and ``(K,)`` the set that holds each row's best score (the
-        enrollment it sounds like)."""
+        """Scores ``(K, S)`` of ``x`` ``(K, E)`` per set, and ``(K,)`` the set each row is named against (the
+        enrollment it sounds like): the telephone copies where they hold its best score (a narrowband voice), else,
+        of the wideband sets (the clips as recorded, their room copies), the one whose threshold its best score
+        clears by the most margins. Room copies score a reverberant voice higher but may hold a stricter threshold
+        (a few speakers' copies sit close together); the raw best score would hold a voice to it even where the
+        clips name it (docs/diarization.md: voices across a room)."""
         scored = self.scores(x)
-        return scored, np.argmax(np.stack([sc.max(1) for sc in scored]), axis=0)
+        best = np.stack([sc.max(1) for sc in scored])                                           # (sets, K)
+        gain = np.stack([(b - thr) / m for b, (_, _, _, thr, m) in zip(best, self.sets)])
+        wide = np.array([i for i, (ch, *_) in enumerate(self.sets) if ch != TELEPHONE])
+        pick = wide[np.argmax(gain[wide], axis=0)]
+        phone = [i for i, (ch, *_) in enumerate(self.sets) if ch == TELEPHONE]
+        if phone:
+            pick = np.where(best[phone[0]] > best[wide].max(0), phone[0], pick)
+        return scored, pick
 
     def name(self, cluster_emb: np.ndarray, *, narrowband: bool = False,
              recording: str = "this recording") -> list[ClusterName]:

@@ -104,6 +104,18 @@ def test_a_voice_across_a_room_is_named_against_the_room_copies(tmp_path):
     # bob across the room, ann as recorded, cy on the phone, in one meeting
     out = enrolled.name(np.stack([room[1], wide[0], narrow[2]]))
     assert [(o.name, o.channel) for o in out] == [("bob", "room"), ("ann", None), ("cy", "telephone")]
+    # room copies that hold a stricter threshold (a few speakers' copies close together): a voice that scores higher
+    # against them but clears the clips' own threshold by more is named against the clips; a voice on the phone
+    # still goes to the telephone copies, whose best score it holds
+    half = 0.65 * room[1] + 0.35 * wide[1]
+    scores = [sc[0] for sc in enrolled.scores(half[None])]
+    assert scores[2].max() > scores[0].max()
+    enrolled.sets[0] = (*enrolled.sets[0][:3], float(scores[0].max()) - 0.05, enrolled.sets[0][4])
+    enrolled.sets[2] = (*enrolled.sets[2][:3], float(scores[2].max()) - 0.01, enrolled.sets[2][4])
+    out = enrolled.name(np.stack([half, narrow[2]]))
+    assert [(o.name, o.channel) for o in out] == [("bob", None), ("cy", "telephone")]
+    enrolled.sets[2] = (*enrolled.sets[2][:3], float(scores[2].max()) - 0.1, enrolled.sets[2][4])  # a lenient one
+    assert [(o.name, o.channel) for o in enrolled.name(half[None])] == [("bob", "room")]
     # the room copies of one speaker missing (enrolled from features): that channel is not used, without a word
     with SpeakerDB.open(tmp_path / "r.db") as reg:
         reg.enroll("dan", rng.standard_normal((2, 64)), ["d0", "d1"], model_id="m1",
