@@ -29,8 +29,8 @@ def test_features_with_a_channel_give_pairs_and_none_for_features(trained):
     wav = torch.from_numpy(synth_utterance(make_voice(np.random.default_rng(1)), np.random.default_rng(2), 16000, 2.0))
     feats = torch.randn(50, m.cfg.features.n_mels)
     seen = []
-    (w_plain, w_chan), (f_plain, f_chan) = m.features([wav, feats],
-                                                      channel=lambda k, x: seen.append(k) or {"neg": [-x], "same": [x, x]})
+    copies = lambda k, x: seen.append(k) or {"neg": [-x], "same": [x, x]}      # noqa: E731
+    (w_plain, w_chan), (f_plain, f_chan) = m.features([wav, feats], channel=copies)
     assert seen == [0] and f_chan is None and torch.equal(f_plain, feats)
     assert torch.equal(w_plain, m.features([wav])[0])
     assert sorted(w_chan) == ["neg", "same"] and len(w_chan["neg"]) == 1 and len(w_chan["same"]) == 2
