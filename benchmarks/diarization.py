@@ -2,7 +2,7 @@
 
 Conversations (``spkid.diarization.simulate``) are built from librispeech-sample ``test-other`` (10 speakers),
 FSDD (6 speakers, 8 kHz digits) and synthetic voices (``spkid.audio.synth``, seeds no test or training uses):
-2-5 speakers (FSDD up to its 6), turns of 1-15 s, pauses, 0-15 % of the speech overlapped, in three conditions:
+2-6 speakers (the issue's range), turns of 1-15 s, pauses, 0-15 % of the speech overlapped, in three conditions:
 
 - ``clean``;
 - ``room-noise``: each speaker in a room of their own (the held-out full image-source rooms of
@@ -98,7 +98,7 @@ def _digits(files) -> tuple[np.ndarray, list]:
 
 # ---------------------------------------------------------------- conversations
 
-def conversations(corpus: str, n: int, minutes: tuple[float, float], seed: int, max_speakers: int = 5):
+def conversations(corpus: str, n: int, minutes: tuple[float, float], seed: int, max_speakers: int = 6):
     """``n`` (name, pool subset, seconds, overlap) plans of one corpus."""
     rng = np.random.default_rng([seed, len(corpus)])
     pool, _ = pools(corpus, seed=seed)
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
     counts = dict(zip(("libri", "fsdd", "synth"), n if isinstance(n, tuple) else (n, n, n)))
     if a.conversations:
         counts = {c: a.conversations for c in counts}
-    plans = [p for c, k in counts.items() for p in conversations(c, k, minutes, a.seed, 6 if c == "fsdd" else 5)]
+    plans = [p for c, k in counts.items() for p in conversations(c, k, minutes, a.seed)]
     if a.full:                                   # one hour, named apart from the 1-10 minute "libri-00"
         plans += [(f"libri-hour-{k:02d}", *rest) for k, (_, *rest) in
                   enumerate(conversations("libri", 1, (60.0, 60.0), a.seed + 1))]
