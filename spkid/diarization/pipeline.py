@@ -30,7 +30,8 @@ from spkid.diarization import cluster as C
 from spkid.diarization.names import Enrolled
 from spkid.diarization.overlap import regions, shipped_detector
 from spkid.diarization.rttm import Segment
-from spkid.diarization.stream import SAMPLE_RATE, AudioStream, speech_probs_stream, windows_over
+from spkid.diarization.stream import (SAMPLE_RATE, AudioStream, release_free_heap, speech_probs_stream,
+                                      windows_over)
 from spkid.errors import ConfigError, DataError
 
 METHODS = ("ahc", "spectral")
@@ -220,6 +221,7 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
                f"{a.path}: only {a.speech_s:.2f} s of speech, in pieces shorter than {cfg.min_window_s:g} s")
         return FileDiarization([], a.duration, a.speech_s, 0, np.zeros((0, 0)), [], why + "; empty result",
                                a.narrowband)
+    release_free_heap()                             # the passes' freed buffers, before the clustering's (N, N) ones
     mu = C._unit(a.emb).mean(0) if cfg.centre else np.zeros(a.emb.shape[1])
     x = _space(a.emb, mu)
     labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb)
@@ -275,7 +277,7 @@ def _embed_windows(stream: AudioStream, win: np.ndarray, embedder: Embedder, cfg
                    progress, gain: float = 1.0) -> np.ndarray:
     """Embeddings ``(W, E)`` of windows ``win`` ``(W, 2)`` (samples, sorted) of the audio times ``gain``, decoding
     block by block; a window across two blocks waits for the next one (the unfinished tail is kept)."""
-    out: list[np.ndarray] = []
+    out: np.ndarray | None = None                  # (W, E), allocated at the first batch: no list, no concatenation
     i, n = 0, len(win)
     tail, tail_start = np.zeros(0, dtype=np.float32), 0
     for start, wav in stream.blocks(cfg.block_s):
@@ -288,8 +290,11 @@ def _embed_windows(stream: AudioStream, win: np.ndarray, embedder: Embedder, cfg
             j += 1
         for a in range(i, j, cfg.batch):
             idx = range(a, min(a + cfg.batch, j))
-            out.append(np.asarray(embedder([buf[win[k, 0] - buf_start: win[k, 1] - buf_start] for k in idx]),
-                                  dtype=np.float32))
+            e = np.asarray(embedder([buf[win[k, 0] - buf_start: win[k, 1] - buf_start] for k in idx]),
+                           dtype=np.float32)
+            if out is None:
+                out = np.empty((n, e.shape[1]), dtype=np.float32)
+            out[idx.start: idx.stop] = e
         i = j
         keep_from = win[i, 0] if i < n else end
         tail = buf[max(keep_from, buf_start) - buf_start:].copy()
@@ -297,7 +302,9 @@ def _embed_windows(stream: AudioStream, win: np.ndarray, embedder: Embedder, cfg
             progress(wav.size / SAMPLE_RATE)
         if i >= n:
             break
-    return np.concatenate(out)
+    if out is None or i < n:       # windows lie on the detected speech, inside the file: the blocks reach them all
+        raise DataError(f"{stream.path}: the audio ended after {i} of {n} windows (a file that changed while read?)")
+    return out
 
 
 def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min_speakers, max_speakers,
