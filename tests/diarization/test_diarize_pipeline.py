@@ -59,6 +59,15 @@ def test_block_size_does_not_change_the_embeddings(conv):
         assert np.allclose(e, a.emb, atol=1e-4)
 
 
+def test_windows_past_the_end_of_the_audio_are_an_error_not_empty_rows(conv):
+    from spkid.diarization.pipeline import _embed_windows
+    path, _ = conv
+    with AudioStream(path) as s:
+        win = np.array([[0, 24000], [s.n_samples - 8000, s.n_samples + 16000]])   # the second ends past the file
+        with pytest.raises(DataError, match=r"talk\.wav: the audio ended after 1 of 2 windows"):
+            _embed_windows(s, win, MeanLogMel(), diar_config(block_s=15.0), None)
+
+
 def test_8khz_input_and_forced_counts(tmp_path):
     path = tmp_path / "phone.flac"
     write_conversation(path, n_speakers=2, seconds=30.0, sample_rate=8000, seed=2)
