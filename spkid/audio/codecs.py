@@ -25,7 +25,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from spkid.audio.io import resample
+from spkid.audio.io import resample, to_mono
 
 SAMPLE_RATE = 16000
 # name -> (container, subtype, codec sample rate, compression_level range or None)
@@ -63,9 +63,8 @@ def codec_roundtrip(wav: np.ndarray, codec: str, rng: np.random.Generator | None
         kw["bitrate_mode"] = "CONSTANT"
     sf.write(buf, coded_in, rate, format=fmt, subtype=subtype, **kw)
     buf.seek(0)
-    y, _ = sf.read(buf, dtype="float32")
-    if y.ndim > 1:
-        y = y.mean(axis=1)
+    y, _ = sf.read(buf, dtype="float32", always_2d=True)
+    y = to_mono(y)
     y = resample(y, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else y
     return _align(x, y)
 

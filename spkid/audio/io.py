@@ -58,12 +58,25 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> torch.T
         raise DataError(f"{path}: not readable as audio ({detail})") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise DataError(f"{path}: empty audio (0 samples)")
-    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (S, C) -> (S,)
+    wav = to_mono(data)                                               # (S, C) -> (S,)
     if not np.isfinite(wav).all():
         raise DataError(f"{path}: audio contains NaN or Inf samples")
     if sr != target_sr:
         wav = resample(wav, sr, target_sr)
     return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """The channels' average ``(S, C) -> (S,)`` float32 (the only channel as it is). Adds channel columns in turn:
+    ``data.mean(axis=1)`` reduces over the short axis about 5x slower, which was a third of the decoding time of a
+    48 kHz stereo file (the same values for up to 7 channels; within one float32 rounding beyond)."""
+    if data.shape[1] == 1:
+        return data[:, 0]
+    x = data[:, 0].astype(np.float32)                 # a copy
+    for c in range(1, data.shape[1]):
+        x += data[:, c]
+    x /= np.float32(data.shape[1])
+    return x
 
 
 def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

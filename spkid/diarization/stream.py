@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from spkid.audio.frontend import frame_power
-from spkid.audio.io import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
+from spkid.audio.io import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample, to_mono
 from spkid.audio.vad import FRAME, narrowband_content, speech_probs, speech_probs_narrowband
 from spkid.errors import DataError
 
@@ -144,7 +144,7 @@ class AudioStream:
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
             raise DataError(f"{self.path}: not readable as audio at {start / self.sample_rate:.1f} s "
                             f"({_first_line(e)})") from None
-        x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]            # (S, C) -> (S,)
+        x = to_mono(data)                                                     # (S, C) -> (S,)
         if not np.isfinite(x).all():
             raise DataError(f"{self.path}: audio contains NaN or Inf samples near {start / self.sample_rate:.1f} s")
         return x

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.audio.io import AUDIO_EXTENSIONS, load_audio, resample
+from spkid.audio.io import AUDIO_EXTENSIONS, load_audio, resample, to_mono
 from spkid.data.scan import scan as list_audio
 from spkid.errors import DataError
 
@@ -50,6 +50,18 @@ def test_downmix_averages_channels(tmp_path, channels):
     sf.write(tmp_path / "multi.wav", x[:, None] * gains[None, :], 16000, subtype="FLOAT")
     y = load_audio(tmp_path / "multi.wav")
     np.testing.assert_allclose(y.numpy(), x * gains.mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 7, 8, 64])
+def test_to_mono_is_the_channels_mean_and_leaves_the_input_alone(channels):
+    data = np.random.default_rng(channels).standard_normal((1001, channels)).astype(np.float32)
+    before = data.copy()
+    y = to_mono(data)
+    assert y.shape == (1001,) and y.dtype == np.float32
+    if channels < 8:                                    # numpy's reduce sums the same way up to 7 columns
+        assert np.array_equal(y, data.mean(axis=1))
+    np.testing.assert_allclose(y, data.mean(axis=1), atol=1e-6)
+    assert np.array_equal(data, before)
 
 
 @pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000])
