@@ -541,6 +541,9 @@ def _add_diarize(sub) -> None:
                         "ahc only the uncentred merge's limit applies)")
     p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                    help="find overlapped speech and give it a second speaker (default: on)")
+    p.add_argument("--band-limit", action=argparse.BooleanOptionalAction, default=True,
+                   help="where the speech ends below 6 kHz and only noise lies above (a voice recorded at 8 kHz, "
+                        "noise added later), hear the file low-passed there (default: on)")
     p.add_argument("--overlap-threshold", type=float, metavar="P",
                    help="overlap probability from which two speakers are given (default 0.8, and 0.9 for a "
                         "narrowband recording; given here, P for every recording)")
@@ -582,7 +585,8 @@ def _cmd_diarize(a) -> int:
         given["name_split_s"] = 0.0
     if a.overlap_threshold is not None:
         given["overlap_threshold_narrowband"] = a.overlap_threshold
-    cfg = DiarizeConfig(method=a.method, overlap=a.overlap, **{k: v for k, v in given.items() if v is not None})
+    cfg = DiarizeConfig(method=a.method, overlap=a.overlap, band_limit=a.band_limit,
+                        **{k: v for k, v in given.items() if v is not None})
     res = diarize_files(files, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
                         progress=not a.quiet, on_file=report)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spkid.audio.bandwidth import band_powers, loud_and_quiet, speech_band_edge
 from spkid.audio.frontend import active_level, level_gain, remove_dc
 from spkid.audio.vad import VadConfig, segments_from_probs
 from spkid.diarization import cluster as C
@@ -84,6 +85,9 @@ class DiarizeConfig:
     overlap_threshold: float = 0.8   # its probability from which a second speaker is given (dev conversations)
     overlap_threshold_narrowband: float = 0.9   # ... in a narrowband recording (telephone): the detector is less
                                      # precise there (docs/diarization.md)
+    band_limit: bool = True          # where the speech ends below 6 kHz and only noise lies above (a voice recorded at
+                                     # 8 kHz, noise added at 16 kHz), the file is heard low-passed there: speech
+                                     # detection, embeddings, overlap detector (audio.bandwidth; docs/diarization.md)
     name_split_s: float = 4.5        # with a registry: a cluster whose windows score best against several enrolled
                                      # speakers, each for this much (name_split_s / hop_s windows), is split where at
                                      # least two parts are named (names.Enrolled.split); 0: off; not with a given
@@ -181,6 +185,7 @@ class Analysis:
     overlap: np.ndarray | None = None
     narrowband: bool = False
     gain: float = 1.0
+    band_hz: float | None = None
 
     @property
     def speech_s(self) -> float:
@@ -193,21 +198,27 @@ def analyse(stream: AudioStream, embedder: Embedder, cfg: DiarizeConfig, progres
     if stream.duration < cfg.window_s:
         raise DataError(f"{stream.path}: {stream.duration:.2f} s of audio is shorter than one {cfg.window_s:g} s "
                         "window")
-    probs, narrow_s, power = speech_probs_stream(stream, cfg.block_s, threads=cfg.vad.threads, progress=progress)
-    narrow = narrow_s > stream.duration / 2
+    band = None
+    if cfg.band_limit:        # where the first block's speech ends, if only noise lies above: the file is cut there
+        powers = band_powers(stream.read(0, min(stream.n_samples, _n(cfg.block_s))))
+        band = speech_band_edge(powers, *loud_and_quiet(powers))
+        stream.low_pass(band)
+    sp = speech_probs_stream(stream, cfg.block_s, threads=cfg.vad.threads, progress=progress)
+    probs = sp.probs
+    narrow = sp.narrow_s > stream.duration / 2
     speech = segments_from_probs(probs, stream.n_samples, cfg.vad)
-    n = min(probs.size, power.size)
-    gain = level_gain(active_level(power[:n][probs[:n] >= cfg.vad.threshold])) \
+    n = min(probs.size, sp.power.size)
+    gain = level_gain(active_level(sp.power[:n][probs[:n] >= cfg.vad.threshold])) \
         if getattr(embedder, "conditions_audio", False) else 1.0
     win = windows_over(speech, _n(cfg.window_s), _n(cfg.hop_s), _n(cfg.min_window_s))
     if len(win) == 0:
         if progress is not None:
             progress(stream.duration)
         return Analysis(stream.path, stream.duration, speech, win, np.zeros((0, 0), dtype=np.float32),
-                        narrowband=narrow, gain=gain)
+                        narrowband=narrow, gain=gain, band_hz=band)
     emb = _embed_windows(stream, win, embedder, cfg, progress, gain)
     ovl = shipped_detector().probs(stream, speech) if cfg.overlap else None
-    return Analysis(stream.path, stream.duration, speech, win, emb, ovl, narrow, gain)
+    return Analysis(stream.path, stream.duration, speech, win, emb, ovl, narrow, gain, band)
 
 
 def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, cfg: DiarizeConfig, *,
@@ -229,6 +240,8 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
         labels = enrolled.split(a.emb, labels, max(1, int(round(cfg.name_split_s / cfg.hop_s))), max_speakers)
     cents = C.centroids(x, labels)
     refine = cfg.refine and stream is not None and embedder is not None
+    if refine:
+        stream.low_pass(a.band_hz)                  # the windows were heard so
     bounds = _boundaries(stream, a.win, labels, cents, embedder, cfg, refine, mu, a.gain)
     segments = _segments(a.path.stem, a.speech, a.win, labels, bounds, x, cents)
     if cfg.overlap and a.overlap is not None:

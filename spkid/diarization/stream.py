@@ -19,10 +19,12 @@ import ctypes.util
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
 
+from spkid.audio.bandwidth import low_pass
 from spkid.audio.frontend import frame_power
 from spkid.audio.io import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample, to_mono
 from spkid.audio.vad import FRAME, narrowband_content, speech_probs, speech_probs_narrowband
@@ -32,6 +34,7 @@ SAMPLE_RATE = 16000
 CONTEXT_FRAMES = 64          # VAD frames (32 ms each, about 2 s) of the previous block given as context
 NARROWBAND_RATE = 8000       # Hz: files at this rate or below are narrowband (telephone) for speech detection
 RESAMPLE_MARGIN_S = 0.1      # seconds of input read past each block edge for the resampling filter
+BAND_MARGIN_S = 0.1          # seconds decoded past each edge of a read for the low-pass (``AudioStream.low_pass``)
 CACHE_S = 60.0               # a read shorter than this decodes CACHE_S from its start on, kept for the reads after it
 
 
@@ -81,6 +84,7 @@ class AudioStream:
         self.n_samples = int(round(info.frames * SAMPLE_RATE / info.samplerate))   # at 16 kHz
         self._file = None                           # opened on the first read, kept open until close()
         self._cache: tuple[int, np.ndarray] | None = None    # (16 kHz start, samples) of the last stretch decoded
+        self.band_hz: float | None = None           # every read low-passed here (``low_pass``)
 
     def __enter__(self) -> "AudioStream":
         return self
@@ -118,7 +122,22 @@ class AudioStream:
         self._cache = (start, wav)
         return wav[: end - start].copy()
 
+    def low_pass(self, hz: float | None) -> None:
+        """Every read from now on low-passed at ``hz`` (``audio.bandwidth.low_pass``; None: as recorded), the filter
+        run over a stretch ``BAND_MARGIN_S`` longer on each side, so that blocks and windows join as one filtering
+        of the whole file would."""
+        if hz != self.band_hz:
+            self.band_hz = None if hz is None else float(hz)
+            self._cache = None
+
     def _decode(self, start: int, end: int) -> np.ndarray:
+        if self.band_hz is None:
+            return self._decode_as_recorded(start, end)
+        m = int(BAND_MARGIN_S * SAMPLE_RATE)
+        lo = max(0, start - m)
+        return low_pass(self._decode_as_recorded(lo, end + m), self.band_hz)[start - lo: end - lo]
+
+    def _decode_as_recorded(self, start: int, end: int) -> np.ndarray:
         sr = self.sample_rate
         if sr == SAMPLE_RATE:
             wav = self._read_native(start, end)
@@ -155,12 +174,20 @@ def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0] or type(e).__name__
 
 
-def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1,
-                        progress=None) -> tuple[np.ndarray, float, np.ndarray]:
-    """Silero speech probability of every 32 ms frame of the file ``(ceil(S / 512),)``, block by block, the
-    seconds of the file that are narrowband, and each block's 512-sample frames' mean-square power (about one per
-    probability: for the file's speech level, ``audio.frontend.active_level``). Narrowband: a file recorded at
-    ``NARROWBAND_RATE`` or below, and a block whose content is narrowband (``vad.narrowband_content``: a telephone call stored at 16 kHz), gets
+class SpeechPass(NamedTuple):
+    """What the speech pass measures, per 32 ms frame of the file (``F = ceil(S / 512)``): ``probs`` ``(F,)``,
+    Silero's speech probability; ``narrow_s``, the seconds of the file that are narrowband; ``power`` ``(F,)``, the
+    mean-square power (for the file's speech level, ``audio.frontend.active_level``)."""
+
+    probs: np.ndarray
+    narrow_s: float
+    power: np.ndarray
+
+
+def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1, progress=None) -> SpeechPass:
+    """Silero speech probability of every 32 ms frame of the file, block by block, and what else the same pass
+    measures (``SpeechPass``). Narrowband: a file recorded at ``NARROWBAND_RATE`` or below, and a block whose
+    content is narrowband (``vad.narrowband_content``: a telephone call stored at 16 kHz), gets
     ``speech_probs_narrowband`` (both of Silero's modes).
 
     ``progress(seconds)`` is called after each block with the seconds of audio it covered."""
@@ -179,8 +206,8 @@ def speech_probs_stream(stream: AudioStream, block_s: float, *, threads: int = 1
         tail = wav[-CONTEXT_FRAMES * FRAME:] if wav.size >= CONTEXT_FRAMES * FRAME else np.zeros(0, np.float32)
         if progress is not None:
             progress(wav.size / SAMPLE_RATE)
-    return ((np.concatenate(out) if out else np.zeros(0, dtype=np.float32)), narrow_s,
-            np.concatenate(power) if power else np.zeros(0))
+    return SpeechPass(np.concatenate(out) if out else np.zeros(0, dtype=np.float32), narrow_s,
+                      np.concatenate(power) if power else np.zeros(0))
 
 
 def windows_over(speech: list[tuple[int, int]], window: int, hop: int, min_window: int) -> np.ndarray:
@@ -205,4 +232,4 @@ def windows_over(speech: list[tuple[int, int]], window: int, hop: int, min_windo
     return np.asarray(out, dtype=np.int64).reshape(-1, 2)
 
 
-__all__ = ["AudioStream", "speech_probs_stream", "windows_over", "SAMPLE_RATE"]
+__all__ = ["AudioStream", "SpeechPass", "speech_probs_stream", "windows_over", "SAMPLE_RATE"]

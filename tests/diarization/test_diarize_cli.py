@@ -120,8 +120,8 @@ def test_eval_diarization_and_report_timeline(trained, audio, tmp_path, capsys):
 
 
 def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monkeypatch):
-    """--no-settled, --merge-raw, --resplit, --threshold, --overlap-threshold and --no-overlap set DiarizeConfig;
-    the defaults keep its own values."""
+    """--no-settled, --merge-raw, --resplit, --threshold, --overlap-threshold, --no-overlap and --no-band-limit set
+    DiarizeConfig; the defaults keep its own values."""
     import spkid.diarization.batch as batch
     from spkid.errors import SpkidError
     seen = []
@@ -133,12 +133,12 @@ def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monk
     base = ["diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint", trained["ckpt"], "--quiet"]
     assert _run(capsys, *base)[0] == 1
     assert _run(capsys, *base, "--no-settled", "--merge-raw", "0", "--resplit", "0", "--threshold", "0.9",
-                "--overlap-threshold", "0.7", "--no-overlap")[0] == 1
+                "--overlap-threshold", "0.7", "--no-overlap", "--no-band-limit")[0] == 1
     default, given = seen
     assert default.settled_s == 15.0 and default.raw_settled_s == 45.0 and default.merge_raw == 0.88
     assert default.overlap and default.threshold == 1.0 and default.resplit == 0.75
     assert given.resplit == 0.0
     assert given.settled_s == 0.0 and given.raw_settled_s == 0.0 and given.merge_raw == 0.0
     assert given.threshold == 0.9 and given.overlap_threshold == given.overlap_threshold_narrowband == 0.7
-    assert not given.overlap
+    assert not given.overlap and not given.band_limit and default.band_limit
     assert (default.overlap_threshold, default.overlap_threshold_narrowband) == (0.8, 0.9)

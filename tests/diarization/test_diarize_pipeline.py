@@ -213,3 +213,24 @@ def test_a_cluster_holding_two_enrolled_voices_is_split_into_them(tmp_path):
     assert len(decide(an, None, None, off, enrolled=enrolled).labels) == 1
     with pytest.raises(ConfigError, match="name_split_s"):
         DiarizeConfig(name_split_s=float("nan"))
+
+
+@pytest.mark.parametrize("band_limit", [True, False])
+def test_diarization_hears_the_noisy_8k_voice_low_passed(tmp_path, band_limit):
+    """A conversation recorded at 8 kHz, upsampled, then white noise added: the analysis cuts at the voices' edge
+    (4 kHz or below) and hears the file so from then on (speech detection in both of Silero's modes: narrowband);
+    with ``band_limit`` off, as recorded."""
+    from spkid.audio.io import resample
+    path = tmp_path / "call.wav"
+    conv = write_conversation(path, n_speakers=2, seconds=30.0)
+    wav = resample(resample(conv.wav, 16000, 8000), 8000, 16000)
+    wav = wav + 0.02 * np.random.default_rng(3).standard_normal(wav.size).astype(np.float32)
+    sf.write(str(path), wav, 16000)
+    with AudioStream(path) as s:
+        a = analyse(s, MeanLogMel(), diar_config(band_limit=band_limit, overlap=False))
+        assert s.band_hz == a.band_hz
+    if band_limit:           # the synthetic voices hold little at 3.5-4 kHz: the noise covers that band too
+        assert a.band_hz in (3500.0, 4000.0) and a.narrowband
+    else:
+        assert a.band_hz is None and not a.narrowband
+    assert len(a.win) > 10
