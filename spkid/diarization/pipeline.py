@@ -3,7 +3,9 @@
 One file goes through four streaming passes, each decoding the audio block by block (``stream.AudioStream``),
 so memory is bounded by a block, the window embeddings ``(W, E)`` and the clustering's ``max_points``:
 
-1. Silero speech probabilities over the whole file (``stream.speech_probs_stream``) -> speech segments;
+1. Silero speech probabilities over the whole file (``stream.speech_probs_stream``) -> speech segments; before
+   it, the first block decides whether the file's voices end below 6 kHz under noise (``audio.bandwidth``), and
+   if so every pass hears the file low-passed there (``AudioStream.low_pass``);
 2. embeddings of ``window_s`` windows every ``hop_s`` over the speech, in batches;
 3. clustering (``cluster``: AHC at a calibrated threshold, or spectral + eigengap; then the HMM refinement)
    -> one speaker label per window; with a registry's speakers (``names.Enrolled``), a cluster that holds
