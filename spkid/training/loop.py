@@ -235,6 +235,7 @@ def _train(data_dir, out_dir: Path, cfg: RunConfig, *, resume: bool, progress: b
         save_checkpoint(out_dir / "last.ckpt", {**snapshot(rng_ranks), **extras})
     log.close()
     dist.barrier_if(True)
+    del fwd       # DDP's reducer holds the process group: it must go first (dist.teardown)
     dist.teardown()
     if not main:
         return None
