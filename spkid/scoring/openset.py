@@ -6,6 +6,7 @@ fingerprint and refuses embeddings from another model.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from dataclasses import dataclass
@@ -206,7 +207,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         ids, items = gather(files)
         fails: list = []                # unreadable clips are left out with a warning; all unreadable: an error
         named = _item_sources(items)
-        pairs = model.features(items, failures=fails, channel=enrollment_channels(named))
+        pairs = model.features(items, failures=fails, channel=enrollment_channels())
         if len(fails) == len(items):    # before creating a new registry: nothing readable leaves no registry
             raise none_readable(fails)
         kept = [(s, f, c) for s, (f, c) in zip(named, pairs) if f is not None]
@@ -236,28 +237,36 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
 # how many renderings of it are averaged: what diarization names a telephone call, or a voice recorded across a
 # room, against (names.Enrolled). One room draws its own reverberation and noise; the mean of four is the voice
 # across a room rather than across that room (one draw per clip named voices in rooms as often, but which
-# strangers took an enrolled name swung with the rooms drawn; docs/diarization.md)
+# strangers took an enrolled name swung with the rooms drawn). Four telephone lines instead of one were measured
+# over three draws and not kept: the named share of telephone calls swung as much (docs/diarization.md)
 COPIES = {"telephone": (telephone_copy, 1), "room": (room_copy, 4)}
 
 
-def enrollment_channels(sources: list[str]):
-    """``Model.features``'s ``channel`` for items named ``sources``: item ``k``'s speech through each channel of
-    ``COPIES``, ``{channel: [(S,), ...]}`` (its renderings), drawn from ``sources[k]`` (``channel_seed``), so
-    enrolling a clip again gives the same copies."""
-    return lambda k, wav: {ch: [copy(wav, channel_seed(sources[k], ch, r)) for r in range(n)]
-                           for ch, (copy, n) in COPIES.items()}
+def enrollment_channels():
+    """``Model.features``'s ``channel``: an item's speech ``(S,)`` through each channel of ``COPIES``,
+    ``{channel: [(S,), ...]}`` (its renderings), drawn from the samples themselves (``content_key``), so the same
+    audio gets the same copies whatever its file is called or wherever it lies, and enrolling it again too."""
+    def copies(_k: int, wav: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        key = content_key(wav)
+        return {ch: [copy(wav, channel_seed(key, ch, r)) for r in range(n)] for ch, (copy, n) in COPIES.items()}
+    return copies
 
 
-def channel_seed(source: str, channel: str = "telephone", rendering: int = 0) -> int:
-    """The channel a clip's copy goes through: drawn from its source's name, the channel's and the rendering's
-    (the telephone's first from the source's name alone, as before there were others)."""
-    key = source if (channel, rendering) == ("telephone", 0) else f"{channel}:{rendering}:{source}"
-    return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+def content_key(wav: torch.Tensor) -> str:
+    """A name for a waveform ``(S,)`` from its float32 samples (SHA-256, 16 hex digits)."""
+    data = torch.as_tensor(wav, dtype=torch.float32).detach().cpu().contiguous().numpy().tobytes()
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def channel_seed(key: str, channel: str = "telephone", rendering: int = 0) -> int:
+    """The seed of one rendering of a clip through a channel: from the clip's ``content_key``, the channel's name and
+    the rendering's number."""
+    return zlib.crc32(f"{channel}:{rendering}:{key}".encode("utf-8", "surrogatepass"))
 
 
 def copy_rows(copies: list[tuple[str, dict[str, list[torch.Tensor]]]]) -> list[tuple[str, str, torch.Tensor]]:
     """``[(source, channel, features (T, F))]``, one row per rendering, of clips' copies ``[(source, {channel:
-    [features of each rendering]})]`` (``Model.features(..., channel=enrollment_channels(...))``)."""
+    [features of each rendering]})]`` (``Model.features(..., channel=enrollment_channels())``)."""
     return [(s, ch, f) for s, by in copies for ch, fs in by.items() for f in fs]
 
 

@@ -206,7 +206,7 @@ async def enroll(request):
         raise ApiError(422, "audio: the same clip was uploaded twice in one request")
     # each clip and its telephone and room copies (what a voice on the phone or across a room is named against:
     # spkid enroll stores the same)
-    pairs = await svc.features(clips, channels=[enrollment_channels([s]) for s in sources])   # one item each: k = 0
+    pairs = await svc.features(clips, channels=[enrollment_channels()] * len(clips))
     feats = [f for f, _ in pairs]
     rows = copy_rows([(s, c) for s, (_, c) in zip(sources, pairs) if c is not None])
     emb = (await svc.batcher.embed(feats + [f for _, _, f in rows])).numpy()      # one queue for every embedding
