@@ -131,6 +131,23 @@ def test_a_write_by_another_process_is_seen_at_once(client, voices, model):
     assert names == ["a", "cli-side"]
 
 
+def test_service_and_cli_store_the_same_copies_of_a_clip(client, voices, voice_checkpoint, tmp_path):
+    """A clip's telephone and room copies are drawn from its audio: uploaded, or enrolled from a file of any name,
+    the same clip gets the same copies."""
+    import numpy as np
+    from spkid.scoring.openset import enroll
+    from spkid.scoring.speaker_db import CHANNELS, SpeakerDB
+    assert _enroll(client, "a", voices[0][:1]).status_code == 201
+    clip = tmp_path / "any name at all.wav"
+    clip.write_bytes(voices[0][0])
+    enroll(tmp_path / "cli.db", "a", [clip], checkpoint=voice_checkpoint, device="cpu")
+    with SpeakerDB.open(client.app.state.svc.cfg.registry) as served, SpeakerDB.open(tmp_path / "cli.db") as cli:
+        for ch in CHANNELS:
+            (_, _, a), = served.clips(ch)
+            (_, _, b), = cli.clips(ch)
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_metrics_count_requests_and_batches(client, voices):
     _enroll(client, "a", voices[0][:2])
     client.post("/v1/identify", files=files(voices[0][2]), headers=auth(READ))
