@@ -153,7 +153,7 @@ class Model:
         of it (the HW4 definition) and the two paths agree.
 
         ``channel``: a function of the item's index and its 16 kHz speech waveform ``(S,)`` that gives copies of it
-        through simulated channels, ``{name: [(S,), ...]}`` (``scoring.openset.enrollment_channels``: a telephone,
+        through simulated channels, ``{name: [(S,), ...]}`` (``scoring.openset.enrollment_copies``: a telephone,
         rooms); each item then gives ``(features, {name: [features of each copy]})``, the second None for an item
         given as features (a ``.pt`` file, a ``(T, n_mels)`` array: no waveform to pass).
 

@@ -207,7 +207,7 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
         ids, items = gather(files)
         fails: list = []                # unreadable clips are left out with a warning; all unreadable: an error
         named = _item_sources(items)
-        pairs = model.features(items, failures=fails, channel=enrollment_channels())
+        pairs = model.features(items, failures=fails, channel=enrollment_copies)
         if len(fails) == len(items):    # before creating a new registry: nothing readable leaves no registry
             raise none_readable(fails)
         kept = [(s, f, c) for s, (f, c) in zip(named, pairs) if f is not None]
@@ -242,14 +242,13 @@ def enroll(registry: str | Path, name: str, files, *, checkpoint: str | Path | N
 COPIES = {"telephone": (telephone_copy, 4), "room": (room_copy, 4)}
 
 
-def enrollment_channels():
+def enrollment_copies(_k: int, wav: torch.Tensor) -> dict[str, list[torch.Tensor]]:
     """``Model.features``'s ``channel``: an item's speech ``(S,)`` through each channel of ``COPIES``,
     ``{channel: [(S,), ...]}`` (its renderings), drawn from the samples themselves (``content_key``), so the same
-    audio gets the same copies whatever its file is called or wherever it lies, and enrolling it again too."""
-    def copies(_k: int, wav: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        key = content_key(wav)
-        return {ch: [copy(wav, channel_seed(key, ch, r)) for r in range(n)] for ch, (copy, n) in COPIES.items()}
-    return copies
+    audio gets the same copies whatever its file is called or wherever it lies, and enrolling it again too (the
+    item's index ``_k`` plays no part)."""
+    key = content_key(wav)
+    return {ch: [copy(wav, channel_seed(key, ch, r)) for r in range(n)] for ch, (copy, n) in COPIES.items()}
 
 
 def content_key(wav: torch.Tensor) -> str:
@@ -266,7 +265,7 @@ def channel_seed(key: str, channel: str = "telephone", rendering: int = 0) -> in
 
 def copy_rows(copies: list[tuple[str, dict[str, list[torch.Tensor]]]]) -> list[tuple[str, str, torch.Tensor]]:
     """``[(source, channel, features (T, F))]``, one row per rendering, of clips' copies ``[(source, {channel:
-    [features of each rendering]})]`` (``Model.features(..., channel=enrollment_channels())``)."""
+    [features of each rendering]})]`` (``Model.features(..., channel=enrollment_copies)``)."""
     return [(s, ch, f) for s, by in copies for ch, fs in by.items() for f in fs]
 
 

@@ -189,7 +189,7 @@ async def list_speakers(request):
 
 
 async def enroll(request):
-    from spkid.scoring.openset import add_clips, copy_rows, enrollment_channels, mean_copies
+    from spkid.scoring.openset import add_clips, copy_rows, enrollment_copies, mean_copies
     svc: Service = request.app.state.svc
     svc.allow(request, "admin")
     fields, files = await read_form(request)
@@ -206,7 +206,7 @@ async def enroll(request):
         raise ApiError(422, "audio: the same clip was uploaded twice in one request")
     # each clip and its telephone and room copies (what a voice on the phone or across a room is named against:
     # spkid enroll stores the same)
-    pairs = await svc.features(clips, channels=[enrollment_channels()] * len(clips))
+    pairs = await svc.features(clips, channels=[enrollment_copies] * len(clips))
     feats = [f for f, _ in pairs]
     rows = copy_rows([(s, c) for s, (_, c) in zip(sources, pairs) if c is not None])
     emb = (await svc.batcher.embed(feats + [f for _, _, f in rows])).numpy()      # one queue for every embedding

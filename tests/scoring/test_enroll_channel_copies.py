@@ -11,7 +11,7 @@ import spkid
 from spkid.audio.channel import telephone_copy
 from spkid.audio.synth import make_voice, synth_utterance
 from spkid.audio.rooms import room_copy
-from spkid.scoring.openset import COPIES, channel_seed, content_key, enroll, enrollment_channels
+from spkid.scoring.openset import COPIES, channel_seed, content_key, enroll, enrollment_copies
 from spkid.scoring.speaker_db import CHANNELS
 from spkid.scoring.speaker_db import SpeakerDB
 
@@ -94,9 +94,9 @@ def test_copies_are_drawn_from_the_samples_the_channel_and_the_rendering():
     assert content_key(a) == content_key(a.clone()) == content_key(a.double()) != content_key(b)
     seeds = {channel_seed(content_key(a), ch, r) for ch in CHANNELS for r in range(4)}
     assert len(seeds) == 4 * len(CHANNELS)                         # every rendering of every channel its own draw
-    made = enrollment_channels()(0, a)
+    made = enrollment_copies(0, a)
     assert {ch: len(v) for ch, v in made.items()} == {ch: n for ch, (_, n) in COPIES.items()}
-    again = enrollment_channels()(7, a.clone())                     # the item's index plays no part
+    again = enrollment_copies(7, a.clone())                     # the item's index plays no part
     assert all(torch.equal(u, v) for ch in made for u, v in zip(made[ch], again[ch]))
     for ch, copies in made.items():                                  # four telephone lines, four rooms: all differ
         assert len(copies) > 1 and all(not torch.equal(copies[0], c) for c in copies[1:]), ch
