@@ -19,6 +19,7 @@ carries a wrong one (``named_shares``: compared on 10 ms frames, so overlapped s
 
     python benchmarks/diarization.py --checkpoint base.ckpt [--checkpoint-10min m10.ckpt] [--resemblyzer]
     python benchmarks/diarization.py ... --full                # more and longer conversations (1-10 min, one 1 h)
+    python benchmarks/diarization.py ... --speaker-levels 8    # each speaker at their own level, within +-8 dB
     python benchmarks/diarization.py --calibrate --checkpoint base.ckpt   # threshold / method study on dev speakers
     python benchmarks/diarization.py --long-hours 3 --checkpoint base.ckpt   # peak memory on one long file
 
@@ -112,17 +113,26 @@ def conversations(corpus: str, n: int, minutes: tuple[float, float], seed: int, 
     return plans
 
 
-def write_condition(plans, condition: str, out: Path, seed: int) -> list[dict]:
-    """Write every planned conversation under ``condition`` to ``out`` (FLAC; telephone at 8 kHz); manifest rows."""
+def write_condition(plans, condition: str, out: Path, seed: int, levels_db: float = 0.0) -> list[dict]:
+    """Write every planned conversation under ``condition`` to ``out`` (FLAC; telephone at 8 kHz); manifest rows.
+
+    ``levels_db`` > 0: each speaker of a conversation speaks at a level of their own, a gain drawn uniformly in
+    +-``levels_db`` dB and kept for all their turns (a near and a far talker); drawn apart from everything else, so
+    the conversations are otherwise the same as without it."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, pool, seconds, overlap in plans:
         rng = np.random.default_rng([seed, sum(map(ord, name))])
+        levels = 10 ** (np.random.default_rng([seed, sum(map(ord, name)), 2]).uniform(-levels_db, levels_db, len(pool))
+                        / 20) if levels_db > 0 else None
+        rooms = {} if condition == "room-noise" else None
         transform = None
-        if condition == "room-noise":
-            rooms = {}
-
-            def transform(piece, spk, rooms=rooms, rng=rng):
+        if levels is not None or rooms is not None:
+            def transform(piece, spk, rooms=rooms, rng=rng, levels=levels):
+                if levels is not None:
+                    piece = piece * np.float32(levels[spk])
+                if rooms is None:
+                    return piece
                 if spk not in rooms:
                     rooms[spk] = degrade._room("room-sim", rng)
                 return degrade.reverberate(piece.astype(np.float64), rooms[spk]).astype(np.float32)
@@ -301,6 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--long-hours", type=float, default=0.0, help="only: peak memory and speed on one file this long")
     ap.add_argument("--work", default="/tmp/spkid-diarization-bench", help="folder for audio, RTTMs, registries")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speaker-levels", type=float, default=0.0, metavar="DB",
+                    help="each speaker at a level of their own, drawn in +-DB dB (default 0: every turn near one level)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", choices=["resemblyzer"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -308,6 +320,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         return worker(a.files, a.out, a.method)
+    if not 0 <= a.speaker_levels < float("inf"):
+        ap.error(f"--speaker-levels {a.speaker_levels}: dB >= 0")
     if not (SHARED / "librispeech-sample").is_dir():
         print(f"needs {SHARED} (librispeech-sample, fsdd)", file=sys.stderr)
         return 2
@@ -337,7 +351,7 @@ def main(argv=None) -> int:
     results = []
     for cond in CONDITIONS:
         t0 = time.perf_counter()
-        rows = write_condition(plans, cond, work / cond, a.seed)
+        rows = write_condition(plans, cond, work / cond, a.seed, a.speaker_levels)
         audio = sum(r["seconds"] for r in rows)
         write_rttm(work / cond / "reference.rttm", [Segment(**s) for r in rows for s in r["reference"]])
         print(f"[{cond}] {len(rows)} conversations, {audio / 60:.1f} min, overlap "
@@ -351,7 +365,8 @@ def main(argv=None) -> int:
             res = {"condition": cond, "system": sysd["name"], "der_collar": der.der_collar, "der": der.der,
                    "der_collar_skip": der.der_collar_skip, "jer": der.jer, "false_alarm": der.false_alarm,
                    "miss": der.miss, "confusion": der.confusion, "count_wrong": wrong, "count_mae": mae,
-                   "rtf": audio / run["seconds"], "maxrss_mb": run["maxrss_mb"], "audio_min": audio / 60}
+                   "rtf": audio / run["seconds"], "maxrss_mb": run["maxrss_mb"], "audio_min": audio / 60,
+                   "speaker_levels_db": a.speaker_levels}
             for corpus in ("libri", "fsdd", "synth"):
                 sub = [r for r in rows if r["name"].startswith(corpus + "-")]
                 if sub:

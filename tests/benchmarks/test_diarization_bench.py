@@ -39,3 +39,30 @@ def test_enrolled_table_shows_every_registry_run(bench):
     table = bench.enrolled_table([row, {"condition": "clean", "system": "Resemblyzer"}]).splitlines()
     assert len(table) == 3                                         # a system without a registry run has no row
     assert table[2] == ("| clean | spkid base | 75.1 / 6.0 % | 7.85 % | 38 % | 2.80 % / 0 % | 70.0 / 5.0 % |")
+
+
+def test_speaker_levels_scale_each_speaker_by_a_gain_of_their_own(bench, tmp_path):
+    """``--speaker-levels``: the same conversation, each speaker's turns scaled by one gain of their own (within the
+    range asked), everything else (timing, turns) unchanged."""
+    import numpy as np
+    import soundfile as sf
+    rng = np.random.default_rng(0)
+    tone = lambda f: (0.1 * np.sin(2 * np.pi * f * np.arange(32000) / 16000)).astype(np.float32)     # noqa: E731
+    pool = {"lo": [(tone(220.0), [(0, 32000)])], "hi": [(tone(330.0), [(0, 32000)])],
+            "mid": [(tone(440.0) * rng.uniform(0.9, 1.0), [(0, 32000)])]}
+    plans = [("conv-00", pool, 30.0, 0.0)]
+    flat = bench.write_condition(plans, "clean", tmp_path / "flat", 0)[0]
+    lev = bench.write_condition(plans, "clean", tmp_path / "lev", 0, levels_db=10.0)[0]
+    assert lev["reference"] == flat["reference"]
+    a, _ = sf.read(flat["file"])
+    b, _ = sf.read(lev["file"])
+    ratios = {}
+    for s in flat["reference"]:
+        i, j = int(s["start"] * 16000) + 800, int(s["end"] * 16000) - 800
+        ratios.setdefault(s["speaker"], []).append(np.sqrt(np.mean(b[i:j] ** 2) / np.mean(a[i:j] ** 2)))
+    per = {k: np.array(v) for k, v in ratios.items()}
+    for v in per.values():                                    # one gain per speaker, turn after turn
+        assert v.max() / v.min() < 1.01
+    db = 20 * np.log10([v.mean() for v in per.values()])
+    assert db.max() - db.min() > 1.0                          # speakers differ ...
+    assert db.max() - db.min() <= 20.0 + 0.1                  # ... within the +-10 dB asked (a common peak scale aside)
