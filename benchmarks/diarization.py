@@ -113,6 +113,20 @@ def conversations(corpus: str, n: int, minutes: tuple[float, float], seed: int, 
     return plans
 
 
+def conversation_plans(full: bool, seed: int, per_corpus: int | None = None) -> list:
+    """The test conversations' plans: 6 librispeech, 4 FSDD and 3 synthetic of 1-2 minutes, or (``full``) 12 of each
+    of 1-10 minutes and one librispeech conversation of an hour; ``per_corpus`` conversations of each instead."""
+    n, minutes = (12, (1.0, 10.0)) if full else ((6, 4, 3), (1.0, 2.0))
+    counts = dict(zip(("libri", "fsdd", "synth"), n if isinstance(n, tuple) else (n, n, n)))
+    if per_corpus:
+        counts = {c: per_corpus for c in counts}
+    plans = [p for c, k in counts.items() for p in conversations(c, k, minutes, seed)]
+    if full:                                     # one hour, named apart from the 1-10 minute "libri-00"
+        plans += [(f"libri-hour-{k:02d}", *rest) for k, (_, *rest) in
+                  enumerate(conversations("libri", 1, (60.0, 60.0), seed + 1))]
+    return plans
+
+
 def write_condition(plans, condition: str, out: Path, seed: int, levels_db: float = 0.0) -> list[dict]:
     """Write every planned conversation under ``condition`` to ``out`` (FLAC; telephone at 8 kHz); manifest rows.
 
@@ -312,7 +326,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/spkid-diarization-bench", help="folder for audio, RTTMs, registries")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speaker-levels", type=float, default=0.0, metavar="DB",
-                    help="each speaker at a level of their own, drawn in +-DB dB (default 0: every turn near one level)")
+                    help="each speaker at a level of their own, drawn in +-DB dB (default 0: turns near one level)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", choices=["resemblyzer"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -340,14 +354,7 @@ def main(argv=None) -> int:
         sysd["name_split"] = not a.no_name_split
     if not systems:
         ap.error("give --checkpoint, --checkpoint-10min and/or --resemblyzer")
-    n, minutes = (12, (1.0, 10.0)) if a.full else ((6, 4, 3), (1.0, 2.0))
-    counts = dict(zip(("libri", "fsdd", "synth"), n if isinstance(n, tuple) else (n, n, n)))
-    if a.conversations:
-        counts = {c: a.conversations for c in counts}
-    plans = [p for c, k in counts.items() for p in conversations(c, k, minutes, a.seed)]
-    if a.full:                                   # one hour, named apart from the 1-10 minute "libri-00"
-        plans += [(f"libri-hour-{k:02d}", *rest) for k, (_, *rest) in
-                  enumerate(conversations("libri", 1, (60.0, 60.0), a.seed + 1))]
+    plans = conversation_plans(a.full, a.seed, a.conversations)
     results = []
     for cond in CONDITIONS:
         t0 = time.perf_counter()

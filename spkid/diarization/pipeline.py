@@ -225,10 +225,11 @@ def analyse(stream: AudioStream, embedder: Embedder, cfg: DiarizeConfig, progres
 
 def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, cfg: DiarizeConfig, *,
            n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
-           enrolled: Enrolled | None = None) -> FileDiarization:
+           enrolled: Enrolled | None = None, stages: dict[str, int] | None = None) -> FileDiarization:
     """Passes 3 and 4: cluster the windows (with ``enrolled`` speakers, a cluster holding several of them is split:
     ``cfg.name_split_s``), place the boundaries (refined when ``cfg.refine`` and a ``stream`` and ``embedder`` are
-    given), cut the speech into speaker turns."""
+    given), cut the speech into speaker turns. ``stages``, when given, receives the number of speakers after each
+    clustering step (``_cluster``)."""
     if len(a.win) == 0:
         why = (f"{a.path}: no speech found" if not a.speech else
                f"{a.path}: only {a.speech_s:.2f} s of speech, in pieces shorter than {cfg.min_window_s:g} s")
@@ -237,9 +238,11 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     release_free_heap()                             # the passes' freed buffers, before the clustering's (N, N) ones
     mu = C._unit(a.emb).mean(0) if cfg.centre else np.zeros(a.emb.shape[1])
     x = _space(a.emb, mu)
-    labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb)
+    labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb, stages)
     if enrolled is not None and cfg.name_split_s > 0 and n_speakers is None:
         labels = enrolled.split(a.emb, labels, max(1, int(round(cfg.name_split_s / cfg.hop_s))), max_speakers)
+        if stages is not None:
+            stages["name_split"] = int(labels.max()) + 1
     cents = C.centroids(x, labels)
     refine = cfg.refine and stream is not None and embedder is not None
     if refine:
@@ -323,36 +326,49 @@ def _embed_windows(stream: AudioStream, win: np.ndarray, embedder: Embedder, cfg
 
 
 def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min_speakers, max_speakers,
-             raw: np.ndarray) -> np.ndarray:
+             raw: np.ndarray, stages: dict[str, int] | None = None) -> np.ndarray:
     """Window labels ``(W,)`` 0..K-1: cluster (representatives of a long file) the centred windows ``x`` (spectral's
     clusters merged below ``cfg.threshold``, or ``cfg.settled_threshold`` between two clusters that each hold
     ``cfg.settled_s`` of speech), split a cluster again around its own mean where its parts are clearly apart
     (``cfg.resplit``), merge the clusters whose uncentred ``raw`` ``(W, E)`` means have a cosine above
     ``cfg.merge_raw`` (``cfg.merge_raw_settled`` between two of ``cfg.raw_settled_s``; and, with
-    ``cfg.same_speaker``, what the recording calls one speaker), then the HMM over all windows."""
+    ``cfg.same_speaker``, what the recording calls one speaker), then the HMM over all windows. ``stages``, when
+    given, receives the number of speakers after each step that ran (``spectral``/``ahc``, ``merge``, ``resplit``,
+    ``raw_merge``, ``same_speaker``, ``hmm``; benchmarks/diarization_stages.py)."""
+    def note(step: str, lab: np.ndarray) -> None:
+        if stages is not None:
+            stages[step] = int(lab.max()) + 1
+
     settled = {"settled": cfg.settled_s / cfg.hop_s, "settled_threshold": min(cfg.settled_threshold, cfg.threshold)}
     reps, group = C.compact(x, cfg.max_points)
     if cfg.method == "ahc":
         rl = C.ahc(reps, cfg.threshold, n_speakers=n_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+        note("ahc", rl)
     else:
         rl = C.spectral(reps, n_speakers=n_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+        note("spectral", rl)
         if n_speakers is None:
             rl = C.merge_close(reps, rl, cfg.threshold, min_speakers, weights=np.bincount(group, minlength=len(reps)),
                                **settled)
+            note("merge", rl)
     labels = rl[group]
     if cfg.resplit > 0 and cfg.method == "spectral" and n_speakers is None:
         labels = C.split_recentred(raw, labels, cfg.resplit, int(round(cfg.resplit_s / cfg.hop_s)), cfg.threshold,
                                    **settled, max_points=cfg.max_points, max_speakers=max_speakers)
+        note("resplit", labels)
     if cfg.merge_raw > 0 and n_speakers is None:
         labels = C.merge_close(C._unit(raw), labels, 1.0 - cfg.merge_raw, min_speakers,
                                settled=cfg.raw_settled_s / cfg.hop_s,
                                settled_threshold=1.0 - max(cfg.merge_raw_settled, cfg.merge_raw))
+        note("raw_merge", labels)
     if cfg.same_speaker > 0 and n_speakers is None:
         labels = C.merge_same_speaker(raw, labels, cfg.same_speaker, min_speakers)
+        note("same_speaker", labels)
     if cfg.hmm:
         gaps = win[1:, 0] > win[:-1, 1]                                     # a pause between two windows
         labels = C.hmm_resegment(x, labels, gaps=gaps, scale=cfg.hmm_scale, loop=cfg.hmm_loop,
                                  min_speakers=min_speakers, n_speakers=n_speakers)
+        note("hmm", labels)
     return C.relabel(labels)
 
 

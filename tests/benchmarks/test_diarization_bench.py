@@ -66,3 +66,17 @@ def test_speaker_levels_scale_each_speaker_by_a_gain_of_their_own(bench, tmp_pat
     db = 20 * np.log10([v.mean() for v in per.values()])
     assert db.max() - db.min() > 1.0                          # speakers differ ...
     assert db.max() - db.min() <= 20.0 + 0.1                  # ... within the +-10 dB asked (a common peak scale aside)
+
+
+def test_stages_blame_a_wrong_count_on_the_step_that_made_it(bench):
+    """benchmarks/diarization_stages.py: a count too low is the last step's that took it below the truth."""
+    import diarization_stages as st
+    assert st.cause(3, {"spectral": 3, "merge": 3, "resplit": 3, "raw_merge": 3, "hmm": 3}, 3) == "right"
+    assert st.cause(3, {"spectral": 5, "merge": 4, "hmm": 4}, 4) == "too many at the end"
+    assert st.cause(3, {"spectral": 2, "merge": 2, "raw_merge": 2, "hmm": 2}, 2) == st.CAUSES[2]
+    assert st.cause(3, {"spectral": 4, "merge": 2, "resplit": 2, "raw_merge": 2}, 2) == "too few: the centred merge"
+    # taken below by the centred merge, restored by the re-split, taken again by the raw merge: the raw merge's
+    assert st.cause(3, {"spectral": 3, "merge": 2, "resplit": 3, "raw_merge": 2, "hmm": 2}, 2) == \
+        "too few: the raw merge"
+    assert st.cause(3, {"spectral": 2, "resplit": 3, "hmm": 2}, 2) == "too few: the HMM"
+    assert st.cause(2, {"ahc": 1, "hmm": 1}, 1) == st.CAUSES[2]                 # AHC's cut: the first clustering

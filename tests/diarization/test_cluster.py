@@ -261,3 +261,24 @@ def test_resplit_in_the_pipeline_honours_method_and_counts(hmm):
     assert run(hi=3).max() + 1 <= 3
     assert run(n=2).max() + 1 == 2
     assert np.array_equal(run(method="ahc"), run(method="ahc", resplit=0.0))
+
+
+def test_cluster_records_the_count_after_each_step_it_runs():
+    """``_cluster(stages=)``: the number of speakers after every step that ran (benchmarks/diarization_stages.py
+    blames a wrong count on one), the last one the result's; asking for them changes nothing."""
+    from spkid.diarization.pipeline import DiarizeConfig, _cluster, _space
+    raw, y = _dominant(0)
+    win = np.stack([np.arange(len(y)) * 12000, np.arange(len(y)) * 12000 + 24000], 1)
+    x = _space(raw, C._unit(raw).mean(0))
+    stages: dict[str, int] = {}
+    labels = _cluster(x, win, DiarizeConfig(), None, 1, None, raw, stages)
+    assert np.array_equal(labels, _cluster(x, win, DiarizeConfig(), None, 1, None, raw))
+    assert list(stages) == ["spectral", "merge", "resplit", "raw_merge", "hmm"]
+    assert stages["hmm"] == labels.max() + 1 == 4
+    assert stages["merge"] < stages["resplit"]                # the dominant voice's case: the re-split parts them
+    stages = {}
+    _cluster(x, win, DiarizeConfig(hmm=False), 3, 1, None, raw, stages)      # a given count: spectral alone
+    assert stages == {"spectral": 3}
+    stages = {}
+    _cluster(x, win, DiarizeConfig(method="ahc", same_speaker=0.05), None, 1, None, raw, stages)
+    assert list(stages) == ["ahc", "raw_merge", "same_speaker", "hmm"]

@@ -205,6 +205,9 @@ def test_a_cluster_holding_two_enrolled_voices_is_split_into_them(tmp_path):
     assert len(decide(an, None, None, cfg).labels) == 1
     r = decide(an, None, None, cfg, enrolled=enrolled)
     assert len(r.labels) == 2
+    stages: dict[str, int] = {}                                            # the count after each step, on request
+    assert decide(an, None, None, cfg, enrolled=enrolled, stages=stages).segments == r.segments
+    assert stages == {"ahc": 1, "hmm": 1, "name_split": 2}
     turns = named(r, enrolled, "f.wav")
     assert [s.speaker for s in turns] == ["ann", "bob", "ann"]
     assert abs(turns[1].start - 10.0) < 1.0 and abs(turns[1].end - 20.0) < 1.0
