@@ -127,18 +127,20 @@ def conversation_plans(full: bool, seed: int, per_corpus: int | None = None) -> 
     return plans
 
 
-def write_condition(plans, condition: str, out: Path, seed: int, levels_db: float = 0.0) -> list[dict]:
+def write_condition(plans, condition: str, out: Path, seed: int, levels_db: float = 0.0,
+                    levels_seed: int = 2) -> list[dict]:
     """Write every planned conversation under ``condition`` to ``out`` (FLAC; telephone at 8 kHz); manifest rows.
 
     ``levels_db`` > 0: each speaker of a conversation speaks at a level of their own, a gain drawn uniformly in
-    +-``levels_db`` dB and kept for all their turns (a near and a far talker); drawn apart from everything else, so
-    the conversations are otherwise the same as without it."""
+    +-``levels_db`` dB and kept for all their turns (a near and a far talker), recorded in the rows (``levels_db``:
+    speaker -> dB); drawn from a stream of its own (``levels_seed`` picks another draw), so the conversations are
+    otherwise the same as without it."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, pool, seconds, overlap in plans:
         rng = np.random.default_rng([seed, sum(map(ord, name))])
-        levels = 10 ** (np.random.default_rng([seed, sum(map(ord, name)), 2]).uniform(-levels_db, levels_db, len(pool))
-                        / 20) if levels_db > 0 else None
+        db = np.random.default_rng([seed, sum(map(ord, name)), levels_seed]).uniform(-levels_db, levels_db, len(pool))
+        levels = 10 ** (db / 20) if levels_db > 0 else None
         rooms = {} if condition == "room-noise" else None
         transform = None
         if levels is not None or rooms is not None:
@@ -163,8 +165,28 @@ def write_condition(plans, condition: str, out: Path, seed: int, levels_db: floa
         path = out / f"{name}.flac"
         sf.write(str(path), wav.astype(np.float32), sr, subtype="PCM_16")
         rows.append({"file": str(path), "name": name, "seconds": conv.wav.size / SR, "speakers": conv.speakers,
-                     "overlap": conv.overlap, "reference": [s.__dict__ for s in conv.reference]})
+                     "overlap": conv.overlap, "reference": [s.__dict__ for s in conv.reference],
+                     "levels_db": dict(zip(pool, db.round(2).tolist())) if levels is not None else None})
     return rows
+
+
+def add_level_options(ap: argparse.ArgumentParser) -> None:
+    """``--speaker-levels DB`` and ``--levels-seed S`` (``write_condition``'s ``levels_db`` and ``levels_seed``)."""
+    ap.add_argument("--speaker-levels", type=float, default=0.0, metavar="DB",
+                    help="each speaker at a level of their own, drawn in +-DB dB (default 0: turns near one level)")
+    ap.add_argument("--levels-seed", type=int, default=2, metavar="S",
+                    help="another draw of those levels, the same conversations otherwise (default 2)")
+
+
+def check_level_options(ap: argparse.ArgumentParser, a, conflict: str | bool) -> None:
+    """Reject a negative or infinite ``--speaker-levels``, and either level option beside ``conflict`` (an option
+    that builds no conversations of several speakers)."""
+    if not 0 <= a.speaker_levels < float("inf"):
+        ap.error(f"--speaker-levels {a.speaker_levels}: dB >= 0")
+    if conflict and (a.speaker_levels or a.levels_seed != 2):
+        ap.error(f"--speaker-levels / --levels-seed do nothing with {conflict}")
+    if a.levels_seed != 2 and not a.speaker_levels:
+        ap.error("--levels-seed needs --speaker-levels")
 
 
 # ---------------------------------------------------------------- systems
@@ -325,8 +347,7 @@ def main(argv=None) -> int:
     ap.add_argument("--long-hours", type=float, default=0.0, help="only: peak memory and speed on one file this long")
     ap.add_argument("--work", default="/tmp/spkid-diarization-bench", help="folder for audio, RTTMs, registries")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--speaker-levels", type=float, default=0.0, metavar="DB",
-                    help="each speaker at a level of their own, drawn in +-DB dB (default 0: turns near one level)")
+    add_level_options(ap)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", choices=["resemblyzer"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -334,8 +355,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         return worker(a.files, a.out, a.method)
-    if not 0 <= a.speaker_levels < float("inf"):
-        ap.error(f"--speaker-levels {a.speaker_levels}: dB >= 0")
+    check_level_options(ap, a, a.calibrate and "--calibrate" or a.long_hours and "--long-hours")
     if not (SHARED / "librispeech-sample").is_dir():
         print(f"needs {SHARED} (librispeech-sample, fsdd)", file=sys.stderr)
         return 2
@@ -358,7 +378,7 @@ def main(argv=None) -> int:
     results = []
     for cond in CONDITIONS:
         t0 = time.perf_counter()
-        rows = write_condition(plans, cond, work / cond, a.seed, a.speaker_levels)
+        rows = write_condition(plans, cond, work / cond, a.seed, a.speaker_levels, a.levels_seed)
         audio = sum(r["seconds"] for r in rows)
         write_rttm(work / cond / "reference.rttm", [Segment(**s) for r in rows for s in r["reference"]])
         print(f"[{cond}] {len(rows)} conversations, {audio / 60:.1f} min, overlap "
@@ -373,7 +393,7 @@ def main(argv=None) -> int:
                    "der_collar_skip": der.der_collar_skip, "jer": der.jer, "false_alarm": der.false_alarm,
                    "miss": der.miss, "confusion": der.confusion, "count_wrong": wrong, "count_mae": mae,
                    "rtf": audio / run["seconds"], "maxrss_mb": run["maxrss_mb"], "audio_min": audio / 60,
-                   "speaker_levels_db": a.speaker_levels}
+                   "speaker_levels_db": a.speaker_levels, "levels_seed": a.levels_seed}
             for corpus in ("libri", "fsdd", "synth"):
                 sub = [r for r in rows if r["name"].startswith(corpus + "-")]
                 if sub:

@@ -1,13 +1,14 @@
 """Where the diarization error lies: the count given against the count found, and where the count goes wrong.
 
 Each conversation of the benchmark's test set (``--full``: the full set; ``--speaker-levels``: each speaker at a
-level of their own, as in ``benchmarks/diarization.py``) is analysed once (speech, window embeddings, overlap
-probabilities; cached in ``--work``), then clustered with the current defaults, boundaries unrefined (0.1-0.3
-points of DER above the full pipeline), three ways: the count found, the count given (``n_speakers``) and the count
-given within ±1 (``min_speakers``/``max_speakers``). Prints DER (±0.25 s collar, overlap scored) and the share of
-conversations whose count is wrong for each, then for every conversation whose count is wrong the step that made
-it so (``decide(..., stages=)``: the number of speakers after each clustering step). ``--monologues``: one
-90-second monologue per voice of each source instead, and how many come out as one speaker.
+level of their own, as in ``benchmarks/diarization.py``, ``--levels-seed`` another draw of them) is analysed once
+(speech, window embeddings, overlap probabilities; cached in ``--work``), then clustered with the current defaults,
+boundaries unrefined (0.1-0.35 points of DER above the full pipeline), three ways: the count found, the count given
+(``n_speakers``) and the count given within ±1 (``min_speakers``/``max_speakers``). Prints DER (±0.25 s collar,
+overlap scored) and the share of conversations whose count is wrong for each, then how many conversations each
+step made wrong (``decide(..., stages=)``: the number of speakers after each clustering step; a count too low is
+put down to the last step that took it below the truth). ``--monologues``: one 90-second monologue per voice of
+each source instead, and how many come out as one speaker.
 
     python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt [--full] [--monologues]
 """
@@ -21,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from diarization import (CONDITIONS, SHARED, conversation_plans, count_errors, pools,  # noqa: E402
-                         write_condition)
+from diarization import (CONDITIONS, SHARED, add_level_options, check_level_options,  # noqa: E402
+                         conversation_plans, count_errors, pools, write_condition)
 
 from spkid.diarization.evaluate import score_diarization  # noqa: E402
 from spkid.diarization.pipeline import DiarizeConfig, analyse, decide  # noqa: E402
@@ -48,19 +49,44 @@ def plans_of(a) -> list:
 
 def analyses(a, cond: str, embedder) -> list:
     """``[(manifest row, Analysis)]`` of every planned file under ``cond``, from the cache when there."""
-    tag = ("mono" if a.monologues else "full" if a.full else "default") + \
-        (f"-levels{a.speaker_levels:g}" if a.speaker_levels else "")
+    tag = ("mono" if a.monologues else "full" if a.full else "default") + f"-seed{a.seed}" + \
+        (f"-levels{a.speaker_levels:g}-{a.levels_seed}" if a.speaker_levels else "")
     cache = Path(a.work) / f"{tag}-{cond}-{Path(a.checkpoint).stem}.pkl"
     if cache.exists():
         return pickle.loads(cache.read_bytes())
     seed = a.seed + 7 if a.monologues else a.seed
-    rows = write_condition(plans_of(a), cond, Path(a.work) / f"{tag}-{cond}", seed, a.speaker_levels)
+    rows = write_condition(plans_of(a), cond, Path(a.work) / f"{tag}-{cond}", seed, a.speaker_levels, a.levels_seed)
     out = []
     for r in rows:
         with AudioStream(r["file"]) as s:
             out.append((r, analyse(s, embedder, DiarizeConfig())))
     cache.write_bytes(pickle.dumps(out))
     return out
+
+
+def summarise(data: list, cfg: DiarizeConfig) -> tuple[list[str], dict[str, int], dict[str, list[int]]]:
+    """``data`` ``[(manifest row, Analysis)]`` clustered the three ways: the table's cells (DER / count wrong for
+    the count found, given, given ±1), how many conversations fall under each of ``CAUSES``, and per source (the
+    name's prefix) ``[files found as one speaker, files]``."""
+    cells, why, one = [], dict.fromkeys(CAUSES, 0), {}
+    for mode in ("found", "given", "given ±1"):
+        hyp, ref = [], []
+        for r, an in data:
+            k = len(r["speakers"])
+            kw = {} if mode == "found" else {"n_speakers": k} if mode == "given" else \
+                {"min_speakers": max(1, k - 1), "max_speakers": k + 1}
+            stages: dict[str, int] = {}
+            d = decide(an, None, None, cfg, stages=stages, **kw)
+            if mode == "found":
+                why[cause(k, stages, len(d.labels))] += 1
+                n = one.setdefault(r["name"].split("-")[0], [0, 0])
+                n[0] += len(d.labels) == 1
+                n[1] += 1
+            hyp += [Segment(r["name"], s.start, s.end, s.speaker, s.score) for s in d.segments]
+            ref += [Segment(**s) for s in r["reference"]]
+        der = score_diarization(ref, hyp)[-1].der_collar
+        cells.append(f"{100 * der:.2f} % / {100 * count_errors([r for r, _ in data], hyp)[0]:.0f} %")
+    return cells, why, one
 
 
 def cause(k: int, stages: dict[str, int], final: int) -> str:
@@ -85,15 +111,14 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", required=True, help="spkid checkpoint (the benchmark's 'spkid base')")
     ap.add_argument("--full", action="store_true", help="the full test set (37 conversations per condition)")
     ap.add_argument("--monologues", action="store_true", help="one 90 s monologue per voice instead")
-    ap.add_argument("--speaker-levels", type=float, default=0.0, metavar="DB", help="as benchmarks/diarization.py")
+    add_level_options(ap)
     ap.add_argument("--work", default="/tmp/spkid-diarization-stages", help="folder for audio and cached analyses")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    check_level_options(ap, a, a.monologues and "--monologues")
     if not (SHARED / "librispeech-sample").is_dir():
         print(f"needs {SHARED} (librispeech-sample, fsdd)", file=sys.stderr)
         return 2
-    if not 0 <= a.speaker_levels < float("inf"):
-        ap.error(f"--speaker-levels {a.speaker_levels}: dB >= 0")
     Path(a.work).mkdir(parents=True, exist_ok=True)
     from spkid.diarization.batch import load_embedder
     embedder = load_embedder(a.checkpoint, device="cpu")
@@ -101,29 +126,9 @@ def main(argv=None) -> int:
     lines = ["| condition | count found: DER / count wrong | count given | count given ±1 | " +
              " | ".join(CAUSES) + " |", "|---" * (4 + len(CAUSES)) + "|"]
     for cond in CONDITIONS:
-        data = analyses(a, cond, embedder)
-        cells, why = [], dict.fromkeys(CAUSES, 0)
-        for mode in ("found", "given", "given ±1"):
-            hyp, ref = [], []
-            for r, an in data:
-                k = len(r["speakers"])
-                kw = {} if mode == "found" else {"n_speakers": k} if mode == "given" else \
-                    {"min_speakers": max(1, k - 1), "max_speakers": k + 1}
-                stages: dict[str, int] = {}
-                d = decide(an, None, None, cfg, stages=stages, **kw)
-                if mode == "found":
-                    why[cause(k, stages, len(d.labels))] += 1
-                hyp += [Segment(r["name"], s.start, s.end, s.speaker, s.score) for s in d.segments]
-                ref += [Segment(**s) for s in r["reference"]]
-            der = score_diarization(ref, hyp)[-1].der_collar
-            cells.append(f"{100 * der:.2f} % / {100 * count_errors([r for r, _ in data], hyp)[0]:.0f} %")
+        cells, why, one = summarise(analyses(a, cond, embedder), cfg)
         lines.append(f"| {cond} | " + " | ".join(cells) + " | " + " | ".join(str(why[c]) for c in CAUSES) + " |")
         if a.monologues:
-            one = {c: [0, 0] for c in ("libri", "fsdd", "synth")}
-            for r, an in data:
-                c = r["name"].split("-")[0]
-                one[c][0] += len(decide(an, None, None, cfg).labels) == 1
-                one[c][1] += 1
             print(f"[{cond}] one speaker found: " + ", ".join(f"{c} {n} of {t}" for c, (n, t) in one.items()),
                   file=sys.stderr)
     print("\n".join(lines))

@@ -43,29 +43,69 @@ def test_enrolled_table_shows_every_registry_run(bench):
 
 def test_speaker_levels_scale_each_speaker_by_a_gain_of_their_own(bench, tmp_path):
     """``--speaker-levels``: the same conversation, each speaker's turns scaled by one gain of their own (within the
-    range asked), everything else (timing, turns) unchanged."""
+    range asked, recorded in the rows), everything else (timing, turns, rooms) unchanged; ``--levels-seed`` another
+    draw."""
     import numpy as np
     import soundfile as sf
-    rng = np.random.default_rng(0)
     tone = lambda f: (0.1 * np.sin(2 * np.pi * f * np.arange(32000) / 16000)).astype(np.float32)     # noqa: E731
     pool = {"lo": [(tone(220.0), [(0, 32000)])], "hi": [(tone(330.0), [(0, 32000)])],
-            "mid": [(tone(440.0) * rng.uniform(0.9, 1.0), [(0, 32000)])]}
+            "mid": [(tone(440.0), [(0, 32000)])]}
     plans = [("conv-00", pool, 30.0, 0.0)]
     flat = bench.write_condition(plans, "clean", tmp_path / "flat", 0)[0]
     lev = bench.write_condition(plans, "clean", tmp_path / "lev", 0, levels_db=10.0)[0]
-    assert lev["reference"] == flat["reference"]
+    assert lev["reference"] == flat["reference"] and flat["levels_db"] is None
     a, _ = sf.read(flat["file"])
     b, _ = sf.read(lev["file"])
     ratios = {}
     for s in flat["reference"]:
         i, j = int(s["start"] * 16000) + 800, int(s["end"] * 16000) - 800
         ratios.setdefault(s["speaker"], []).append(np.sqrt(np.mean(b[i:j] ** 2) / np.mean(a[i:j] ** 2)))
-    per = {k: np.array(v) for k, v in ratios.items()}
-    for v in per.values():                                    # one gain per speaker, turn after turn
-        assert v.max() / v.min() < 1.01
-    db = 20 * np.log10([v.mean() for v in per.values()])
-    assert db.max() - db.min() > 1.0                          # speakers differ ...
-    assert db.max() - db.min() <= 20.0 + 0.1                  # ... within the +-10 dB asked (a common peak scale aside)
+    db = {k: 20 * np.log10(np.array(v)) for k, v in ratios.items()}
+    for v in db.values():                                     # one gain per speaker, turn after turn
+        assert v.max() - v.min() < 0.1
+    drawn = lev["levels_db"]
+    assert set(drawn) == set(pool) and all(-10.0 <= v <= 10.0 for v in drawn.values())
+    for k, v in db.items():                                   # the gains recorded, up to one peak scale for the file
+        assert abs((v.mean() - db["lo"].mean()) - (drawn[k] - drawn["lo"])) < 0.1
+    other = bench.write_condition(plans, "clean", tmp_path / "other", 0, levels_db=10.0, levels_seed=3)[0]
+    assert other["levels_db"] != drawn and other["reference"] == flat["reference"]
+    # with rooms and noise too: the same rooms, noise and turns, the speakers at their levels
+    room = bench.write_condition(plans, "room-noise", tmp_path / "room", 0)[0]
+    room_lev = bench.write_condition(plans, "room-noise", tmp_path / "room-lev", 0, levels_db=10.0)[0]
+    assert room_lev["reference"] == room["reference"] and room_lev["levels_db"] == drawn
+    assert not np.array_equal(sf.read(room["file"])[0], sf.read(room_lev["file"])[0])
+
+
+def test_stages_summary_counts_each_way_and_blames_one_step_per_file(tmp_path):
+    """benchmarks/diarization_stages.py's table cells on made-up analyses: DER and count wrong for the count found,
+    given and given within one; one cause per file; the files found as one speaker, per source."""
+    import sys
+
+    import numpy as np
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import diarization_stages as st
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from spkid.diarization.pipeline import Analysis, DiarizeConfig
+    rng = np.random.default_rng(0)
+    voices = rng.standard_normal((2, 16))
+    starts = np.arange(0, 16000 * 30 - 24000 + 1, 12000)                   # 1.5 s windows every 0.75 s over 30 s
+    win = np.stack([starts, starts + 24000], 1)
+    who = (starts >= 16000 * 15).astype(int)                               # a 0-15 s, b 15-30 s
+    emb = (voices[who] + 0.2 * rng.standard_normal((len(starts), 16))).astype(np.float32)
+    ref = [{"file": "libri-00", "start": 0.0, "end": 15.0, "speaker": "a", "score": None},
+           {"file": "libri-00", "start": 15.0, "end": 30.0, "speaker": "b", "score": None}]
+    two = ({"name": "libri-00", "speakers": ["a", "b"], "reference": ref},
+           Analysis(tmp_path / "libri-00.wav", 30.0, [(0, 16000 * 30)], win, emb))
+    one = ({"name": "synth-mono00", "speakers": ["a"], "reference": [dict(ref[0], file="synth-mono00", end=30.0)]},
+           Analysis(tmp_path / "synth-mono00.wav", 30.0, [(0, 16000 * 30)], win, emb))   # two voices, said one
+    cfg = DiarizeConfig(refine=False, overlap=False, method="ahc", threshold=1.0, resplit=0.0, merge_raw=0.0)
+    cells, why, found_one = st.summarise([two, one], cfg)
+    assert len(cells) == 3 and cells[1].endswith("/ 0 %")                 # the count given is never wrong
+    assert cells[0].endswith("/ 50 %")                                     # found: 2 and 2, one of them wrong
+    assert why["right"] == 1 and why["too many at the end"] == 1 and sum(why.values()) == 2
+    assert found_one == {"libri": [0, 1], "synth": [0, 1]}
 
 
 def test_stages_blame_a_wrong_count_on_the_step_that_made_it(bench):
