@@ -139,14 +139,14 @@ def write_condition(plans, condition: str, out: Path, seed: int, levels_db: floa
     rows = []
     for name, pool, seconds, overlap in plans:
         rng = np.random.default_rng([seed, sum(map(ord, name))])
-        db = np.random.default_rng([seed, sum(map(ord, name)), levels_seed]).uniform(-levels_db, levels_db, len(pool))
-        levels = 10 ** (db / 20) if levels_db > 0 else None
+        db = np.random.default_rng([seed, sum(map(ord, name)), levels_seed]).uniform(-levels_db, levels_db, len(pool)) \
+            if levels_db > 0 else None
         rooms = {} if condition == "room-noise" else None
         transform = None
-        if levels is not None or rooms is not None:
-            def transform(piece, spk, rooms=rooms, rng=rng, levels=levels):
-                if levels is not None:
-                    piece = piece * np.float32(levels[spk])
+        if db is not None or rooms is not None:
+            def transform(piece, spk, rooms=rooms, rng=rng, db=db):
+                if db is not None:
+                    piece = piece * np.float32(10 ** (db[spk] / 20))
                 if rooms is None:
                     return piece
                 if spk not in rooms:
@@ -166,7 +166,7 @@ def write_condition(plans, condition: str, out: Path, seed: int, levels_db: floa
         sf.write(str(path), wav.astype(np.float32), sr, subtype="PCM_16")
         rows.append({"file": str(path), "name": name, "seconds": conv.wav.size / SR, "speakers": conv.speakers,
                      "overlap": conv.overlap, "reference": [s.__dict__ for s in conv.reference],
-                     "levels_db": dict(zip(pool, db.round(2).tolist())) if levels is not None else None})
+                     "levels_db": dict(zip(pool, db.round(2).tolist())) if db is not None else None})
     return rows
 
 

@@ -75,14 +75,13 @@ class Service:
         self.limiter.take(who.key)
         return who
 
-    async def features(self, clips, max_seconds: float | None = None, channels: list | None = None) -> list:
-        """Features of each clip, decoded in worker threads (concurrently); with ``channels`` (one channel function
-        per clip, ``Model.features``'s), ``(features, features through it)`` pairs."""
+    async def features(self, clips, max_seconds: float | None = None, channel=None) -> list:
+        """Features of each clip, decoded in worker threads (concurrently); with ``channel`` (``Model.features``'s,
+        e.g. ``openset.enrollment_copies``), ``(features, features through it)`` pairs."""
         cap = max_seconds or self.cfg.max_clip_seconds
         loop = asyncio.get_running_loop()
-        channels = channels or [None] * len(clips)
         return list(await asyncio.gather(*[loop.run_in_executor(self.decoders, clip_features, c, self.model, cap,
-                                                                self.tmp, ch) for c, ch in zip(clips, channels)]))
+                                                                self.tmp, channel) for c in clips]))
 
     async def embed(self, clips) -> np.ndarray:
         """``(N, E)`` L2-normalised embeddings of uploaded clips, through the shared queue."""
@@ -206,7 +205,7 @@ async def enroll(request):
         raise ApiError(422, "audio: the same clip was uploaded twice in one request")
     # each clip and its telephone and room copies (what a voice on the phone or across a room is named against:
     # spkid enroll stores the same)
-    pairs = await svc.features(clips, channels=[enrollment_copies] * len(clips))
+    pairs = await svc.features(clips, channel=enrollment_copies)
     feats = [f for f, _ in pairs]
     rows = copy_rows([(s, c) for s, (_, c) in zip(sources, pairs) if c is not None])
     emb = (await svc.batcher.embed(feats + [f for _, _, f in rows])).numpy()      # one queue for every embedding
