@@ -211,6 +211,8 @@ def unused_settings(cfg: RunConfig) -> list[tuple[str, str]]:
             out += [("augment.speed_slow", "augment.p_speed is 0"), ("augment.speed_fast", "augment.p_speed is 0")]
         if a.p_pause == 0:
             out.append(("augment.pause_max", "augment.p_pause is 0"))
+        if a.p_gain == 0:
+            out.append(("augment.gain_db", "augment.p_gain is 0"))
     if cfg.features.kind in ("kaldi", "resemblyzer"):
         out.append(("features.floor", f"features.kind={cfg.features.kind!r} has its own floor (or no log)"))
     if a.feat_eq == 0:

@@ -5,7 +5,7 @@ with its probability and draws every value from the ``torch.Generator`` ``g``, s
 of the generator's seed (the sampler seeds it from ``(seed, rank, step)``: exact resume, different ranks see
 different conditions). Order, as in a real recording: pauses (spans of near-silence), room (reverberation),
 then background noise (babble or noise recordings or synthetic noise) at an SNR, then the channel (band
-limitation, or telephone with G.711 companding). Two kinds act on the source instead and live in the sampler: speed perturbation
+limitation, or telephone with G.711 companding), then the level (a random gain, clipped at full scale). Two kinds act on the source instead and live in the sampler: speed perturbation
 (``speed_perturb``; sped-up copies are extra speakers, ``speed_label``) and codecs (``spkid.audio.codecs``:
 real Opus/MP3/GSM coding is too slow per item, so coded copies are made once at start).
 
@@ -75,11 +75,17 @@ class WaveAugmentConfig:
     p_codec: float = 0.1
     codecs: str = "opus,opus-nb,mp3,gsm"   # comma-separated names from spkid.audio.codecs.CODECS
     codec_per_speaker: int = 2       # utterances of each speaker coded into the bank
+    # level: a gain uniform in +-gain_db on the finished item (a near or a far talker, a quiet or a hot input), clipped
+    # to full scale as a file would be. A speaker's recordings share one level, so without it the model also learns
+    # the level as a voice: two speakers of one conversation at levels of their own split and merge on it
+    # (docs/diarization.md, "Speakers at levels of their own"). Drawn after every other kind, from the same generator.
+    p_gain: float = 0.0              # off by default: the 10-minute recipes and `base` trained without it
+    gain_db: float = 10.0
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad field."""
         for name in ("p_noise", "p_babble", "hum_share", "band_share", "p_reverb", "p_speed", "p_band",
-                     "p_telephone", "p_codec", "p_pause"):
+                     "p_telephone", "p_codec", "p_pause", "p_gain"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"augment.{name} must be in [0, 1], got {v}")
@@ -92,6 +98,8 @@ class WaveAugmentConfig:
             a, b = getattr(self, lo), getattr(self, hi)
             if not (low <= a <= b <= high and math.isfinite(a) and math.isfinite(b)):
                 raise ConfigError(f"augment.{lo}..{hi} must satisfy {low} <= {lo} <= {hi} <= {high}, got {a}..{b}")
+        if not (0.0 <= self.gain_db <= 40.0 and math.isfinite(self.gain_db)):
+            raise ConfigError(f"augment.gain_db must be in [0, 40], got {self.gain_db}")
         if not 0.05 <= self.pause_max <= 0.9:
             raise ConfigError(f"augment.pause_max must be in [0.05, 0.9], got {self.pause_max}")
         if not 1 <= self.babble_min <= self.babble_max:
@@ -217,6 +225,12 @@ class Augmenter:
         rows = torch.nonzero(u[:, 4] < c.p_telephone).flatten()
         if len(rows):
             wav[rows] = telephone(wav[rows], lengths[rows], g)
+        if c.p_gain > 0:                              # drawn only when on: recipes without it see the same batches
+            v = torch.rand(b, 2, generator=g)
+            rows = torch.nonzero(v[:, 0] < c.p_gain).flatten()
+            if len(rows):
+                db = c.gain_db * (2.0 * v[rows, 1] - 1.0)
+                wav[rows] = torch.clamp(wav[rows] * (10.0 ** (db / 20.0))[:, None], -1.0, 1.0)
         return wav
 
     def _noise(self, labels: torch.Tensor, s: int, pick: torch.Tensor, g: torch.Generator,

@@ -2,6 +2,7 @@
 length/energy/alignment, simulated RT60, telephone band, codecs, speed perturbation, determinism, config errors."""
 from __future__ import annotations
 
+import math
 import numpy as np
 import pytest
 import soundfile as sf
@@ -257,6 +258,33 @@ def test_augmenter_is_deterministic_and_applies_each_kind():
     assert torch.allclose(room.square().sum(1), wav.square().sum(1), rtol=1e-3)
 
 
+def test_gain_scales_each_item_within_its_range_and_clips_at_full_scale():
+    wav, lengths = _speech_batch(b=32)
+    off = dict(p_noise=0.0, p_reverb=0.0, p_band=0.0, p_telephone=0.0, p_codec=0.0, p_pause=0.0)
+    out = Augmenter(WaveAugmentConfig(**off, p_gain=1.0, gain_db=12.0))(wav, lengths, torch.arange(32), _g(5))
+    db = []
+    for i in range(32):
+        n = int(lengths[i])
+        a, o = wav[i, :n], out[i, :n]
+        inside = o.abs() < 0.999                                 # the samples that did not clip
+        ratio = (o[inside & (a.abs() > 1e-3)] / a[inside & (a.abs() > 1e-3)])
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-3)     # one gain per item
+        db.append(20 * math.log10(float(ratio[0])))
+        assert o.abs().max() <= 1.0 and torch.equal(out[i, n:], torch.zeros_like(out[i, n:]))
+    assert all(-12.0 - 1e-3 <= d <= 12.0 + 1e-3 for d in db) and min(db) < -4 and max(db) > 4   # spread both ways
+    loud = Augmenter(WaveAugmentConfig(**off, p_gain=1.0, gain_db=40.0))(wav * 0.9, lengths, torch.arange(32), _g(5))
+    assert loud.abs().max() == 1.0                                       # +40 dB clips, never leaves full scale
+    half = Augmenter(WaveAugmentConfig(**off, p_gain=0.5))(wav, lengths, torch.arange(32), _g(6))
+    same = sum(torch.equal(half[i], wav[i]) for i in range(32))
+    assert 6 <= same <= 26                                                # about half the items keep their level
+    # off (the default) draws nothing: a recipe without it sees exactly the batches it saw before the option existed
+    base = WaveAugmentConfig(n_rooms=5, noise_clips=16)
+    g1, g2 = _g(9), _g(9)
+    Augmenter(base)(wav, lengths, torch.arange(32), g1)
+    Augmenter(WaveAugmentConfig(n_rooms=5, noise_clips=16, p_gain=0.0, gain_db=30.0))(wav, lengths, torch.arange(32), g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
 def test_pauses_replace_one_span_by_near_silence():
     wav, lengths = _speech_batch(b=16)
     out = pauses(wav, lengths, _g(3), max_share=0.4)
@@ -291,7 +319,8 @@ def test_config_errors():
     bad = [dict(p_noise=1.5), dict(snr_min_db=10.0, snr_max_db=5.0), dict(rt60_min=0.01), dict(babble_min=0),
            dict(codecs="opus,amr"), dict(hum_share=0.7, band_share=0.5), dict(speed_slow=1.2),
            dict(noise_dir="/no/such/folder"), dict(lowpass_max_hz=9000.0), dict(n_rooms=0),
-           dict(p_pause=-0.1), dict(pause_max=0.95)]
+           dict(p_pause=-0.1), dict(pause_max=0.95), dict(p_gain=1.2), dict(gain_db=-1.0), dict(gain_db=50.0),
+           dict(gain_db=float("nan"))]
     for kw in bad:
         with pytest.raises(ConfigError):
             WaveAugmentConfig(**kw).validate()
