@@ -5,7 +5,8 @@ with its probability and draws every value from the ``torch.Generator`` ``g``, s
 of the generator's seed (the sampler seeds it from ``(seed, rank, step)``: exact resume, different ranks see
 different conditions). Order, as in a real recording: pauses (spans of near-silence), room (reverberation),
 then background noise (babble or noise recordings or synthetic noise) at an SNR, then the channel (band
-limitation, or telephone with G.711 companding), then the level (a random gain, clipped at full scale). Two kinds act on the source instead and live in the sampler: speed perturbation
+limitation, or telephone with G.711 companding), then the level (a random gain, clipped at full scale; off by
+default). Two kinds act on the source instead and live in the sampler: speed perturbation
 (``speed_perturb``; sped-up copies are extra speakers, ``speed_label``) and codecs (``spkid.audio.codecs``:
 real Opus/MP3/GSM coding is too slow per item, so coded copies are made once at start).
 
@@ -78,7 +79,7 @@ class WaveAugmentConfig:
     # level: a gain uniform in +-gain_db on the finished item (a near or a far talker, a quiet or a hot input), clipped
     # to full scale as a file would be. A speaker's recordings share one level, so without it the model also learns
     # the level as a voice: two speakers of one conversation at levels of their own split and merge on it
-    # (docs/diarization.md, "Speakers at levels of their own"). Drawn after every other kind, from the same generator.
+    # (docs/diarization.md, "A model that does not hear the level"). Drawn after every other kind, same generator.
     p_gain: float = 0.0              # off by default: the 10-minute recipes and `base` trained without it
     gain_db: float = 10.0
 
