@@ -76,3 +76,17 @@ def _forget_speechbrain():
     import sys
     for name in [n for n in sys.modules if n == "speechbrain" or n.startswith("speechbrain.")]:
         del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def bench(request):
+    """The benchmark script named by the test module's ``BENCHMARK`` (``benchmarks/<name>.py``), imported with
+    ``benchmarks/`` on ``sys.path`` (its own sibling imports) for the module's tests."""
+    import importlib
+    import sys
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module(request.module.BENCHMARK)
+    finally:
+        sys.path.remove(folder)

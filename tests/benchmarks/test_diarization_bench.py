@@ -2,22 +2,9 @@
 anonymous labels neither. No ../shared needed (the benchmark's data paths are only read when it runs)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import diarization
-        yield diarization
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+BENCHMARK = "diarization"           # the `bench` fixture (tests/conftest.py) imports benchmarks/diarization.py
 
 
 def test_named_shares_right_wrong_overlap_and_anonymous(bench):
@@ -76,17 +63,11 @@ def test_speaker_levels_scale_each_speaker_by_a_gain_of_their_own(bench, tmp_pat
     assert not np.array_equal(sf.read(room["file"])[0], sf.read(room_lev["file"])[0])
 
 
-def test_stages_summary_counts_each_way_and_blames_one_step_per_file(tmp_path):
+def test_stages_summary_counts_each_way_and_blames_one_step_per_file(tmp_path, bench):
     """benchmarks/diarization_stages.py's table cells on made-up analyses: DER and count wrong for the count found,
     given and given within one; one cause per file; the files found as one speaker, per source."""
-    import sys
-
+    import diarization_stages as st      # beside diarization.py: on sys.path while `bench` is
     import numpy as np
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import diarization_stages as st
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     from spkid.diarization.pipeline import Analysis, DiarizeConfig
     rng = np.random.default_rng(0)
     voices = rng.standard_normal((2, 16))

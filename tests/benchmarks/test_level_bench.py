@@ -2,23 +2,10 @@
 out). No ../shared needed."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import level
-        yield level
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+BENCHMARK = "level"                 # the `bench` fixture (tests/conftest.py) imports benchmarks/level.py
 
 
 def test_windows_are_levelled_hopped_and_skip_silence(bench):
