@@ -75,12 +75,11 @@ def corpus(per_speaker: int, seed: int) -> tuple[list[np.ndarray], np.ndarray, n
 
 def eer_of(emb: np.ndarray, spk: np.ndarray, utt: np.ndarray) -> float:
     """EER (%) of every window pair of different utterances: cosine scores, same speaker as targets."""
-    from spkid.scoring.metrics import eer
-    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    i, j = np.triu_indices(len(e), 1)
+    from spkid.scoring.metrics import eer, score_trials
+    i, j = np.triu_indices(len(emb), 1)
     keep = utt[i] != utt[j]
     i, j = i[keep], j[keep]
-    scores = np.einsum("nd,nd->n", e[i], e[j])
+    scores = score_trials(emb / np.linalg.norm(emb, axis=1, keepdims=True), i, j)
     return 100.0 * eer(scores, (spk[i] == spk[j]).astype(int))[0]
 
 
