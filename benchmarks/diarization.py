@@ -344,6 +344,8 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true", help="12 conversations per corpus, 1-10 min, plus one of an hour")
     ap.add_argument("--conversations", type=int, help="per corpus (default 6 librispeech, 4 FSDD, 3 synthetic)")
     ap.add_argument("--calibrate", action="store_true", help="threshold/method study on the dev speakers")
+    ap.add_argument("--calibrate-merges", action="store_true",
+                    help="the raw-merge / re-split cosines of --checkpoint, chosen on the dev speakers")
     ap.add_argument("--long-hours", type=float, default=0.0, help="only: peak memory and speed on one file this long")
     ap.add_argument("--work", default="/tmp/spkid-diarization-bench", help="folder for audio, RTTMs, registries")
     ap.add_argument("--seed", type=int, default=0)
@@ -355,7 +357,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         return worker(a.files, a.out, a.method)
-    check_level_options(ap, a, a.calibrate and "--calibrate" or a.long_hours and "--long-hours")
+    check_level_options(ap, a, a.calibrate and "--calibrate" or a.calibrate_merges and "--calibrate-merges" or
+                        a.long_hours and "--long-hours")
     if not (SHARED / "librispeech-sample").is_dir():
         print(f"needs {SHARED} (librispeech-sample, fsdd)", file=sys.stderr)
         return 2
@@ -363,6 +366,11 @@ def main(argv=None) -> int:
     if a.calibrate:
         from diarization_calibrate import calibrate
         return calibrate(a, work)
+    if a.calibrate_merges:
+        if not a.checkpoint:
+            ap.error("--calibrate-merges needs --checkpoint")
+        from diarization_calibrate import calibrate_merges
+        return calibrate_merges(a, work)
     if a.long_hours:
         return long_file(a, work)
     systems = ([{"name": "spkid base", "kind": "spkid", "checkpoint": a.checkpoint, "threshold": a.threshold}]

@@ -1,10 +1,19 @@
-"""``benchmarks/diarization.py --calibrate``: which clustering, at which threshold, on DEVELOPMENT speakers.
+"""``benchmarks/diarization.py --calibrate``: which clustering, at which threshold, on DEVELOPMENT speakers;
+``--calibrate-merges``: the raw-merge and re-split cosines of a model, on development speakers too.
 
 Conversations from librispeech-sample train-clean-100 (251 speakers the test table never uses) and synthetic
 voices of another seed, clean and with room + noise. Each is analysed once (speech, window embeddings); then
 every clustering setting runs on the same embeddings (boundaries unrefined, so settings differ only in
 clustering), and finally the best setting with and without the refined boundaries. Prints DER (±0.25 s
 collar, overlap scored) and the share of conversations whose speaker count is wrong, per setting.
+
+``--calibrate-merges``: the two cosines that live in a model's uncentred embedding space (``DiarizeConfig.merge_raw``
+and ``resplit``) must be chosen again for every model. Development conversations (16 librispeech train-clean-100,
+8 synthetic, 1-2 min) and development monologues (12 librispeech train-clean-100 voices, 16 synthetic, 60 s), each
+clean, with room + noise and as a telephone call, analysed once (cached per model), then every pair of cosines on
+the same analyses (current defaults otherwise, boundaries unrefined). The pair kept has the lowest DER of the conversations and
+monologues scored together (by speech time), summed over the three conditions (a monologue cut in two scores as
+confusion).
 """
 from __future__ import annotations
 
@@ -24,6 +33,8 @@ from spkid.diarization.stream import AudioStream
 
 CENTRED = (0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.3)     # distances once the recording's mean is removed
 RAW = (0.3, 0.4, 0.5, 0.6)
+MERGE_RAW = (0.0, 0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.92)     # --calibrate-merges: uncentred cosines
+RESPLIT = (0.0, 0.70, 0.75, 0.80)
 
 
 def _embedder(a):
@@ -94,6 +105,82 @@ def calibrate(a, work: Path) -> int:
         rows = score_diarization(ref, hyp)[-1]
         print(f"{best[0]} refine={refine}: DER ±0.25 {100 * rows.der_collar:.2f} %, no collar {100 * rows.der:.2f} % "
               f"(clustering + boundaries: {time.perf_counter() - t0:.1f} s for {audio / 60:.1f} min)")
+    return 0
+
+
+def dev_sets(seed: int) -> dict[str, list]:
+    """The development plans of ``--calibrate-merges``: conversations and monologues (``diarization`` plans)."""
+    from diarization import conversations, pools
+    convs = conversations("libri-dev", 16, (1.0, 2.0), seed + 100) + conversations("synth-dev", 8, (1.0, 2.0),
+                                                                                      seed + 100)
+    rng = np.random.default_rng([seed, 101])
+    mono = []
+    for corpus, n in (("libri-dev", 12), ("synth-dev", 16)):
+        pool = pools(corpus, seed=seed)[0]
+        names = sorted(pool)
+        mono += [(f"{corpus}-mono{i:02d}", {s: pool[s]}, 60.0, 0.0)
+                 for i, s in enumerate(names[j] for j in sorted(rng.choice(len(names), n, replace=False)))]
+    return {"conversations": convs, "monologues": mono}
+
+
+def sweep(done: dict, base: DiarizeConfig, merge_raw, resplit) -> list[dict]:
+    """Every pair of ``merge_raw`` x ``resplit`` (``base`` otherwise) on the analyses ``done``
+    ``{(kind, condition): [(manifest row, Analysis)]}``: per pair ``cells`` ``{(kind, condition): (DER, share of
+    count wrong)}``, ``pooled`` ``{condition: DER of every kind together}`` and their ``sum``."""
+    rows = []
+    for mr in merge_raw:
+        for rs in resplit:
+            cfg = replace(base, merge_raw=mr, resplit=rs)
+            cells, pooled = {}, {}
+            for (kind, cond), data in done.items():
+                ref, hyp, wrong = [], [], []
+                for r, an in data:
+                    d = decide(an, None, None, cfg)
+                    ref += [Segment(**x) for x in r["reference"]]
+                    hyp += d.segments
+                    wrong.append(len(d.labels) != len(r["speakers"]))
+                cells[kind, cond] = (score_diarization(ref, hyp)[-1].der_collar, float(np.mean(wrong)))
+                pr, ph = pooled.setdefault(cond, ([], []))
+                pr += ref
+                ph += hyp
+            pooled = {c: score_diarization(*rh)[-1].der_collar for c, rh in pooled.items()}
+            rows.append({"merge_raw": mr, "resplit": rs, "cells": cells, "pooled": pooled,
+                         "sum": sum(pooled.values())})
+    return rows
+
+
+def calibrate_merges(a, work: Path) -> int:
+    """Sweep ``merge_raw`` x ``resplit`` on the development sets; print the table and the pair kept."""
+    from diarization import CONDITIONS, write_condition
+    from spkid.diarization.batch import load_embedder
+    emb = load_embedder(a.checkpoint, device="cpu")
+    cache = work / f"dev-merges-{Path(a.checkpoint).stem}-seed{a.seed}.pkl"
+    if cache.exists():
+        done = pickle.loads(cache.read_bytes())
+    else:
+        done = {}
+        for kind, plans in dev_sets(a.seed).items():
+            for cond in CONDITIONS:
+                rows = write_condition(plans, cond, work / f"dev-{kind}-{cond}", a.seed + 100)
+                out = []
+                for r in rows:
+                    with AudioStream(r["file"]) as s:
+                        out.append((r, analyse(s, emb, DiarizeConfig())))
+                done[kind, cond] = out
+                print(f"analysed {kind} / {cond}: {len(rows)} files", file=sys.stderr, flush=True)
+        cache.write_bytes(pickle.dumps(done))
+    rows = sweep(done, DiarizeConfig(refine=False), MERGE_RAW, RESPLIT)
+    conds = sorted({c for _, c in done}, key=CONDITIONS.index)
+    print("| merge_raw | resplit | " + " | ".join(f"{k[:4]} {c}" for k, c in done) + " | " +
+          " | ".join(f"all {c}" for c in conds) + " | sum |\n|---|---|" + "---|" * (len(done) + len(conds) + 1))
+    for r in rows:
+        print(f"| {r['merge_raw']:.2f} | {r['resplit']:.2f} | " +
+              " | ".join(f"{100 * d:.2f} ({100 * w:.0f})" for d, w in r["cells"].values()) + " | " +
+              " | ".join(f"{100 * x:.2f}" for x in r["pooled"].values()) + f" | {100 * r['sum']:.2f} |")
+    best = min(rows, key=lambda r: r["sum"])
+    print(f"\nkept: merge_raw {best['merge_raw']:.2f}, resplit {best['resplit']:.2f} (summed DER "
+          f"{100 * best['sum']:.2f}). Cells: DER ±0.25 s, overlap scored, % (count wrong %); 'all': conversations "
+          "and monologues scored together")
     return 0
 
 

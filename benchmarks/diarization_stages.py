@@ -2,9 +2,10 @@
 
 Each conversation of the benchmark's test set (``--full``: the full set; ``--speaker-levels``: each speaker at a
 level of their own, as in ``benchmarks/diarization.py``, ``--levels-seed`` another draw of them) is analysed once
-(speech, window embeddings, overlap probabilities; cached in ``--work``), then clustered with the current defaults,
-boundaries unrefined (0.1-0.35 points of DER above the full pipeline), three ways: the count found, the count given
-(``n_speakers``) and the count given within ±1 (``min_speakers``/``max_speakers``). Prints DER (±0.25 s collar,
+(speech, window embeddings, overlap probabilities; cached in ``--work``), then clustered with the current defaults
+(or the ``--merge-raw`` / ``--resplit`` given), boundaries unrefined (0.1-0.35 points of DER above the full
+pipeline), three ways: the count found, the count given (``n_speakers``) and the count given within ±1
+(``min_speakers``/``max_speakers``). Prints DER (±0.25 s collar,
 overlap scored) and the share of conversations whose count is wrong for each, then how many conversations each
 step made wrong (``decide(..., stages=)``: the number of speakers after each clustering step; a count too low is
 put down to the last step that took it below the truth). ``--monologues``: one 90-second monologue per voice of
@@ -29,6 +30,7 @@ from spkid.diarization.evaluate import score_diarization  # noqa: E402
 from spkid.diarization.pipeline import DiarizeConfig, analyse, decide  # noqa: E402
 from spkid.diarization.rttm import Segment  # noqa: E402
 from spkid.diarization.stream import AudioStream  # noqa: E402
+from spkid.errors import ConfigError  # noqa: E402
 
 MONOLOGUE_S = 90.0
 STEPS = {"merge": "too few: the centred merge", "resplit": None, "raw_merge": "too few: the raw merge",
@@ -112,17 +114,24 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true", help="the full test set (37 conversations per condition)")
     ap.add_argument("--monologues", action="store_true", help="one 90 s monologue per voice instead")
     add_level_options(ap)
+    ap.add_argument("--merge-raw", type=float, help="DiarizeConfig.merge_raw (default: diarize's; a model's own from "
+                    "benchmarks/diarization.py --calibrate-merges)")
+    ap.add_argument("--resplit", type=float, help="DiarizeConfig.resplit (default: diarize's)")
     ap.add_argument("--work", default="/tmp/spkid-diarization-stages", help="folder for audio and cached analyses")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     check_level_options(ap, a, a.monologues and "--monologues")
+    try:
+        cfg = DiarizeConfig(refine=False, **{k: v for k, v in (("merge_raw", a.merge_raw), ("resplit", a.resplit))
+                                             if v is not None})
+    except ConfigError as e:
+        ap.error(str(e))
     if not (SHARED / "librispeech-sample").is_dir():
         print(f"needs {SHARED} (librispeech-sample, fsdd)", file=sys.stderr)
         return 2
     Path(a.work).mkdir(parents=True, exist_ok=True)
     from spkid.diarization.batch import load_embedder
     embedder = load_embedder(a.checkpoint, device="cpu")
-    cfg = DiarizeConfig(refine=False)
     lines = ["| condition | count found: DER / count wrong | count given | count given ±1 | " +
              " | ".join(CAUSES) + " |", "|---" * (4 + len(CAUSES)) + "|"]
     for cond in CONDITIONS:

@@ -101,3 +101,42 @@ def test_stages_blame_a_wrong_count_on_the_step_that_made_it(bench):
         "too few: the raw merge"
     assert st.cause(3, {"spectral": 2, "resplit": 3, "hmm": 2}, 2) == "too few: the HMM"
     assert st.cause(2, {"ahc": 1, "hmm": 1}, 1) == st.CAUSES[2]                 # AHC's cut: the first clustering
+
+
+def test_merge_sweep_scores_each_pair_and_keeps_a_monologue_whole_only_where_its_cosine_allows(tmp_path, bench):
+    """benchmarks/diarization_calibrate.py's ``sweep`` on made-up analyses: a monologue whose windows fall in two
+    groups (uncentred means at cosine 0.85) is one speaker only with a raw merge below 0.85; a conversation of two
+    unrelated voices stays two at every cosine; pooled DER per condition and their sum per pair."""
+    import diarization_calibrate as cal
+    import numpy as np
+    from spkid.diarization.pipeline import Analysis, DiarizeConfig
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((16, 5)))[0].T                 # 5 orthonormal directions
+    v, c1, c2, a, b = basis
+    starts = np.arange(0, 16000 * 30 - 24000 + 1, 12000)                    # 1.5 s windows every 0.75 s over 30 s
+    win = np.stack([starts, starts + 24000], 1)
+    half = starts >= 16000 * 15
+    k = np.sqrt(1 / 0.85 - 1)                                               # cos(v + k c1, v + k c2) = 0.85
+    noise = lambda: 0.03 * rng.standard_normal((len(starts), 16))         # noqa: E731
+    mono = (np.where(half[:, None], v + k * c2, v + k * c1) + noise()).astype(np.float32)
+    conv = (np.where(half[:, None], b, a) + noise()).astype(np.float32)
+    ref = lambda name, spk: [{"file": name, "start": 0.0, "end": 15.0, "speaker": spk[0], "score": None},  # noqa: E731
+                             {"file": name, "start": 15.0, "end": 30.0, "speaker": spk[1], "score": None}]
+    done = {("conversations", "clean"): [({"name": "c", "speakers": ["a", "b"], "reference": ref("c", "ab")},
+                                          Analysis(tmp_path / "c.wav", 30.0, [(0, 480000)], win, conv))],
+            ("monologues", "clean"): [({"name": "m", "speakers": ["v"], "reference": ref("m", "vv")},
+                                       Analysis(tmp_path / "m.wav", 30.0, [(0, 480000)], win, mono))]}
+    base = DiarizeConfig(refine=False, overlap=False, method="ahc", threshold=1.0, hmm=False)
+    rows = cal.sweep(done, base, (0.0, 0.80, 0.88), (0.0, 0.75))
+    assert [(r["merge_raw"], r["resplit"]) for r in rows] == [(m, s) for m in (0.0, 0.80, 0.88) for s in (0.0, 0.75)]
+    by = {r["merge_raw"]: r for r in rows if r["resplit"] == 0.0}
+    for r in rows:
+        der, wrong = r["cells"]["conversations", "clean"]                  # two voices: right at every cosine
+        assert wrong == 0.0 and der < 0.01                                 # (a window across the turn: 0.1 s)
+        assert r["sum"] == r["pooled"]["clean"]                            # one condition
+    assert by[0.80]["cells"]["monologues", "clean"] == (0.0, 0.0)            # merged at 0.80
+    for m in (0.0, 0.88):                                                    # cut in two: half its time confused
+        der, wrong = by[m]["cells"]["monologues", "clean"]
+        assert wrong == 1.0 and der == pytest.approx(0.5, abs=0.05)
+        assert by[m]["pooled"]["clean"] == pytest.approx(0.25, abs=0.03)      # 15 of 60 s of speech, both kinds
+    assert min(rows, key=lambda r: r["sum"])["merge_raw"] == 0.80
