@@ -5,11 +5,11 @@ level of their own, as in ``benchmarks/diarization.py``, ``--levels-seed`` anoth
 (speech, window embeddings, overlap probabilities; cached in ``--work``), then clustered with the current defaults
 (or the ``--merge-raw`` / ``--resplit`` given), boundaries unrefined (0.1-0.35 points of DER above the full
 pipeline), three ways: the count found, the count given (``n_speakers``) and the count given within ±1
-(``min_speakers``/``max_speakers``). Prints DER (±0.25 s collar,
-overlap scored) and the share of conversations whose count is wrong for each, then how many conversations each
-step made wrong (``decide(..., stages=)``: the number of speakers after each clustering step; a count too low is
-put down to the last step that took it below the truth). ``--monologues``: one 90-second monologue per voice of
-each source instead, and how many come out as one speaker.
+(``min_speakers``/``max_speakers``). Prints DER (±0.25 s collar, overlap scored) and the share of conversations
+whose count is wrong for each, then how many conversations each step made wrong (``decide(..., stages=)``: the
+number of speakers after each clustering step; a count too low is put down to the last step that took it below
+the truth). ``--monologues``: one 90-second monologue per voice of each source instead, and how many come out as one
+speaker.
 
     python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt [--full] [--monologues]
 """
