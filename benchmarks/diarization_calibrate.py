@@ -9,9 +9,10 @@ collar, overlap scored) and the share of conversations whose speaker count is wr
 
 ``--calibrate-merges``: the two cosines that live in a model's uncentred embedding space (``DiarizeConfig.merge_raw``
 and ``resplit``) must be chosen again for every model. Development conversations (16 librispeech train-clean-100,
-8 synthetic, 1-2 min) and development monologues (12 librispeech train-clean-100 voices, 16 synthetic, 60 s), each
-clean, with room + noise and as a telephone call, analysed once (cached per model), then every pair of cosines on
-the same analyses (current defaults otherwise, boundaries unrefined). The pair kept has the lowest DER of the
+8 synthetic, 1-2 min) and development monologues (12 librispeech train-clean-100 voices, 16 synthetic, 60 s; a
+train-clean-100 voice has one 12-s clip, a synthetic one six of 4 s, so a monologue says them again), each clean,
+with room + noise and as a telephone call, analysed once (cached per model), then every pair of cosines on the
+same analyses (current defaults otherwise, boundaries unrefined). The pair kept has the lowest DER of the
 conversations and monologues scored together (by speech time), summed over the three conditions (a monologue cut
 in two scores as confusion).
 """
