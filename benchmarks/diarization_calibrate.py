@@ -46,6 +46,18 @@ def _embedder(a):
     return load_embedder(a.checkpoint, device="cpu")
 
 
+def clustered(data: list, cfg: DiarizeConfig) -> tuple[list[Segment], list[Segment], list[bool]]:
+    """``data`` ``[(manifest row, Analysis)]`` clustered with ``cfg`` (no refined boundaries): the reference and
+    hypothesis segments of all files, and per file whether its speaker count is wrong."""
+    ref, hyp, wrong = [], [], []
+    for r, an in data:
+        d = decide(an, None, None, cfg)
+        ref += [Segment(**x) for x in r["reference"]]
+        hyp += d.segments
+        wrong.append(len(d.labels) != len(r["speakers"]))
+    return ref, hyp, wrong
+
+
 def calibrate(a, work: Path) -> int:
     from diarization import conversations, write_condition
     import torch
@@ -79,14 +91,7 @@ def calibrate(a, work: Path) -> int:
     for name, cfg in settings:
         line = [name]
         for cond in ("clean", "room-noise"):
-            ref, hyp, wrong = [], [], []
-            for c, r, an in done:
-                if c != cond:
-                    continue
-                d = decide(an, None, None, cfg)
-                ref += [Segment(**s) for s in r["reference"]]
-                hyp += d.segments
-                wrong.append(len(d.labels) != len(r["speakers"]))
+            ref, hyp, wrong = clustered([(r, an) for c, r, an in done if c == cond], cfg)
             der = score_diarization(ref, hyp)[-1].der_collar
             line += [der, float(np.mean(wrong))]
         results.append(line)
@@ -134,12 +139,7 @@ def sweep(done: dict, base: DiarizeConfig, merge_raw, resplit) -> list[dict]:
             cfg = replace(base, merge_raw=mr, resplit=rs)
             cells, pooled = {}, {}
             for (kind, cond), data in done.items():
-                ref, hyp, wrong = [], [], []
-                for r, an in data:
-                    d = decide(an, None, None, cfg)
-                    ref += [Segment(**x) for x in r["reference"]]
-                    hyp += d.segments
-                    wrong.append(len(d.labels) != len(r["speakers"]))
+                ref, hyp, wrong = clustered(data, cfg)
                 cells[kind, cond] = (score_diarization(ref, hyp)[-1].der_collar, float(np.mean(wrong)))
                 pr, ph = pooled.setdefault(cond, ([], []))
                 pr += ref
