@@ -45,6 +45,7 @@ import degrade  # noqa: E402  (benchmarks/degrade.py: the held-out rooms, noises
 
 from spkid.diarization.rttm import Segment, read_rttm, write_rttm  # noqa: E402
 from spkid.diarization.simulate import build_conversation, speech_span  # noqa: E402
+from spkid.fileio import atomic_write  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SR = 16000
@@ -163,7 +164,9 @@ def write_condition(plans, condition: str, out: Path, seed: int, levels_db: floa
             wav, sr = resample_poly(degrade.telephone(wav), 1, 2), 8000
         wav = 0.9 * wav / max(np.abs(wav).max(), 1e-9)
         path = out / f"{name}.flac"
-        sf.write(str(path), wav.astype(np.float32), sr, subtype="PCM_16")
+        # renamed into place: a run reading this folder's files meanwhile never sees half of one
+        atomic_write(path, lambda tmp: sf.write(tmp, wav.astype(np.float32), sr, format="FLAC", subtype="PCM_16"),
+                     fsync=False)
         rows.append({"file": str(path), "name": name, "seconds": conv.wav.size / SR, "speakers": conv.speakers,
                      "overlap": conv.overlap, "reference": [s.__dict__ for s in conv.reference],
                      "levels_db": dict(zip(pool, db.round(2).tolist())) if db is not None else None})
