@@ -9,9 +9,14 @@ pipeline), three ways: the count found, the count given (``n_speakers``) and the
 whose count is wrong for each, then how many conversations each step made wrong (``decide(..., stages=)``: the
 number of speakers after each clustering step; a count too low is put down to the last step that took it below
 the truth). ``--monologues``: one 90-second monologue per voice of each source instead, and how many come out as one
-speaker.
+speaker. ``--name-margins M ...``: also the speech named right and wrong (``diarization.named_shares``) with
+every speaker enrolled and with every other one (the benchmark's registries, enrolled into ``--work``), at each
+naming margin (``diarize --name-margin``); ``--dev`` runs on the development conversations of synthetic voices
+instead (``diarization_calibrate.dev_sets``: voices no test set holds; the only development voices that can be
+enrolled apart from their conversations).
 
     python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt [--full] [--monologues]
+    python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt --dev --name-margins 1 0.5
 """
 from __future__ import annotations
 
@@ -24,9 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diarization import (CONDITIONS, SHARED, add_level_options, check_level_options,  # noqa: E402
-                         conversation_plans, count_errors, pools, write_condition)
+                         conversation_plans, count_errors, enroll_corpus, named_shares, pools, write_condition)
 
 from spkid.diarization.evaluate import score_diarization  # noqa: E402
+from spkid.diarization.names import Enrolled  # noqa: E402
 from spkid.diarization.pipeline import DiarizeConfig, analyse, decide  # noqa: E402
 from spkid.diarization.rttm import Segment  # noqa: E402
 from spkid.diarization.stream import AudioStream  # noqa: E402
@@ -42,6 +48,9 @@ CAUSES = ("right", "too many at the end", "too few: the eigengap (or AHC's cut) 
 def plans_of(a) -> list:
     """The benchmark's test conversations (``diarization.conversation_plans``), or a monologue per voice of each
     source."""
+    if a.dev:
+        from diarization_calibrate import dev_sets
+        return [p for p in dev_sets(a.seed)["conversations"] if p[0].startswith("synth-dev")]
     if a.monologues:
         return [(f"{c}-mono{i:02d}", {s: pool[s]}, MONOLOGUE_S, 0.0)
                 for c in ("libri", "fsdd", "synth") for pool in [pools(c, seed=a.seed)[0]]
@@ -51,12 +60,12 @@ def plans_of(a) -> list:
 
 def analyses(a, cond: str, embedder) -> list:
     """``[(manifest row, Analysis)]`` of every planned file under ``cond``, from the cache when there."""
-    tag = ("mono" if a.monologues else "full" if a.full else "default") + f"-seed{a.seed}" + \
+    tag = ("dev-synth" if a.dev else "mono" if a.monologues else "full" if a.full else "default") + f"-seed{a.seed}" + \
         (f"-levels{a.speaker_levels:g}-{a.levels_seed}" if a.speaker_levels else "")
     cache = Path(a.work) / f"{tag}-{cond}-{Path(a.checkpoint).stem}.pkl"
     if cache.exists():
         return pickle.loads(cache.read_bytes())
-    seed = a.seed + 7 if a.monologues else a.seed
+    seed = a.seed + 7 if a.monologues else a.seed + 100 if a.dev else a.seed    # dev: calibrate-merges' audio
     rows = write_condition(plans_of(a), cond, Path(a.work) / f"{tag}-{cond}", seed, a.speaker_levels, a.levels_seed)
     out = []
     for r in rows:
@@ -91,6 +100,37 @@ def summarise(data: list, cfg: DiarizeConfig) -> tuple[list[str], dict[str, int]
     return cells, why, one
 
 
+def corpus_of(name: str) -> str:
+    """The source of a conversation from its name (``libri-03``, ``libri-hour-00``, ``synth-dev-02``)."""
+    return "synth-dev" if name.startswith("synth-dev") else name.split("-")[0]
+
+
+def naming(a, data: list, cfg: DiarizeConfig, margins: list[float], model_id: str) -> list[str]:
+    """Cells ``right / wrong %`` with every speaker enrolled, then with every other one, at each of ``margins``
+    (``Enrolled(margin_llr=)``), over ``data`` ``[(manifest row, Analysis)]`` clustered with ``cfg`` (the name
+    split included) and named as ``spkid diarize --registry`` names them."""
+    regs = {}
+    for corpus in sorted({corpus_of(r["name"]) for r, _ in data}):
+        for half in (False, True):
+            p = Path(a.work) / f"registry-{corpus}-{Path(a.checkpoint).stem}{'-half' if half else ''}.db"
+            regs[corpus, half] = p if p.exists() else enroll_corpus(corpus, a.checkpoint, Path(a.work), half)
+    cells = []
+    for m in margins:
+        for half in (False, True):
+            enrolled = {c: Enrolled(regs[c, h], model_id, margin_llr=m) for c, h in regs if h == half}
+            ref, hyp = [], []
+            for r, an in data:
+                en = enrolled[corpus_of(r["name"])]
+                d = decide(an, None, None, cfg, enrolled=en)
+                names = [c.name or lab for c, lab in zip(en.name(d.cluster_emb, narrowband=an.narrowband), d.labels)]
+                hyp += [Segment(r["name"], s.start, s.end, names[d.labels.index(s.speaker)], s.score)
+                        for s in d.segments]
+                ref += [Segment(**s) for s in r["reference"]]
+            right, wrong = named_shares(ref, hyp)
+            cells.append(f"{100 * right:.1f} / {100 * wrong:.1f} %")
+    return cells
+
+
 def cause(k: int, stages: dict[str, int], final: int) -> str:
     """Which of ``CAUSES``: the count ``final`` against the true ``k``, the counts after each step ``stages``; a
     count too low is blamed on the last step that took it below ``k``."""
@@ -113,14 +153,21 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", required=True, help="spkid checkpoint (the benchmark's 'spkid base')")
     ap.add_argument("--full", action="store_true", help="the full test set (37 conversations per condition)")
     ap.add_argument("--monologues", action="store_true", help="one 90 s monologue per voice instead")
+    ap.add_argument("--dev", action="store_true", help="the development conversations of synthetic voices instead")
     add_level_options(ap)
     ap.add_argument("--merge-raw", type=float, help="DiarizeConfig.merge_raw (default: diarize's; a model's own from "
                     "benchmarks/diarization.py --calibrate-merges)")
     ap.add_argument("--resplit", type=float, help="DiarizeConfig.resplit (default: diarize's)")
     ap.add_argument("--work", default="/tmp/spkid-diarization-stages", help="folder for audio and cached analyses")
+    ap.add_argument("--name-margins", type=float, nargs="+", metavar="LLR",
+                    help="also the speech named right / wrong at each naming margin (diarize --name-margin)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    check_level_options(ap, a, a.monologues and "--monologues")
+    check_level_options(ap, a, (a.monologues and "--monologues") or (a.dev and "--dev"))
+    if a.dev and a.full:
+        ap.error("--dev: the development conversations, not the test set (not with --full)")
+    if a.monologues and (a.dev or a.name_margins):
+        ap.error("--monologues: one voice each, nothing to name apart (not with --dev or --name-margins)")
     try:
         cfg = DiarizeConfig(refine=False, **{k: v for k, v in (("merge_raw", a.merge_raw), ("resplit", a.resplit))
                                              if v is not None})
@@ -141,6 +188,13 @@ def main(argv=None) -> int:
             print(f"[{cond}] one speaker found: " + ", ".join(f"{c} {n} of {t}" for c, (n, t) in one.items()),
                   file=sys.stderr)
     print("\n".join(lines))
+    if a.name_margins:
+        print("\n| condition | " + " | ".join(f"margin {m:g}: all enrolled, right / wrong | every other enrolled"
+                                             for m in a.name_margins) + " |\n" + "|---" * (1 + 2 * len(a.name_margins))
+              + "|")
+        for cond in CONDITIONS:
+            cells = naming(a, analyses(a, cond, embedder), cfg, a.name_margins, embedder.model_id)
+            print(f"| {cond} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

@@ -550,6 +550,10 @@ def _add_diarize(sub) -> None:
     p.add_argument("--name-split", action=argparse.BooleanOptionalAction, default=True,
                    help="with --registry: split a speaker whose speech holds several enrolled voices into them, where "
                         "at least two parts are named (default: on; not with --num-speakers)")
+    p.add_argument("--name-margin", type=float, metavar="LLR",
+                   help="with --registry: a speaker takes their best enrolled name only this many natural-log "
+                        "likelihood-ratio units above the second best (default 1.0; lower names more speech and more "
+                        "of it wrongly, e.g. 0.5 when every speaker is enrolled)")
     p.add_argument("--device", default="auto")
     _add_inference_options(p, nproc=False)
     p.add_argument("--quiet", action="store_true")
@@ -578,7 +582,9 @@ def _cmd_diarize(a) -> int:
             print(f"{o.path}: {o.n_speakers} speaker(s), {len(o.segments)} turns, {o.speech:.1f} s of speech in "
                   f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)")
     given = {"threshold": a.threshold, "overlap_threshold": a.overlap_threshold, "merge_raw": a.merge_raw,
-             "resplit": a.resplit}
+             "resplit": a.resplit, "name_margin": a.name_margin}
+    if a.name_margin is not None and a.registry is None:
+        raise SpkidError("diarize: --name-margin needs --registry (it is how sure a name must be)")
     if not a.settled:
         given.update(settled_s=0.0, raw_settled_s=0.0)
     if not a.name_split:

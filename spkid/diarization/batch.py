@@ -88,7 +88,8 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
 
     from spkid.diarization.stream import AudioStream
     paths = audio_inputs(paths)
-    enrolled = Enrolled(registry, embedder.model_id) if registry is not None else None   # refused before any work
+    enrolled = (Enrolled(registry, embedder.model_id, margin_llr=(cfg or DiarizeConfig()).name_margin)
+                if registry is not None else None)                                        # refused before any work
     seen: dict[str, Path] = {}
     for p in paths:
         if p.stem in seen and seen[p.stem] != p:
@@ -137,7 +138,8 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
     ``checkpoint`` the registry's own model embeds, or without a registry the pretrained ``base`` model. A file
     without speech gives ``[]`` and a ``UserWarning``."""
     embedder = load_embedder(checkpoint, registry, device=device, runtime=runtime, threads=threads)
-    enrolled = Enrolled(registry, embedder.model_id) if registry is not None else None
+    enrolled = (Enrolled(registry, embedder.model_id, margin_llr=(config or DiarizeConfig()).name_margin)
+                if registry is not None else None)
     r = diarize_file(path, embedder, config, n_speakers=n_speakers, min_speakers=min_speakers,
                      max_speakers=max_speakers, enrolled=enrolled)
     if r.warning:

@@ -73,8 +73,10 @@ class Enrolled:
     Raises ``SpkidError`` when the registry holds embeddings of another model or no speakers."""
 
     def __init__(self, registry: str | Path, model_id: str, *, margin_llr: float = MARGIN_LLR,
-                 margin_cosine: float = MARGIN_COSINE):
+                 margin_cosine: float | None = None):
         from spkid.scoring.speaker_db import CHANNELS, SpeakerDB
+        if margin_cosine is None:                  # the same strictness on raw cosines: MARGIN_COSINE per MARGIN_LLR
+            margin_cosine = MARGIN_COSINE * margin_llr / MARGIN_LLR
         with SpeakerDB.open(registry) as reg:
             _check(reg, model_id)
             self.path = reg.path
@@ -115,7 +117,7 @@ class Enrolled:
         clips name it (docs/diarization.md: voices across a room)."""
         scored = self.scores(x)
         best = np.stack([sc.max(1) for sc in scored])                                           # (sets, K)
-        gain = np.stack([(b - thr) / m for b, (_, _, _, thr, m) in zip(best, self.sets)])
+        gain = np.stack([(b - thr) / max(m, 1e-9) for b, (_, _, _, thr, m) in zip(best, self.sets)])
         wide = np.array([i for i, (ch, *_) in enumerate(self.sets) if ch != TELEPHONE])
         pick = wide[np.argmax(gain[wide], axis=0)]
         phone = [i for i, (ch, *_) in enumerate(self.sets) if ch == TELEPHONE]

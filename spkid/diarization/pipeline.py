@@ -94,6 +94,10 @@ class DiarizeConfig:
                                      # speakers, each for this much (name_split_s / hop_s windows), is split where at
                                      # least two parts are named (names.Enrolled.split); 0: off; not with a given
                                      # number of speakers
+    name_margin: float = 1.0         # with a registry: a cluster takes its best enrolled name only that many natural-log
+                                     # likelihood-ratio units above its second best (1.0: e^1 = 2.7x likelier; a registry
+                                     # without a score calibration: 0.05 cosine per unit; names.Enrolled); lower names
+                                     # more speech and more of it wrongly (docs/diarization.md)
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self):
@@ -120,6 +124,9 @@ class DiarizeConfig:
                               "(0: off) and finite seconds >= 0")
         if not 0 <= self.name_split_s < float("inf"):
             raise ConfigError(f"diarize name_split_s {self.name_split_s}: finite seconds >= 0 (0: off)")
+        if not 0 <= self.name_margin < float("inf"):
+            raise ConfigError(f"diarize name_margin {self.name_margin}: natural-log likelihood-ratio units, finite and "
+                              ">= 0")
         if not 0 <= self.merge_raw_settled < 1:
             raise ConfigError(f"diarize merge_raw_settled {self.merge_raw_settled}: a cosine in [0, 1)")
         self.vad.validate()

@@ -140,3 +140,41 @@ def test_merge_sweep_scores_each_pair_and_keeps_a_monologue_whole_only_where_its
         assert wrong == 1.0 and der == pytest.approx(0.5, abs=0.05)
         assert by[m]["pooled"]["clean"] == pytest.approx(0.25, abs=0.03)      # 15 of 60 s of speech, both kinds
     assert min(rows, key=lambda r: r["sum"])["merge_raw"] == 0.80
+
+
+def test_stages_naming_scores_right_and_wrong_names_at_each_margin(tmp_path, bench):
+    """benchmarks/diarization_stages.py's ``naming`` on a made-up conversation of voices a and b, with registries
+    already in ``--work``: a voice close to b (b2) is enrolled beside b, so b's speaker is named only at a low
+    margin; with only a (and a far voice c) enrolled, the stranger b is never named. Wrong: the boundary's frames."""
+    import argparse
+
+    import diarization_stages as st
+    import numpy as np
+    from spkid.diarization.pipeline import Analysis, DiarizeConfig
+    from spkid.scoring.speaker_db import SpeakerDB
+    rng = np.random.default_rng(1)
+    a, b, c = rng.standard_normal((3, 16))
+    twin = b + 0.25 * rng.standard_normal(16)                     # a voice close to b, enrolled too
+    starts = np.arange(0, 16000 * 30 - 24000 + 1, 12000)
+    win = np.stack([starts, starts + 24000], 1)
+    who = (starts >= 16000 * 15).astype(int)
+    emb = (np.stack([a, b])[who] + 0.2 * rng.standard_normal((len(starts), 16))).astype(np.float32)
+    ref = [{"file": "libri-00", "start": 0.0, "end": 15.0, "speaker": "a", "score": None},
+           {"file": "libri-00", "start": 15.0, "end": 30.0, "speaker": "b", "score": None}]
+    data = [({"name": "libri-00", "speakers": ["a", "b"], "reference": ref},
+             Analysis(tmp_path / "libri-00.wav", 30.0, [(0, 16000 * 30)], win, emb))]
+    for half, voices in ((False, {"a": a, "b": b, "b2": twin}), (True, {"a": a, "c": c})):
+        with SpeakerDB.create(tmp_path / f"registry-libri-x{'-half' if half else ''}.db", model_id="m1",
+                              checkpoint="x.ckpt", embed_dim=16, threshold=0.5, threshold_source="test") as reg:
+            for name, v in voices.items():
+                reg.enroll(name, v + 0.1 * rng.standard_normal((3, 16)), [f"{name}{i}" for i in range(3)],
+                           model_id="m1")
+    args = argparse.Namespace(work=str(tmp_path), checkpoint=str(tmp_path / "x.ckpt"))
+    cfg = DiarizeConfig(refine=False, overlap=False, method="ahc", threshold=1.0, resplit=0.0, merge_raw=0.0)
+    cells = st.naming(args, data, cfg, [1.0, 0.0], "m1")
+    right = [float(c.split(" / ")[0]) for c in cells]
+    wrong = [float(c.split(" / ")[1].rstrip(" %")) for c in cells]
+    assert len(cells) == 4 and all(w < 3 for w in wrong)
+    assert 45 < right[0] < 55 and right[2] > 95                  # margin 1: a only; margin 0: a and b
+    assert 45 < right[1] < 55 and 45 < right[3] < 55             # a named, the stranger b at neither margin
+    assert st.corpus_of("synth-dev-03") == "synth-dev" and st.corpus_of("libri-hour-00") == "libri"

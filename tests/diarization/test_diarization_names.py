@@ -58,6 +58,29 @@ def test_names_through_a_registry(tmp_path):
         Enrolled(tmp_path / "empty.db", "m1")
 
 
+def test_a_lower_margin_names_a_cluster_close_to_a_second_speaker(tmp_path):
+    """``margin_llr`` (diarize --name-margin) sets how far the best name must lead; on an uncalibrated registry
+    0.05 cosine per unit. A cluster between ann and bob, nearer ann: anonymous at the default, ann at a lower
+    margin; the threshold still holds a stranger back at any margin."""
+    from spkid.diarization.pipeline import DiarizeConfig
+    from spkid.errors import ConfigError
+    centres = _registry(tmp_path / "r.db")
+    u = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    mixes = np.stack([w * u[0] + (1 - w) * u[1] for w in np.linspace(0.5, 0.7, 41)])
+    lead = np.diff(Enrolled(tmp_path / "r.db", "m1").scores(mixes)[0][:, [1, 0]], axis=1)[:, 0]
+    between = mixes[np.flatnonzero((lead > 0.01) & (lead < 0.04))[0]]      # leads bob by less than 0.05
+    sc = Enrolled(tmp_path / "r.db", "m1").scores(between[None])[0][0]
+    assert 0.01 < sc[0] - sc[1] < 0.04 and sc[0] > 0.5 and sc.argmax() == 0
+    clusters = np.stack([between, -centres[2]])
+    assert [o.name for o in Enrolled(tmp_path / "r.db", "m1").name(clusters)] == [None, None]
+    low = Enrolled(tmp_path / "r.db", "m1", margin_llr=(sc[0] - sc[1]) / 0.05 * 0.5)
+    assert [o.name for o in low.name(clusters)] == ["ann", None]
+    assert [o.name for o in Enrolled(tmp_path / "r.db", "m1", margin_llr=0.0).name(clusters)] == ["ann", None]
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="name_margin"):
+            DiarizeConfig(name_margin=bad)
+
+
 def _phone_registry(path, rng):
     """ann, bob, cy: each voice as recorded (``wide``) and through a telephone (``narrow``), three clips each with
     their telephone copies."""

@@ -142,3 +142,21 @@ def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monk
     assert given.threshold == 0.9 and given.overlap_threshold == given.overlap_threshold_narrowband == 0.7
     assert not given.overlap and not given.band_limit and default.band_limit
     assert (default.overlap_threshold, default.overlap_threshold_narrowband) == (0.8, 0.9)
+    assert default.name_margin == 1.0
+
+
+def test_name_margin_reaches_the_naming_and_needs_a_registry(trained, audio, tmp_path, capsys, monkeypatch):
+    import spkid.diarization.batch as batch
+    from spkid.errors import SpkidError
+    seen = []
+
+    def fake(files, embedder, cfg, **kw):
+        seen.append((cfg, kw["registry"]))
+        raise SpkidError("stop here")
+    monkeypatch.setattr(batch, "diarize_files", fake)
+    base = ["diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint", trained["ckpt"], "--quiet"]
+    rc, _, err = _run(capsys, *base, "--name-margin", "0.5")
+    assert rc == 1 and err.strip() == "spkid: error: diarize: --name-margin needs --registry (it is how sure a name " \
+        "must be)" and not seen
+    rc, _, err = _run(capsys, *base, "--registry", tmp_path / "r.db", "--name-margin", "-1")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "name_margin -1" in err
