@@ -30,7 +30,7 @@ from spkid.audio.bandwidth import band_powers, loud_and_quiet, speech_band_edge
 from spkid.audio.frontend import active_level, level_gain, remove_dc
 from spkid.audio.vad import VadConfig, segments_from_probs
 from spkid.diarization import cluster as C
-from spkid.diarization.names import Enrolled
+from spkid.diarization.names import MARGIN_LLR, Enrolled
 from spkid.diarization.overlap import regions, shipped_detector
 from spkid.diarization.rttm import Segment
 from spkid.diarization.stream import (SAMPLE_RATE, AudioStream, release_free_heap, speech_probs_stream,
@@ -94,7 +94,7 @@ class DiarizeConfig:
                                      # speakers, each for this much (name_split_s / hop_s windows), is split where at
                                      # least two parts are named (names.Enrolled.split); 0: off; not with a given
                                      # number of speakers
-    name_margin: float = 1.0         # with a registry: a cluster takes its best enrolled name only that many natural-log
+    name_margin: float = MARGIN_LLR  # with a registry: a cluster takes its best enrolled name only that many natural-log
                                      # likelihood-ratio units above its second best (1.0: e^1 = 2.7x likelier; a registry
                                      # without a score calibration: 0.05 cosine per unit; names.Enrolled); lower names
                                      # more speech and more of it wrongly (docs/diarization.md)
