@@ -580,7 +580,8 @@ def _cmd_diarize(a) -> int:
             print(f"spkid: warning: {o.warning}", file=sys.stderr)
         else:
             print(f"{o.path}: {o.n_speakers} speaker(s), {len(o.segments)} turns, {o.speech:.1f} s of speech in "
-                  f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)")
+                  f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)"
+                  + (f"; {o.names}" if o.names else ""))
     given = {"threshold": a.threshold, "overlap_threshold": a.overlap_threshold, "merge_raw": a.merge_raw,
              "resplit": a.resplit, "name_margin": a.name_margin}
     if a.name_margin is not None and a.registry is None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from spkid.diarization.names import Enrolled
+from spkid.diarization.names import ClusterName, Enrolled
 from spkid.diarization.pipeline import DiarizeConfig, FileDiarization, SpkidEmbedder, diarize_file
 from spkid.diarization.rttm import Segment
 from spkid.errors import SpkidError
@@ -35,7 +35,12 @@ def named(r: FileDiarization, enrolled: Enrolled, recording: str | Path = "this 
     closer to); the clusters left anonymous are renumbered ``SPEAKER_00``, ... in order of first speech."""
     if not r.segments:
         return []
-    answers = enrolled.name(r.cluster_emb, narrowband=r.narrowband, recording=str(recording))
+    return with_names(r, enrolled.name(r.cluster_emb, narrowband=r.narrowband, recording=str(recording)))
+
+
+def with_names(r: FileDiarization, answers: list[ClusterName]) -> list[Segment]:
+    """``r``'s segments with the registry's ``answers`` (one per cluster, in label order) as speakers; the clusters
+    left anonymous renumbered ``SPEAKER_00``, ... in order of first speech."""
     rename, k = {}, 0
     for label, ans in zip(r.labels, answers):
         if ans.name is None:
@@ -45,6 +50,19 @@ def named(r: FileDiarization, enrolled: Enrolled, recording: str | Path = "this 
             rename[label] = (ans.name, ans.score)
     return [Segment(s.file, s.start, s.end, rename[s.speaker][0],
                     s.score if rename[s.speaker][1] is None else rename[s.speaker][1]) for s in r.segments]
+
+
+def naming_summary(answers: list[ClusterName]) -> str:
+    """What the registry made of a file's speakers, in words: ``"2 of 3 speakers named; 1 anonymous: within the
+    margin of a second name (--name-margin)"``."""
+    left = [a.why for a in answers if a.name is None]
+    text = f"{len(answers) - len(left)} of {len(answers)} speakers named"
+    if not left:
+        return text
+    words = {"below threshold": "below the registry's threshold", "within margin": "within the margin of a second "
+             "name (--name-margin)", "no speaker left": "no enrolled name left for them"}
+    parts = [f"{left.count(w)} {words.get(w, w)}" for w in sorted(set(left), key=left.index)]
+    return f"{text}; {len(left)} anonymous: " + ", ".join(parts)
 
 
 def audio_inputs(paths: list[str | Path]) -> list[Path]:
@@ -61,7 +79,8 @@ def audio_inputs(paths: list[str | Path]) -> list[Path]:
 @dataclass
 class FileOutcome:
     """One input's outcome: its ``segments`` (empty on error or without speech), ``error`` (one line) or
-    ``warning`` (one line), ``n_speakers``, ``duration`` and ``speech`` seconds, ``seconds`` of processing."""
+    ``warning`` (one line), ``n_speakers``, ``duration`` and ``speech`` seconds, ``seconds`` of processing,
+    ``names`` (with a registry: how many speakers it named and why the others stay anonymous)."""
 
     path: Path
     segments: list[Segment]
@@ -71,6 +90,7 @@ class FileOutcome:
     seconds: float = 0.0
     error: str | None = None
     warning: str | None = None
+    names: str | None = None      # with a registry: naming_summary of the file's speakers
 
 
 def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: DiarizeConfig | None = None, *,
@@ -112,9 +132,12 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
             try:
                 r = diarize_file(p, embedder, cfg, n_speakers=n_speakers, min_speakers=min_speakers,
                                  max_speakers=max_speakers, progress=bar.update, enrolled=enrolled)
-                segs = named(r, enrolled, p) if enrolled is not None else r.segments
+                answers = (enrolled.name(r.cluster_emb, narrowband=r.narrowband, recording=str(p))
+                           if enrolled is not None and r.segments else None)
+                segs = with_names(r, answers) if answers is not None else r.segments
                 o = FileOutcome(p, segs, len({s.speaker for s in segs}), r.duration, r.speech,
-                                time.perf_counter() - t0, warning=r.warning)
+                                time.perf_counter() - t0, warning=r.warning,
+                                names=naming_summary(answers) if answers else None)
             except SpkidError as e:
                 o = FileOutcome(p, [], seconds=time.perf_counter() - t0, error=str(e))
             out.append(o)

@@ -160,3 +160,20 @@ def test_name_margin_reaches_the_naming_and_needs_a_registry(trained, audio, tmp
         "must be)" and not seen
     rc, _, err = _run(capsys, *base, "--registry", tmp_path / "r.db", "--name-margin", "-1")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "name_margin -1" in err
+
+
+def test_each_files_line_says_how_many_speakers_the_registry_named(trained, audio, tmp_path, capsys, monkeypatch):
+    import spkid.diarization.batch as batch
+    from spkid.diarization.rttm import Segment
+
+    def fake(files, embedder, cfg, on_file=None, **kw):
+        o = batch.FileOutcome(files[0], [Segment("one", 0.0, 1.0, "ann", 0.9), Segment("one", 1.0, 2.0, "SPEAKER_00",
+                              0.5)], 2, 2.0, 2.0, 0.1, names="1 of 2 speakers named; 1 anonymous: 1 below the "
+                              "registry's threshold")
+        on_file(o)
+        return [o]
+    monkeypatch.setattr(batch, "diarize_files", fake)
+    rc, out, _ = _run(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint", trained["ckpt"],
+                      "--quiet")
+    assert rc == 0 and "2 speaker(s), 2 turns" in out
+    assert "; 1 of 2 speakers named; 1 anonymous: 1 below the registry's threshold" in out

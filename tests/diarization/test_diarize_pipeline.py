@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spkid.diarization.batch import diarize_files, named
+from spkid.diarization.batch import diarize_files, named, naming_summary
 from spkid.diarization.names import Enrolled
 from spkid.diarization.pipeline import analyse, diarize_file
 from spkid.diarization.stream import AudioStream
@@ -92,7 +92,21 @@ def test_no_speech_too_short_and_the_batch_goes_on(tmp_path, conv):
     res = diarize_files([bad, quiet, conv[0], short], MeanLogMel(), diar_config(), progress=False, on_file=seen.append)
     assert [o.path.name for o in seen] == ["bad.wav", "quiet.wav", "talk.wav", "short.wav"]
     assert "bad.wav: not readable as audio" in res[0].error and res[1].warning and res[3].error
-    assert res[2].error is None and res[2].n_speakers == 2 and res[2].segments
+    assert res[2].error is None and res[2].n_speakers == 2 and res[2].segments and res[2].names is None
+
+
+def test_diarize_files_with_a_registry_says_how_many_speakers_it_named(tmp_path, conv):
+    from spkid.scoring.speaker_db import SpeakerDB
+    path, _ = conv
+    r = diarize_file(path, MeanLogMel(), diar_config())
+    first = r.cluster_emb[0]                                     # enroll the first speaker only
+    with SpeakerDB.create(tmp_path / "reg.db", model_id=MeanLogMel.model_id, checkpoint="none",
+                          embed_dim=first.size, threshold=0.5, threshold_source="test") as reg:
+        reg.enroll("ann", first + 0.01 * np.random.default_rng(0).standard_normal((3, first.size)),
+                   ["a0", "a1", "a2"], model_id=MeanLogMel.model_id)
+    (o,) = diarize_files([path], MeanLogMel(), diar_config(), registry=tmp_path / "reg.db", progress=False)
+    assert o.error is None and "ann" in {s.speaker for s in o.segments}
+    assert o.names.startswith("1 of 2 speakers named; 1 anonymous: 1 ")
     with pytest.raises(Exception, match="same file name stem"):
         diarize_files([tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav"], MeanLogMel(), progress=False)
 
@@ -146,6 +160,18 @@ def test_registry_names_replace_cluster_labels_and_strangers_are_renumbered(tmp_
     r.narrowband = True                                          # a call: the registry has no telephone copies
     with pytest.warns(UserWarning, match=r"call\.wav: narrowband, but .*reg\.db holds no telephone copies of ann, bob"):
         assert named(r, enrolled, "call.wav") == out
+    r.narrowband = False
+    assert naming_summary(enrolled.name(r.cluster_emb)) == \
+        "2 of 4 speakers named; 2 anonymous: 2 no enrolled name left for them"
+
+
+def test_naming_summary_says_why_each_anonymous_speaker_stayed_so():
+    from spkid.diarization.names import ClusterName
+    answers = [ClusterName("ann", 0.9, "named"), ClusterName(None, 0.7, "within margin"),
+               ClusterName(None, 0.2, "below threshold"), ClusterName(None, 0.75, "within margin")]
+    assert naming_summary(answers) == ("1 of 4 speakers named; 3 anonymous: 2 within the margin of a second "
+                                             "name (--name-margin), 1 below the registry's threshold")
+    assert naming_summary(answers[:1]) == "1 of 1 speakers named"
 
 
 def test_a_quiet_recording_is_levelled_once_for_the_whole_file(tmp_path):
