@@ -17,6 +17,7 @@ enrolled apart from their conversations).
 
     python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt [--full] [--monologues]
     python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt --dev --name-margins 1 0.5
+    python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt --name-margins 1 --telephone-margin 0.5
 """
 from __future__ import annotations
 
@@ -105,9 +106,10 @@ def corpus_of(name: str) -> str:
     return "synth-dev" if name.startswith("synth-dev") else name.split("-")[0]
 
 
-def naming(a, data: list, cfg: DiarizeConfig, margins: list[float], model_id: str) -> list[str]:
+def naming(a, data: list, cfg: DiarizeConfig, margins: list[float], model_id: str,
+           telephone: float | None = None) -> list[str]:
     """Cells ``right / wrong %`` with every speaker enrolled, then with every other one, at each of ``margins``
-    (``Enrolled(margin_llr=)``), over ``data`` ``[(manifest row, Analysis)]`` clustered with ``cfg`` (the name
+    (``Enrolled(margin_llr=)``; against the telephone copies the same margin, or ``telephone``), over ``data`` ``[(manifest row, Analysis)]`` clustered with ``cfg`` (the name
     split included) and named as ``spkid diarize --registry`` names them."""
     regs = {}
     for corpus in sorted({corpus_of(r["name"]) for r, _ in data}):
@@ -117,7 +119,9 @@ def naming(a, data: list, cfg: DiarizeConfig, margins: list[float], model_id: st
     cells = []
     for m in margins:
         for half in (False, True):
-            enrolled = {c: Enrolled(regs[c, h], model_id, margin_llr=m) for c, h in regs if h == half}
+            tel = m if telephone is None else telephone
+            enrolled = {c: Enrolled(regs[c, h], model_id, margin_llr=m, margin_llr_telephone=tel)
+                        for c, h in regs if h == half}
             ref, hyp = [], []
             for r, an in data:
                 en = enrolled[corpus_of(r["name"])]
@@ -160,12 +164,18 @@ def main(argv=None) -> int:
     ap.add_argument("--resplit", type=float, help="DiarizeConfig.resplit (default: diarize's)")
     ap.add_argument("--work", default="/tmp/spkid-diarization-stages", help="folder for audio and cached analyses")
     ap.add_argument("--name-margins", type=float, nargs="+", metavar="LLR",
-                    help="also the speech named right / wrong at each naming margin (diarize --name-margin)")
+                    help="also the speech named right / wrong at each naming margin (diarize --name-margin; the same "
+                         "against the telephone copies unless --telephone-margin)")
+    ap.add_argument("--telephone-margin", type=float, metavar="LLR",
+                    help="with --name-margins: this margin against the telephone copies in every row "
+                         "(diarize --name-margin-telephone)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     check_level_options(ap, a, (a.monologues and "--monologues") or (a.dev and "--dev"))
     if a.dev and a.full:
         ap.error("--dev: the development conversations, not the test set (not with --full)")
+    if a.telephone_margin is not None and not a.name_margins:
+        ap.error("--telephone-margin goes with --name-margins")
     if a.monologues and (a.dev or a.name_margins):
         ap.error("--monologues: one voice each, nothing to name apart (not with --dev or --name-margins)")
     try:
@@ -193,7 +203,7 @@ def main(argv=None) -> int:
                                              for m in a.name_margins) + " |\n" + "|---" * (1 + 2 * len(a.name_margins))
               + "|")
         for cond in CONDITIONS:
-            cells = naming(a, analyses(a, cond, embedder), cfg, a.name_margins, embedder.model_id)
+            cells = naming(a, analyses(a, cond, embedder), cfg, a.name_margins, embedder.model_id, a.telephone_margin)
             print(f"| {cond} | " + " | ".join(cells) + " |", flush=True)
     return 0
 

@@ -554,6 +554,8 @@ def _add_diarize(sub) -> None:
                    help="with --registry: a speaker takes their best enrolled name only this many natural-log "
                         "likelihood-ratio units above the second best (default 1.0; lower names more speech and more "
                         "of it wrongly, e.g. 0.5 when every speaker is enrolled)")
+    p.add_argument("--name-margin-telephone", type=float, metavar="LLR",
+                   help="the same for a speaker named against the registry's telephone copies (default 0.5)")
     p.add_argument("--device", default="auto")
     _add_inference_options(p, nproc=False)
     p.add_argument("--quiet", action="store_true")
@@ -583,9 +585,10 @@ def _cmd_diarize(a) -> int:
                   f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)"
                   + (f"; {o.names}" if o.names else ""))
     given = {"threshold": a.threshold, "overlap_threshold": a.overlap_threshold, "merge_raw": a.merge_raw,
-             "resplit": a.resplit, "name_margin": a.name_margin}
-    if a.name_margin is not None and a.registry is None:
-        raise SpkidError("diarize: --name-margin needs --registry (it is how sure a name must be)")
+             "resplit": a.resplit, "name_margin": a.name_margin, "name_margin_telephone": a.name_margin_telephone}
+    for flag, v in (("--name-margin", a.name_margin), ("--name-margin-telephone", a.name_margin_telephone)):
+        if v is not None and a.registry is None:
+            raise SpkidError(f"diarize: {flag} needs --registry (it is how sure a name must be)")
     if not a.settled:
         given.update(settled_s=0.0, raw_settled_s=0.0)
     if not a.name_split:

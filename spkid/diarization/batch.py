@@ -29,6 +29,15 @@ def load_embedder(checkpoint: str | Path | None, registry: str | Path | None = N
     return SpkidEmbedder(load(checkpoint or DEFAULT_CHECKPOINT, device, runtime=runtime, threads=threads))
 
 
+def enrolled_of(registry: str | Path | None, embedder: SpkidEmbedder, cfg: DiarizeConfig | None) -> Enrolled | None:
+    """The registry's speakers with ``cfg``'s naming margins (None without a registry)."""
+    if registry is None:
+        return None
+    cfg = cfg or DiarizeConfig()
+    return Enrolled(registry, embedder.model_id, margin_llr=cfg.name_margin,
+                    margin_llr_telephone=cfg.name_margin_telephone)
+
+
 def named(r: FileDiarization, enrolled: Enrolled, recording: str | Path = "this recording") -> list[Segment]:
     """``r``'s segments (of the audio file ``recording``) with each cluster's registry name where the registry gives
     one (``names.Enrolled.name``: each cluster against the clips or their telephone copies, whichever it sounds
@@ -108,8 +117,7 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
 
     from spkid.diarization.stream import AudioStream
     paths = audio_inputs(paths)
-    enrolled = (Enrolled(registry, embedder.model_id, margin_llr=(cfg or DiarizeConfig()).name_margin)
-                if registry is not None else None)                                        # refused before any work
+    enrolled = enrolled_of(registry, embedder, cfg)                                       # refused before any work
     seen: dict[str, Path] = {}
     for p in paths:
         if p.stem in seen and seen[p.stem] != p:
@@ -161,8 +169,7 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
     ``checkpoint`` the registry's own model embeds, or without a registry the pretrained ``base`` model. A file
     without speech gives ``[]`` and a ``UserWarning``."""
     embedder = load_embedder(checkpoint, registry, device=device, runtime=runtime, threads=threads)
-    enrolled = (Enrolled(registry, embedder.model_id, margin_llr=(config or DiarizeConfig()).name_margin)
-                if registry is not None else None)
+    enrolled = enrolled_of(registry, embedder, config)
     r = diarize_file(path, embedder, config, n_speakers=n_speakers, min_speakers=min_speakers,
                      max_speakers=max_speakers, enrolled=enrolled)
     if r.warning:

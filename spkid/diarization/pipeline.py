@@ -30,7 +30,7 @@ from spkid.audio.bandwidth import band_powers, loud_and_quiet, speech_band_edge
 from spkid.audio.frontend import active_level, level_gain, remove_dc
 from spkid.audio.vad import VadConfig, segments_from_probs
 from spkid.diarization import cluster as C
-from spkid.diarization.names import MARGIN_LLR, Enrolled
+from spkid.diarization.names import MARGIN_LLR, MARGIN_LLR_TELEPHONE, Enrolled
 from spkid.diarization.overlap import regions, shipped_detector
 from spkid.diarization.rttm import Segment
 from spkid.diarization.stream import (SAMPLE_RATE, AudioStream, release_free_heap, speech_probs_stream,
@@ -98,6 +98,7 @@ class DiarizeConfig:
                                      # likelihood-ratio units above its second best (1.0: e^1 = 2.7x likelier; a registry
                                      # without a score calibration: 0.05 cosine per unit; names.Enrolled); lower names
                                      # more speech and more of it wrongly (docs/diarization.md)
+    name_margin_telephone: float = MARGIN_LLR_TELEPHONE   # ... for a speaker named against the telephone copies
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self):
@@ -124,9 +125,10 @@ class DiarizeConfig:
                               "(0: off) and finite seconds >= 0")
         if not 0 <= self.name_split_s < float("inf"):
             raise ConfigError(f"diarize name_split_s {self.name_split_s}: finite seconds >= 0 (0: off)")
-        if not 0 <= self.name_margin < float("inf"):
-            raise ConfigError(f"diarize name_margin {self.name_margin}: natural-log likelihood-ratio units, finite and "
-                              ">= 0")
+        for name in ("name_margin", "name_margin_telephone"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"diarize {name} {getattr(self, name)}: natural-log likelihood-ratio units, finite "
+                                  "and >= 0")
         if not 0 <= self.merge_raw_settled < 1:
             raise ConfigError(f"diarize merge_raw_settled {self.merge_raw_settled}: a cosine in [0, 1)")
         self.vad.validate()

@@ -77,8 +77,10 @@ def test_a_lower_margin_names_a_cluster_close_to_a_second_speaker(tmp_path):
     assert [o.name for o in low.name(clusters)] == ["ann", None]
     assert [o.name for o in Enrolled(tmp_path / "r.db", "m1", margin_llr=0.0).name(clusters)] == ["ann", None]
     for bad in (-0.5, float("nan"), float("inf")):
-        with pytest.raises(ConfigError, match="name_margin"):
+        with pytest.raises(ConfigError, match="name_margin "):
             DiarizeConfig(name_margin=bad)
+        with pytest.raises(ConfigError, match="name_margin_telephone"):
+            DiarizeConfig(name_margin_telephone=bad)
 
 
 def _phone_registry(path, rng):
@@ -110,6 +112,25 @@ def test_each_cluster_is_named_against_the_enrollment_it_sounds_like(tmp_path):
     out = Enrolled(tmp_path / "r.db", "m1").name(np.stack([-wide.sum(0) - narrow.sum(0)]))
     assert out[0].name is None and out[0].why == "below threshold"
     assert Enrolled(tmp_path / "r.db", "m1").name(np.zeros((0, 8))) == []    # no clusters, no names
+
+
+def test_against_the_telephone_copies_the_margin_is_its_own(tmp_path):
+    """``margin_llr_telephone`` (diarize --name-margin-telephone, default 0.5: half the clips' margin) holds a
+    speaker named against the telephone copies: a call's voice between ann and bob, nearer ann, leads by less than
+    the clips' margin and more than the telephone one."""
+    from spkid.diarization.names import MARGIN_COSINE, MARGIN_LLR, MARGIN_LLR_TELEPHONE
+    rng = np.random.default_rng(3)
+    _, narrow = _phone_registry(tmp_path / "r.db", rng)
+    u = narrow / np.linalg.norm(narrow, axis=1, keepdims=True)
+    mixes = np.stack([w * u[0] + (1 - w) * u[1] for w in np.linspace(0.5, 0.8, 61)])
+    tel = Enrolled(tmp_path / "r.db", "m1").scores(mixes)[1]                   # the telephone copies' scores
+    lead = tel[:, 0] - tel[:, 1]
+    low, high = MARGIN_COSINE * MARGIN_LLR_TELEPHONE / MARGIN_LLR, MARGIN_COSINE   # the registry is uncalibrated
+    call = mixes[np.flatnonzero((lead > low + 0.003) & (lead < high - 0.003) & (tel.argmax(1) == 0))[0]]
+    out = Enrolled(tmp_path / "r.db", "m1").name(call[None], narrowband=True)
+    assert [(o.name, o.channel) for o in out] == [("ann", "telephone")]
+    out = Enrolled(tmp_path / "r.db", "m1", margin_llr_telephone=MARGIN_LLR).name(call[None], narrowband=True)
+    assert out[0].name is None and out[0].why == "within margin" and out[0].channel == "telephone"
 
 
 def test_a_voice_across_a_room_is_named_against_the_room_copies(tmp_path):

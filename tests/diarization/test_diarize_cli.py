@@ -142,7 +142,7 @@ def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monk
     assert given.threshold == 0.9 and given.overlap_threshold == given.overlap_threshold_narrowband == 0.7
     assert not given.overlap and not given.band_limit and default.band_limit
     assert (default.overlap_threshold, default.overlap_threshold_narrowband) == (0.8, 0.9)
-    assert default.name_margin == 1.0
+    assert default.name_margin == 1.0 and default.name_margin_telephone == 0.5
 
 
 def test_name_margin_reaches_the_naming_and_needs_a_registry(trained, audio, tmp_path, capsys, monkeypatch):
@@ -158,8 +158,13 @@ def test_name_margin_reaches_the_naming_and_needs_a_registry(trained, audio, tmp
     rc, _, err = _run(capsys, *base, "--name-margin", "0.5")
     assert rc == 1 and err.strip() == "spkid: error: diarize: --name-margin needs --registry (it is how sure a name " \
         "must be)" and not seen
+    rc, _, err = _run(capsys, *base, "--name-margin-telephone", "0.5")
+    assert rc == 1 and "--name-margin-telephone needs --registry" in err and not seen
     rc, _, err = _run(capsys, *base, "--registry", tmp_path / "r.db", "--name-margin", "-1")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "name_margin -1" in err
+    assert _run(capsys, *base, "--registry", tmp_path / "r.db", "--name-margin", "0.7",
+                "--name-margin-telephone", "0.2")[0] == 1
+    assert (seen[-1][0].name_margin, seen[-1][0].name_margin_telephone) == (0.7, 0.2)
 
 
 def test_each_files_line_says_how_many_speakers_the_registry_named(trained, audio, tmp_path, capsys, monkeypatch):
