@@ -600,17 +600,17 @@ def _cmd_diarize(a) -> int:
     res = diarize_files(files, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
                         progress=not a.quiet, on_file=report)
+    failed = sum(o.error is not None for o in res)
+    if failed == len(res):                  # nothing to write: an RTTM already there is left as it was
+        raise SpkidError(f"diarize: no file could be diarized, {a.output} not written (first: {res[0].error})")
     segments = [s for o in res for s in o.segments]
     write_rttm(a.output, segments)
     if a.segments:
         write_segments_csv(a.segments, segments)
     audio = sum(o.duration for o in res)
     took = time.perf_counter() - t0
-    failed = sum(o.error is not None for o in res)
     print(f"wrote {len(segments)} turns of {len(res) - failed} file(s) to {a.output}: {audio:.1f} s of audio in "
           f"{took:.1f} s ({audio / max(took, 1e-9):.0f}x real time)" + (f"; {failed} file(s) failed" if failed else ""))
-    if failed == len(res):
-        raise SpkidError(f"diarize: no file could be diarized (first: {res[0].error})")
     return 2 if failed or any(o.warning for o in res) else 0     # a complete output, something was off
 
 

@@ -182,3 +182,17 @@ def test_each_files_line_says_how_many_speakers_the_registry_named(trained, audi
                       "--quiet")
     assert rc == 0 and "2 speaker(s), 2 turns" in out
     assert "; 1 of 2 speakers named; 1 anonymous: 1 below the registry's threshold" in out
+
+
+def test_diarize_leaves_an_existing_rttm_alone_when_no_file_can_be_diarized(trained, audio, tmp_path, capsys):
+    out, csv = tmp_path / "kept.rttm", tmp_path / "kept.csv"
+    out.write_text("SPEAKER earlier 1 0.000 1.000 <NA> <NA> alice <NA> <NA>\n")
+    csv.write_text("file,start,end,speaker,score\n")
+    rc, stdout, err = _run(capsys, "diarize", audio / "broken.wav", tmp_path / "missing.wav", "-o", out,
+                           "--segments", csv, "--checkpoint", trained["ckpt"], "--device", "cpu", "--quiet")
+    assert rc != 0 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("spkid: error:") and "no file could be diarized" in last and "not written" in last
+    assert "broken.wav" in last and "wrote" not in stdout
+    assert out.read_text() == "SPEAKER earlier 1 0.000 1.000 <NA> <NA> alice <NA> <NA>\n"
+    assert csv.read_text() == "file,start,end,speaker,score\n"
