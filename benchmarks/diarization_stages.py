@@ -17,7 +17,8 @@ enrolled apart from their conversations).
 
     python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt [--full] [--monologues]
     python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt --dev --name-margins 1 0.5
-    python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt --name-margins 1 --telephone-margin 0.5
+    python benchmarks/diarization_stages.py --checkpoint spkid/pretrained/base.ckpt --name-margins 1 \
+        --telephone-margin 0.5
 """
 from __future__ import annotations
 
@@ -109,8 +110,9 @@ def corpus_of(name: str) -> str:
 def naming(a, data: list, cfg: DiarizeConfig, margins: list[float], model_id: str,
            telephone: float | None = None) -> list[str]:
     """Cells ``right / wrong %`` with every speaker enrolled, then with every other one, at each of ``margins``
-    (``Enrolled(margin_llr=)``; against the telephone copies the same margin, or ``telephone``), over ``data`` ``[(manifest row, Analysis)]`` clustered with ``cfg`` (the name
-    split included) and named as ``spkid diarize --registry`` names them."""
+    (``Enrolled(margin_llr=)``; against the telephone copies the same margin, or ``telephone``), over ``data``
+    ``[(manifest row, Analysis)]`` clustered with ``cfg`` (the name split included) and named as ``spkid diarize
+    --registry`` names them."""
     regs = {}
     for corpus in sorted({corpus_of(r["name"]) for r, _ in data}):
         for half in (False, True):

@@ -99,7 +99,8 @@ class Enrolled:
             llr = margin_llr_telephone if channel == TELEPHONE else margin_llr
             # LLR margin -> score units: llr differences are a * score differences (a > 0 for any sane calibration);
             # a registry without a calibration: MARGIN_COSINE per MARGIN_LLR
-            margin = llr / c.calibration.a if c is not None and c.calibration.a > 0 else MARGIN_COSINE * llr / MARGIN_LLR
+            calibrated = c is not None and c.calibration.a > 0
+            margin = llr / c.calibration.a if calibrated else MARGIN_COSINE * llr / MARGIN_LLR
             self.sets.append((channel, backend.gallery([by_name[n] for n in self.names]), backend, threshold,
                               margin))
 
