@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spkid.diarization import tune
 from spkid.diarization.evaluate import score_diarization
 from spkid.diarization.pipeline import DiarizeConfig, analyse, decide
 from spkid.diarization.rttm import Segment
@@ -48,14 +49,9 @@ def _embedder(a):
 
 def clustered(data: list, cfg: DiarizeConfig) -> tuple[list[Segment], list[Segment], list[bool]]:
     """``data`` ``[(manifest row, Analysis)]`` clustered with ``cfg`` (no refined boundaries): the reference and
-    hypothesis segments of all files, and per file whether its speaker count is wrong."""
-    ref, hyp, wrong = [], [], []
-    for r, an in data:
-        d = decide(an, None, None, cfg)
-        ref += [Segment(**x) for x in r["reference"]]
-        hyp += d.segments
-        wrong.append(len(d.labels) != len(r["speakers"]))
-    return ref, hyp, wrong
+    hypothesis segments of all files, and per file whether its speaker count is wrong (``tune.clustered``)."""
+    return tune.clustered([tune.Recording(r["name"], "", [Segment(**x) for x in r["reference"]], len(r["speakers"]),
+                                          an) for r, an in data], cfg)
 
 
 def calibrate(a, work: Path) -> int:

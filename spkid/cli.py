@@ -529,12 +529,13 @@ def _add_diarize(sub) -> None:
     p.add_argument("--threshold", type=float, help="cosine distance at which speakers stay apart (default: "
                                                    "calibrated for the base model; lower finds more speakers)")
     p.add_argument("--merge-raw", type=float, metavar="C",
-                   help="then merge speakers whose mean embeddings (uncentred) have a cosine above C (default 0.88, "
-                        "tuned for the base model; 0: off, e.g. for an imported model)")
+                   help="then merge speakers whose mean embeddings (uncentred) have a cosine above C (default: the "
+                        "model's own from tune-diarization, else 0.88, tuned for the base model; 0: off)")
     p.add_argument("--resplit", type=float, metavar="C",
                    help="cluster each speaker of 9 s or more again around its own mean and split it where the parts' "
-                        "mean embeddings (uncentred) have a cosine below C (default 0.75, tuned for the base model; 0: "
-                        "off, e.g. for an imported model; spectral only, not with --num-speakers)")
+                        "mean embeddings (uncentred) have a cosine below C (default: the model's own from "
+                        "tune-diarization, else 0.75, tuned for the base model; 0: off; spectral only, not with "
+                        "--num-speakers)")
     p.add_argument("--settled", action=argparse.BooleanOptionalAction, default=True,
                    help="two speakers that each hold many windows (20, about 15 s of speech; 60 for the uncentred "
                         "merge) stay apart unless much closer (default: on; tuned for the base model; with --method "
@@ -564,7 +565,7 @@ def _add_diarize(sub) -> None:
 def _cmd_diarize(a) -> int:
     import time
     from spkid.diarization.batch import audio_inputs, diarize_files, load_embedder
-    from spkid.diarization.pipeline import DiarizeConfig
+    from spkid.diarization.pipeline import model_config
     from spkid.diarization.rttm import write_rttm, write_segments_csv
     from spkid.fileio import refuse_overwriting_inputs
     if a.num_speakers is not None and (a.min_speakers != 1 or a.max_speakers is not None):
@@ -595,8 +596,7 @@ def _cmd_diarize(a) -> int:
         given["name_split_s"] = 0.0
     if a.overlap_threshold is not None:
         given["overlap_threshold_narrowband"] = a.overlap_threshold
-    cfg = DiarizeConfig(method=a.method, overlap=a.overlap, band_limit=a.band_limit,
-                        **{k: v for k, v in given.items() if v is not None})
+    cfg = model_config(embedder, method=a.method, overlap=a.overlap, band_limit=a.band_limit, **given)
     res = diarize_files(files, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
                         progress=not a.quiet, on_file=report)
@@ -612,6 +612,56 @@ def _cmd_diarize(a) -> int:
     print(f"wrote {len(segments)} turns of {len(res) - failed} file(s) to {a.output}: {audio:.1f} s of audio in "
           f"{took:.1f} s ({audio / max(took, 1e-9):.0f}x real time)" + (f"; {failed} file(s) failed" if failed else ""))
     return 2 if failed or any(o.warning for o in res) else 0     # a complete output, something was off
+
+
+def _add_tune_diarization(sub) -> None:
+    p = sub.add_parser("tune-diarization", help="a model's own diarization cosines, chosen on conversations and "
+                                                "monologues of your speakers; stored in a copy of the checkpoint")
+    p.add_argument("folders", nargs="*", help="folders holding a folder of audio clips per speaker (as for training "
+                                             "or enrollment); none: synthetic voices only")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write: the model with its tuned cosines")
+    p.add_argument("--checkpoint", default="base", help="model to tune (default: the pretrained base)")
+    p.add_argument("--synthetic", type=int, metavar="N",
+                   help="also N synthetic voices (default: 16 when no folder is given, else none)")
+    p.add_argument("--conversations", type=int, default=16, metavar="N",
+                   help="development conversations of 2-5 speakers, 1-2 minutes each (default 16)")
+    p.add_argument("--monologues", type=int, default=16, metavar="N",
+                   help="development monologues of one speaker, 60 s each (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_tune_diarization(a) -> int:
+    from tqdm import tqdm
+
+    from spkid.diarization import tune
+    from spkid.diarization.batch import load_embedder
+    from spkid.fileio import refuse_overwriting_inputs
+    from spkid.pretrained import resolve
+    synthetic = a.synthetic if a.synthetic is not None else (0 if a.folders else 16)
+    if synthetic < 0 or a.conversations < 0 or a.monologues < 0 or a.conversations + a.monologues == 0:
+        raise SpkidError("tune-diarization: --synthetic, --conversations and --monologues must be >= 0, and some "
+                         "recordings are needed")
+    refuse_overwriting_inputs([a.output], [resolve(a.checkpoint), *a.folders])
+    embedder = load_embedder(a.checkpoint, device=a.device)
+    speakers = {**tune.folder_speakers(a.folders), **tune.synthetic_speakers(synthetic)}
+    plans = tune.plans(speakers, a.conversations, a.monologues, a.seed)
+    bar = dict(disable=a.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+    with tqdm(total=len(plans), unit="recording", desc="analyse", **bar) as t:
+        recs = tune.analysed(plans, speakers, embedder, a.seed, t.update)
+    with tqdm(total=len(tune.MERGE_RAW) * len(tune.RESPLIT), unit="pair", desc="sweep", **bar) as t:
+        note = (f"{len(speakers)} speakers ({', '.join(map(str, a.folders)) or 'no folder'}"
+                f"{f'; {synthetic} synthetic voices' if synthetic else ''}), {a.conversations} conversations and "
+                f"{a.monologues} monologues, seed {a.seed}")
+        result = tune.tune(recs, note, t.update)
+    tune.write_tuned(a.checkpoint, a.output, result)
+    print(tune.table(result))
+    b, d = result.best, result.default
+    print(f"wrote {a.output}: merge_raw {b['merge_raw']:.2f}, resplit {b['resplit']:.2f} (development DER "
+          f"{100 * b['all']:.2f} %; the defaults {d['merge_raw']:.2f} / {d['resplit']:.2f}: {100 * d['all']:.2f} %); "
+          f"spkid diarize --checkpoint {a.output} uses them")
+    return 0
 
 
 def _add_eval_diarization(sub) -> None:
@@ -730,6 +780,7 @@ COMMANDS = {"train": (_add_train, _cmd_train), "predict": (_add_predict, _cmd_pr
             "import": (_add_import, _cmd_import), "info": (_add_info, _cmd_info),
             "serve": (_add_serve, _cmd_serve), "token": (_add_token, _cmd_token),
             "diarize": (_add_diarize, _cmd_diarize),
+            "tune-diarization": (_add_tune_diarization, _cmd_tune_diarization),
             "eval-diarization": (_add_eval_diarization, _cmd_eval_diarization)}
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spkid.diarization.names import ClusterName, Enrolled
-from spkid.diarization.pipeline import DiarizeConfig, FileDiarization, SpkidEmbedder, diarize_file
+from spkid.diarization.pipeline import DiarizeConfig, FileDiarization, SpkidEmbedder, diarize_file, model_config
 from spkid.diarization.rttm import Segment
 from spkid.errors import SpkidError
 
@@ -33,7 +33,7 @@ def enrolled_of(registry: str | Path | None, embedder: SpkidEmbedder, cfg: Diari
     """The registry's speakers with ``cfg``'s naming margins (None without a registry)."""
     if registry is None:
         return None
-    cfg = cfg or DiarizeConfig()
+    cfg = cfg or model_config(embedder)
     return Enrolled(registry, embedder.model_id, margin_llr=cfg.name_margin,
                     margin_llr_telephone=cfg.name_margin_telephone)
 
@@ -167,7 +167,8 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
     (one-to-one; ``names.Enrolled``; a voice on the telephone against the registry's telephone copies; a cluster
     holding several enrolled voices split into them). Without
     ``checkpoint`` the registry's own model embeds, or without a registry the pretrained ``base`` model. A file
-    without speech gives ``[]`` and a ``UserWarning``."""
+    without speech gives ``[]`` and a ``UserWarning``. ``config`` None: the defaults, with the cosines the model
+    carries when it was tuned (``spkid tune-diarization``; ``pipeline.model_config``)."""
     embedder = load_embedder(checkpoint, registry, device=device, runtime=runtime, threads=threads)
     enrolled = enrolled_of(registry, embedder, config)
     r = diarize_file(path, embedder, config, n_speakers=n_speakers, min_speakers=min_speakers,

@@ -36,6 +36,7 @@ from spkid.diarization.rttm import Segment
 from spkid.diarization.stream import (SAMPLE_RATE, AudioStream, release_free_heap, speech_probs_stream,
                                       windows_over)
 from spkid.errors import ConfigError, DataError
+from spkid.training.checkpoint import TUNED
 
 METHODS = ("ahc", "spectral")
 
@@ -65,7 +66,8 @@ class DiarizeConfig:
                                      # speakers stay apart); the lower of it and `threshold` applies (spectral only)
     merge_raw: float = 0.88          # > 0: then clusters whose UNcentred mean embeddings have a cosine above this merge
                                      # (a recording of one speaker: centring removes the speaker and the rest splits);
-                                     # tuned for the base model (docs/diarization.md); 0: off
+                                     # tuned for the base model (docs/diarization.md; another model's own: spkid
+                                     # tune-diarization, model_config); 0: off
     raw_settled_s: float = 45.0      # ... but two clusters that each hold raw_settled_s / hop_s windows only above
     merge_raw_settled: float = 0.92  # this cosine (a telephone channel pulls every raw cosine up); the higher of it
                                      # and `merge_raw` applies
@@ -137,6 +139,14 @@ class DiarizeConfig:
 Embedder = Callable[[list[np.ndarray]], np.ndarray]   # 16 kHz waveforms [(S_i,)] -> embeddings (B, E)
 
 
+def model_config(embedder: Embedder, **given) -> DiarizeConfig:
+    """``DiarizeConfig`` of ``given`` settings (None: not given), the cosines the embedder's model carries
+    (``tuned``: its checkpoint's ``diarization`` entry, written by ``spkid tune-diarization``) where they are not
+    given, and the defaults (tuned for ``base``) for the rest."""
+    own = getattr(embedder, "tuned", None) or {}
+    return DiarizeConfig(**{**own, **{k: v for k, v in given.items() if v is not None}})
+
+
 class SpkidEmbedder:
     """A loaded ``spkid.Model`` as an ``Embedder``: the model's log-mel front end on the batch, then its network
     (eager PyTorch or ONNX Runtime, whichever the model was loaded with)."""
@@ -150,6 +160,7 @@ class SpkidEmbedder:
         self.frontend = frontend_for(model.cfg.features)
         self.model_id = model.model_id
         self.conditions_audio = model.conditions_audio      # the file's level is set (``Analysis.gain``)
+        self.tuned = {k: v for k, v in model.diarization.items() if k in TUNED}   # its own cosines, or {}
 
     @torch.no_grad()
     def __call__(self, wavs: list[np.ndarray]) -> np.ndarray:
@@ -275,7 +286,7 @@ def diarize_file(path: str | Path, embedder: Embedder, cfg: DiarizeConfig | None
 
     ``progress(seconds)`` is called as audio is processed (about 2x the file's duration in all: the speech pass
     and the embedding pass). Raises ``DataError`` for an undecodable file or one shorter than a window."""
-    cfg = cfg or DiarizeConfig()
+    cfg = cfg or model_config(embedder)
     _check_counts(n_speakers, min_speakers, max_speakers)
     with AudioStream(path) as stream:
         a = analyse(stream, embedder, cfg, progress)

@@ -23,8 +23,8 @@ import torch
 from spkid.config import RunConfig
 from spkid.errors import CheckpointError
 from spkid.pretrained import resolve
-from spkid.training.checkpoint import (build_checked, checkpoint_config, checkpoint_fingerprint, load_checkpoint,
-                                       model_card)
+from spkid.training.checkpoint import (TUNED, build_checked, checkpoint_config, checkpoint_fingerprint,
+                                       load_checkpoint, model_card)
 
 
 def read_checkpoint(spec: str | os.PathLike) -> tuple[Path, dict]:
@@ -101,5 +101,9 @@ def model_info(spec: str | os.PathLike) -> list[tuple[str, str]]:
     for key in ("step", "val_acc", "val_eer"):
         if m.ckpt.get(key) is not None:
             rows.append((key, f"{m.ckpt[key]:.4g}" if isinstance(m.ckpt[key], float) else str(m.ckpt[key])))
+    own = m.ckpt.get("diarization")
+    if own:
+        rows.append(("diarization", ", ".join(f"{k} {own[k]:.2f}" for k in TUNED if k in own)
+                     + (f" (tuned on {own['tuned_on']})" if own.get("tuned_on") else "")))
     rows.append(("fingerprint", m.model_id))
     return rows

@@ -131,6 +131,8 @@ class Model:
         self.model_id = loaded.model_id
         # EER threshold on the run's validation trials (training speakers), when the run validated
         self.val_eer_threshold: float | None = loaded.ckpt.get("val_eer_threshold")
+        # the model's own diarization cosines and where they were tuned (spkid tune-diarization), or {}
+        self.diarization: dict = dict(loaded.ckpt.get("diarization") or {})
         self.vad = VAD_DEFAULT if vad is None else vad   # audio files: keep only the detected speech
         # a file with too little detected speech: its whole signal with an InputWarning (True; many-file commands
         # finish the rest) or a DataError (False; a service answering for one clip)

@@ -98,6 +98,7 @@ def load_checkpoint(path: str | Path) -> dict:
         if not isinstance(ckpt[key], kind):
             raise CheckpointError(f"{path}: {key!r} entry must be {kind.__name__}, found {type(ckpt[key]).__name__}")
     card = _check_card(ckpt, path)
+    _check_diarization(ckpt, path)
     if (not ckpt["speakers"] and card is None) or not all(isinstance(s, str) for s in ckpt["speakers"]):
         raise CheckpointError(f"{path}: 'speakers' entry must be a non-empty list of names")
     for k, v in ckpt["model"].items():
@@ -133,6 +134,23 @@ def _check_card(ckpt: dict, path) -> dict | None:
                                and graph.numel() > 0):
         raise CheckpointError(f"{path}: an imported ONNX model needs its graph as a 'onnx' uint8 tensor")
     return card
+
+
+TUNED = ("merge_raw", "resplit")    # the diarize settings a model may carry (spkid tune-diarization)
+
+
+def _check_diarization(ckpt: dict, path) -> None:
+    """A model's own diarization cosines (``spkid tune-diarization``): ``{"merge_raw": c, "resplit": c,
+    "tuned_on": text}``, each cosine in [0, 1)."""
+    own = ckpt.get("diarization")
+    if own is None:
+        return
+    if not isinstance(own, dict) or set(own) - {*TUNED, "tuned_on"} or not isinstance(own.get("tuned_on", ""), str):
+        raise CheckpointError(f"{path}: 'diarization' entry must hold {' / '.join(TUNED)} cosines and a 'tuned_on' "
+                              "note")
+    for k in TUNED:
+        if k in own and not (isinstance(own[k], float) and 0 <= own[k] < 1):
+            raise CheckpointError(f"{path}: 'diarization' {k} {own[k]!r}: a cosine in [0, 1) (0: off)")
 
 
 def model_card(ckpt: dict) -> dict:
