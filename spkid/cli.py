@@ -625,8 +625,10 @@ def _add_tune_diarization(sub) -> None:
                    help="also N synthetic voices (default: 16 when no folder is given, else none)")
     p.add_argument("--conversations", type=int, default=16, metavar="N",
                    help="development conversations of 2-5 speakers, 1-2 minutes each (default 16)")
-    p.add_argument("--monologues", type=int, default=16, metavar="N",
-                   help="development monologues of one speaker, 60 s each (default 16)")
+    p.add_argument("--monologues", type=int, default=4, metavar="N",
+                   help="development monologues of one speaker, 60 s each (default 4: most recordings diarized hold "
+                        "several speakers; 0 when every one does, as many as the conversations when many are one "
+                        "speaker's: the cosine that keeps a monologue whole joins voices of a conversation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
