@@ -58,3 +58,11 @@ def write_conversation(path, n_speakers: int = 2, seconds: float = 40.0, seed: i
     wav = conv.wav if sample_rate == 16000 else resample(conv.wav, 16000, sample_rate)
     sf.write(str(path), wav, sample_rate)
     return conv
+
+
+def run_cli(capsys, *args):
+    """``spkid ARGS`` in-process: (exit status, stdout, stderr)."""
+    from spkid.cli import main
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err

@@ -5,16 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spkid.cli import main
 from spkid.diarization.rttm import read_rttm
 
-from diar_helpers import write_conversation
-
-
-def _run(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
+from diar_helpers import run_cli, write_conversation
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def audio(tmp_path_factory):
 
 def test_diarize_writes_one_rttm_and_csv_and_survives_a_bad_file(trained, audio, tmp_path, capsys):
     out, csv = tmp_path / "out.rttm", tmp_path / "out.csv"
-    rc, stdout, err = _run(capsys, "diarize", audio / "one.wav", audio / "broken.wav", audio / "two.flac",
+    rc, stdout, err = run_cli(capsys, "diarize", audio / "one.wav", audio / "broken.wav", audio / "two.flac",
                            audio / "silent.wav", "-o", out, "--segments", csv, "--checkpoint", trained["ckpt"],
                            "--device", "cpu", "--quiet")
     assert rc == 2                                   # a complete output, something was off (as predict/embed)
@@ -54,25 +47,25 @@ def test_diarize_takes_folders_of_audio(trained, audio, tmp_path, capsys):
     (calls / "two.flac").write_bytes((audio / "two.flac").read_bytes())
     (calls / "notes.txt").write_text("not audio")                       # not an audio file: not an input
     out = tmp_path / "folder.rttm"
-    rc, stdout, err = _run(capsys, "diarize", calls, "-o", out, "--checkpoint", trained["ckpt"], "--device", "cpu",
+    rc, stdout, err = run_cli(capsys, "diarize", calls, "-o", out, "--checkpoint", trained["ckpt"], "--device", "cpu",
                            "--quiet")
     assert rc == 0, err
     assert {s.file for s in read_rttm(out)} == {"one", "two"} and "of 2 file(s)" in stdout
     (tmp_path / "empty").mkdir()
-    rc, _, err = _run(capsys, "diarize", tmp_path / "empty", "-o", tmp_path / "e.rttm", "--checkpoint",
+    rc, _, err = run_cli(capsys, "diarize", tmp_path / "empty", "-o", tmp_path / "e.rttm", "--checkpoint",
                       trained["ckpt"], "--device", "cpu", "--quiet")
     assert rc == 1 and err.strip() == f"spkid: error: {tmp_path / 'empty'}: no audio files in this folder"
     assert not (tmp_path / "e.rttm").exists()
 
 
 def test_diarize_argument_errors_are_one_line(trained, audio, tmp_path, capsys):
-    rc, _, err = _run(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint",
+    rc, _, err = run_cli(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint",
                       trained["ckpt"], "--num-speakers", "2", "--max-speakers", "3")
     assert rc == 1
     assert err.strip() == "spkid: error: diarize: give --num-speakers or --min-speakers/--max-speakers, not both"
-    rc, _, err = _run(capsys, "diarize", audio / "one.wav", "-o", audio / "one.wav", "--checkpoint", trained["ckpt"])
+    rc, _, err = run_cli(capsys, "diarize", audio / "one.wav", "-o", audio / "one.wav", "--checkpoint", trained["ckpt"])
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "one.wav" in err
-    rc, _, err = _run(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint",
+    rc, _, err = run_cli(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint",
                       tmp_path / "nope.ckpt")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "nope.ckpt" in err
 
@@ -84,7 +77,7 @@ def test_onnx_runtime_gives_the_same_turns(trained, audio, tmp_path, capsys):
     outs = []
     for runtime in ("torch", "onnx"):
         out = tmp_path / f"{runtime}.rttm"
-        rc, _, err = _run(capsys, "diarize", audio / "one.wav", "-o", out, "--checkpoint", ckpt, "--runtime", runtime,
+        rc, _, err = run_cli(capsys, "diarize", audio / "one.wav", "-o", out, "--checkpoint", ckpt, "--runtime", runtime,
                           "--quiet")
         assert rc == 0, err
         outs.append(read_rttm(out))
@@ -101,17 +94,17 @@ def test_eval_diarization_and_report_timeline(trained, audio, tmp_path, capsys):
     from spkid.diarization.rttm import write_rttm
     write_rttm(ref, conv.reference)
     hyp = tmp_path / "hyp.rttm"
-    rc, _, err = _run(capsys, "diarize", tmp_path / "talk.wav", "-o", hyp, "--checkpoint", trained["ckpt"], "--quiet")
+    rc, _, err = run_cli(capsys, "diarize", tmp_path / "talk.wav", "-o", hyp, "--checkpoint", trained["ckpt"], "--quiet")
     assert rc == 0, err
-    rc, out, err = _run(capsys, "eval-diarization", ref, hyp)
+    rc, out, err = run_cli(capsys, "eval-diarization", ref, hyp)
     assert rc == 0, err
     assert "TOTAL" in out and out.splitlines()[-1].startswith("DER ") and "(±0.25 s collar, overlap scored)" in out
-    rc, out, err = _run(capsys, "eval-diarization", ref, ref)
+    rc, out, err = run_cli(capsys, "eval-diarization", ref, ref)
     assert rc == 0 and "DER 0.00% (±0.25 s collar, overlap scored), 0.00% (no collar)" in out
     (tmp_path / "bad.rttm").write_text("SPEAKER talk 1 x 1 <NA> <NA> A <NA> <NA>\n")
-    rc, _, err = _run(capsys, "eval-diarization", tmp_path / "bad.rttm", hyp)
+    rc, _, err = run_cli(capsys, "eval-diarization", tmp_path / "bad.rttm", hyp)
     assert rc == 1 and "bad.rttm: line 1: onset 'x' is not a number" in err
-    rc, out, err = _run(capsys, "report", trained["run"], "-o", tmp_path / "r" / "report.html", "--diarization", ref,
+    rc, out, err = run_cli(capsys, "report", trained["run"], "-o", tmp_path / "r" / "report.html", "--diarization", ref,
                         hyp, "--quiet", "--device", "cpu")
     assert rc == 0, err
     page = (tmp_path / "r" / "report.html").read_text()
@@ -131,8 +124,8 @@ def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monk
         raise SpkidError("stop here")
     monkeypatch.setattr(batch, "diarize_files", fake)
     base = ["diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint", trained["ckpt"], "--quiet"]
-    assert _run(capsys, *base)[0] == 1
-    assert _run(capsys, *base, "--no-settled", "--merge-raw", "0", "--resplit", "0", "--threshold", "0.9",
+    assert run_cli(capsys, *base)[0] == 1
+    assert run_cli(capsys, *base, "--no-settled", "--merge-raw", "0", "--resplit", "0", "--threshold", "0.9",
                 "--overlap-threshold", "0.7", "--no-overlap", "--no-band-limit")[0] == 1
     default, given = seen
     assert default.settled_s == 15.0 and default.raw_settled_s == 45.0 and default.merge_raw == 0.88
@@ -155,14 +148,14 @@ def test_name_margin_reaches_the_naming_and_needs_a_registry(trained, audio, tmp
         raise SpkidError("stop here")
     monkeypatch.setattr(batch, "diarize_files", fake)
     base = ["diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint", trained["ckpt"], "--quiet"]
-    rc, _, err = _run(capsys, *base, "--name-margin", "0.5")
+    rc, _, err = run_cli(capsys, *base, "--name-margin", "0.5")
     assert rc == 1 and err.strip() == "spkid: error: diarize: --name-margin needs --registry (it is how sure a name " \
         "must be)" and not seen
-    rc, _, err = _run(capsys, *base, "--name-margin-telephone", "0.5")
+    rc, _, err = run_cli(capsys, *base, "--name-margin-telephone", "0.5")
     assert rc == 1 and "--name-margin-telephone needs --registry" in err and not seen
-    rc, _, err = _run(capsys, *base, "--registry", tmp_path / "r.db", "--name-margin", "-1")
+    rc, _, err = run_cli(capsys, *base, "--registry", tmp_path / "r.db", "--name-margin", "-1")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "name_margin -1" in err
-    assert _run(capsys, *base, "--registry", tmp_path / "r.db", "--name-margin", "0.7",
+    assert run_cli(capsys, *base, "--registry", tmp_path / "r.db", "--name-margin", "0.7",
                 "--name-margin-telephone", "0.2")[0] == 1
     assert (seen[-1][0].name_margin, seen[-1][0].name_margin_telephone) == (0.7, 0.2)
 
@@ -178,7 +171,7 @@ def test_each_files_line_says_how_many_speakers_the_registry_named(trained, audi
         on_file(o)
         return [o]
     monkeypatch.setattr(batch, "diarize_files", fake)
-    rc, out, _ = _run(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint", trained["ckpt"],
+    rc, out, _ = run_cli(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint", trained["ckpt"],
                       "--quiet")
     assert rc == 0 and "2 speaker(s), 2 turns" in out
     assert "; 1 of 2 speakers named; 1 anonymous: 1 below the registry's threshold" in out
@@ -188,7 +181,7 @@ def test_diarize_leaves_an_existing_rttm_alone_when_no_file_can_be_diarized(trai
     out, csv = tmp_path / "kept.rttm", tmp_path / "kept.csv"
     out.write_text("SPEAKER earlier 1 0.000 1.000 <NA> <NA> alice <NA> <NA>\n")
     csv.write_text("file,start,end,speaker,score\n")
-    rc, stdout, err = _run(capsys, "diarize", audio / "broken.wav", tmp_path / "missing.wav", "-o", out,
+    rc, stdout, err = run_cli(capsys, "diarize", audio / "broken.wav", tmp_path / "missing.wav", "-o", out,
                            "--segments", csv, "--checkpoint", trained["ckpt"], "--device", "cpu", "--quiet")
     assert rc != 0 and "Traceback" not in err
     last = err.strip().splitlines()[-1]

@@ -8,16 +8,11 @@ import soundfile as sf
 import torch
 
 from spkid.audio.synth import make_voice, synth_utterance
-from spkid.cli import main
 from spkid.diarization import tune
 from spkid.diarization.pipeline import DiarizeConfig, model_config
 from spkid.training.checkpoint import checkpoint_fingerprint, load_checkpoint
 
-
-def _run(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
+from diar_helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,7 @@ def test_plans_draw_conversations_of_two_to_five_and_monologues_of_one():
 
 def test_tune_writes_the_lowest_der_pair_and_diarize_uses_it(trained, speakers, small_grid, tmp_path, capsys):
     out = tmp_path / "tuned.ckpt"
-    rc, text, _ = _run(capsys, "tune-diarization", speakers["root"], "--synthetic", "1", "--conversations", "2",
+    rc, text, _ = run_cli(capsys, "tune-diarization", speakers["root"], "--synthetic", "1", "--conversations", "2",
                        "--monologues", "2", "--checkpoint", trained["ckpt"], "-o", out, "--quiet")
     assert rc == 0 and f"wrote {out}" in text and "(kept)" in text
     ckpt, orig = load_checkpoint(out), load_checkpoint(trained["ckpt"])
@@ -76,7 +71,7 @@ def test_tune_writes_the_lowest_der_pair_and_diarize_uses_it(trained, speakers, 
     first = next(line for line in text.splitlines() if "(kept)" in line)
     ders = [float(line.rsplit("|", 2)[1].strip(" %")) for line in text.splitlines() if line.startswith("| 0.")]
     assert first.startswith(f"| {own['merge_raw']:.2f} (kept) | {own['resplit']:.2f} |") and ders[0] == min(ders)
-    rc, info, _ = _run(capsys, "info", out)
+    rc, info, _ = run_cli(capsys, "info", out)
     assert rc == 0 and f"merge_raw {own['merge_raw']:.2f}, resplit {own['resplit']:.2f} (tuned on" in info
 
 
@@ -97,9 +92,9 @@ def test_diarize_takes_the_models_own_cosines_unless_given(trained, tmp_path, ca
         raise SpkidError("stop here")
     monkeypatch.setattr(batch, "diarize_files", fake)
     base = ["diarize", wav, "-o", tmp_path / "x.rttm", "--quiet", "--checkpoint"]
-    assert _run(capsys, *base, tmp_path / "own.ckpt")[0] == 1
-    assert _run(capsys, *base, tmp_path / "own.ckpt", "--merge-raw", "0.9")[0] == 1
-    assert _run(capsys, *base, trained["ckpt"])[0] == 1
+    assert run_cli(capsys, *base, tmp_path / "own.ckpt")[0] == 1
+    assert run_cli(capsys, *base, tmp_path / "own.ckpt", "--merge-raw", "0.9")[0] == 1
+    assert run_cli(capsys, *base, trained["ckpt"])[0] == 1
     own, given, plain = seen
     assert (own.merge_raw, own.resplit) == (0.61, 0.62)
     assert (given.merge_raw, given.resplit) == (0.9, 0.62)
@@ -111,19 +106,19 @@ def test_diarize_takes_the_models_own_cosines_unless_given(trained, tmp_path, ca
 
 def test_tune_bad_input_is_one_line(trained, speakers, tmp_path, capsys):
     args = ["tune-diarization", "--checkpoint", trained["ckpt"], "--quiet", "-o"]
-    rc, _, err = _run(capsys, *args, tmp_path / "a.ckpt", speakers["lone"])
+    rc, _, err = run_cli(capsys, *args, tmp_path / "a.ckpt", speakers["lone"])
     assert rc == 1 and "at least 2 speakers, found 1" in err and len(err.strip().splitlines()) == 1
-    rc, _, err = _run(capsys, *args, tmp_path / "a.ckpt", tmp_path / "missing")
+    rc, _, err = run_cli(capsys, *args, tmp_path / "a.ckpt", tmp_path / "missing")
     assert rc == 1 and "missing: not a folder" in err
-    rc, _, err = _run(capsys, *args, trained["ckpt"], speakers["root"])
+    rc, _, err = run_cli(capsys, *args, trained["ckpt"], speakers["root"])
     assert rc == 1 and len(err.strip().splitlines()) == 1
-    rc, _, err = _run(capsys, *args, tmp_path / "a.ckpt", "--conversations", "0", "--monologues", "0")
+    rc, _, err = run_cli(capsys, *args, tmp_path / "a.ckpt", "--conversations", "0", "--monologues", "0")
     assert rc == 1 and "recordings are needed" in err
     silent = tmp_path / "silent"
     for s in ("x", "y"):
         (silent / s).mkdir(parents=True)
         sf.write(silent / s / "u.wav", np.zeros(32000, np.float32), 16000)
-    rc, _, err = _run(capsys, *args, tmp_path / "a.ckpt", silent, "--conversations", "1", "--monologues", "0")
+    rc, _, err = run_cli(capsys, *args, tmp_path / "a.ckpt", silent, "--conversations", "1", "--monologues", "0")
     assert rc == 1 and "no clip with at least 0.5 s of speech" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a.ckpt").exists()
 
@@ -132,11 +127,11 @@ def test_a_bad_diarization_entry_is_refused_in_one_line(trained, tmp_path, capsy
     ckpt = load_checkpoint(trained["ckpt"])
     ckpt["diarization"] = {"merge_raw": 1.5}
     torch.save(ckpt, tmp_path / "bad.ckpt")
-    rc, _, err = _run(capsys, "info", tmp_path / "bad.ckpt")
+    rc, _, err = run_cli(capsys, "info", tmp_path / "bad.ckpt")
     assert rc == 1 and "'diarization' merge_raw 1.5: a cosine in [0, 1)" in err
     ckpt["diarization"] = {"threshold": 0.5}
     torch.save(ckpt, tmp_path / "bad.ckpt")
-    rc, _, err = _run(capsys, "info", tmp_path / "bad.ckpt")
+    rc, _, err = run_cli(capsys, "info", tmp_path / "bad.ckpt")
     assert rc == 1 and "'diarization' entry must hold" in err
 
 
