@@ -567,6 +567,7 @@ def _cmd_diarize(a) -> int:
     from spkid.diarization.batch import audio_inputs, diarize_files, load_embedder
     from spkid.diarization.pipeline import model_config
     from spkid.diarization.rttm import write_rttm, write_segments_csv
+    from spkid.pretrained import is_shipped
     from spkid.fileio import refuse_overwriting_inputs
     if a.num_speakers is not None and (a.min_speakers != 1 or a.max_speakers is not None):
         raise SpkidError("diarize: give --num-speakers or --min-speakers/--max-speakers, not both")
@@ -597,6 +598,10 @@ def _cmd_diarize(a) -> int:
     if a.overlap_threshold is not None:
         given["overlap_threshold_narrowband"] = a.overlap_threshold
     cfg = model_config(embedder, method=a.method, overlap=a.overlap, band_limit=a.band_limit, **given)
+    if not (embedder.tuned or is_shipped(embedder.model.path) or a.quiet or {a.merge_raw, a.resplit} != {None}):
+        print(f"spkid: note: {embedder.model.path} carries no diarization cosines of its own: base's merge_raw "
+              f"{cfg.merge_raw} / resplit {cfg.resplit} apply (spkid tune-diarization chooses the model's own)",
+              file=sys.stderr)
     res = diarize_files(files, embedder, cfg, registry=a.registry,
                         n_speakers=a.num_speakers, min_speakers=a.min_speakers, max_speakers=a.max_speakers,
                         progress=not a.quiet, on_file=report)

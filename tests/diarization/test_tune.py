@@ -96,6 +96,10 @@ def test_diarize_takes_the_models_own_cosines_unless_given(trained, tmp_path, ca
     assert run_cli(capsys, *base, tmp_path / "own.ckpt", "--merge-raw", "0.9")[0] == 1
     assert run_cli(capsys, *base, trained["ckpt"])[0] == 1
     own, given, plain = seen
+    rc, _, err = run_cli(capsys, *base[:-2], "--checkpoint", trained["ckpt"])     # not quiet: the hint, once
+    assert rc == 1 and err.count("carries no diarization cosines of its own") == 1 and "tune-diarization" in err
+    rc, _, err = run_cli(capsys, *base[:-2], "--checkpoint", tmp_path / "own.ckpt")
+    assert rc == 1 and "carries no diarization" not in err
     assert (own.merge_raw, own.resplit) == (0.61, 0.62)
     assert (given.merge_raw, given.resplit) == (0.9, 0.62)
     assert (plain.merge_raw, plain.resplit) == (DiarizeConfig().merge_raw, DiarizeConfig().resplit)
