@@ -128,7 +128,10 @@ def analysed(plans_: list[tuple], speakers: Speakers, embedder, seed: int = 0,
     out = []
     with tempfile.TemporaryDirectory(prefix="spkid-tune-") as tmp:
         for k, (name, kind, chosen, seconds, overlap) in enumerate(plans_):
-            pool = {s: read[s] if s in read else read.setdefault(s, speakers[s]()) for s in chosen}
+            for s in chosen:
+                if s not in read:
+                    read[s] = speakers[s]()
+            pool = {s: read[s] for s in chosen}
             conv = build_conversation(pool, seconds, np.random.default_rng([seed, k]), name=name, overlap=overlap)
             path = Path(tmp) / f"{name}.flac"
             sf.write(path, conv.wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
