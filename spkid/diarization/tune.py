@@ -32,7 +32,7 @@ from spkid.diarization.simulate import SAMPLE_RATE, build_conversation, speech_s
 from spkid.diarization.stream import AudioStream
 from spkid.errors import DataError
 
-# the grids: wide enough for models whose raw cosines run far lower (a margin head) or higher (Resemblyzer) than base's
+# the grids: wide enough for models whose raw cosines run far lower (a margin head) or higher than base's
 MERGE_RAW = (0.0, 0.60, 0.70, 0.75, 0.80, 0.84, 0.86, 0.88, 0.90, 0.92, 0.94, 0.96)
 RESPLIT = (0.0, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85)
 SYNTH_SEED = 9300                # synthetic voices of their own (the benchmark's test voices are 9100, dev 9200)
@@ -155,13 +155,6 @@ def clustered(recs: list[Recording], cfg: DiarizeConfig) -> tuple[list[Segment],
     return ref, hyp, wrong
 
 
-def der(recs: list[Recording], cfg: DiarizeConfig) -> tuple[float, float]:
-    """DER (±0.25 s collar, overlap scored) of ``recs`` clustered with ``cfg`` and the share whose speaker count
-    is wrong."""
-    ref, hyp, wrong = clustered(recs, cfg)
-    return score_diarization(ref, hyp)[-1].der_collar, float(np.mean(wrong))
-
-
 def sweep(recs: list[Recording], merge_raw=MERGE_RAW, resplit=RESPLIT,
           progress: Callable[[int], None] | None = None) -> list[dict]:
     """Every pair of ``merge_raw`` x ``resplit`` (the defaults otherwise) on the same analyses: per pair the DER
@@ -172,10 +165,13 @@ def sweep(recs: list[Recording], merge_raw=MERGE_RAW, resplit=RESPLIT,
     for mr in merge_raw:
         for rs in resplit:
             cfg = replace(base, merge_raw=mr, resplit=rs)
-            row = {"merge_raw": mr, "resplit": rs}
-            for kind, part in kinds.items():
-                row[kind] = der(part, cfg) if part else None
-            row["all"] = der(recs, cfg)[0]
+            row, ref, hyp = {"merge_raw": mr, "resplit": rs}, [], []
+            for kind, part in kinds.items():         # each recording clustered once per pair; pooled for "all"
+                r, h, wrong = clustered(part, cfg) if part else ([], [], [])
+                row[kind] = (score_diarization(r, h)[-1].der_collar, float(np.mean(wrong))) if part else None
+                ref += r
+                hyp += h
+            row["all"] = score_diarization(ref, hyp)[-1].der_collar
             rows.append(row)
             if progress is not None:
                 progress(1)
