@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spkid.diarization.names import ClusterName, Enrolled
-from spkid.diarization.pipeline import DiarizeConfig, FileDiarization, SpkidEmbedder, diarize_file, model_config
+from spkid.diarization.pipeline import (DiarizeConfig, FileDiarization, SpkidEmbedder, check_counts, diarize_file,
+                                        model_config)
 from spkid.diarization.rttm import Segment
 from spkid.errors import SpkidError
 
@@ -108,7 +109,8 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
                   on_file: Callable[[FileOutcome], None] | None = None) -> list[FileOutcome]:
     """Diarize every path (in order; a folder: the audio files under it, ``audio_inputs``); ``SpkidError`` of one
     file (undecodable, too short) becomes its ``error``.
-    Two inputs with one stem would share an RTTM file field: refused before any work. ``on_file`` is called as
+    Speaker counts that cannot be (``pipeline.check_counts``) and two inputs with one stem (they would share an RTTM
+    file field) are refused before any work. ``on_file`` is called as
     each file finishes (the CLI prints a line); the progress bar (seconds of audio, two passes) shows on a
     terminal only."""
     import time
@@ -116,8 +118,9 @@ def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: Diarize
     from tqdm import tqdm
 
     from spkid.diarization.stream import AudioStream
+    check_counts(n_speakers, min_speakers, max_speakers)                                 # refused before any work
     paths = audio_inputs(paths)
-    enrolled = enrolled_of(registry, embedder, cfg)                                       # refused before any work
+    enrolled = enrolled_of(registry, embedder, cfg)
     seen: dict[str, Path] = {}
     for p in paths:
         if p.stem in seen and seen[p.stem] != p:

@@ -287,7 +287,7 @@ def diarize_file(path: str | Path, embedder: Embedder, cfg: DiarizeConfig | None
     ``progress(seconds)`` is called as audio is processed (about 2x the file's duration in all: the speech pass
     and the embedding pass). Raises ``DataError`` for an undecodable file or one shorter than a window."""
     cfg = cfg or model_config(embedder)
-    _check_counts(n_speakers, min_speakers, max_speakers)
+    check_counts(n_speakers, min_speakers, max_speakers)
     with AudioStream(path) as stream:
         a = analyse(stream, embedder, cfg, progress)
         return decide(a, stream, embedder, cfg, n_speakers=n_speakers, min_speakers=min_speakers,
@@ -304,7 +304,8 @@ def _n(seconds: float) -> int:
     return int(round(seconds * SAMPLE_RATE))
 
 
-def _check_counts(n: int | None, lo: int, hi: int | None) -> None:
+def check_counts(n: int | None, lo: int, hi: int | None) -> None:
+    """``ConfigError`` (one line) unless ``n`` >= 1 and 1 <= ``lo`` <= ``hi`` (where given)."""
     if n is not None and n < 1:
         raise ConfigError(f"--num-speakers {n}: must be >= 1")
     if lo < 1 or (hi is not None and hi < lo):

@@ -68,6 +68,12 @@ def test_diarize_argument_errors_are_one_line(trained, audio, tmp_path, capsys):
     rc, _, err = run_cli(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint",
                       tmp_path / "nope.ckpt")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "nope.ckpt" in err
+    for counts, words in ((("--num-speakers", "0"), "--num-speakers 0: must be >= 1"),
+                          (("--min-speakers", "3", "--max-speakers", "2"), "need 1 <= min <= max")):
+        rc, _, err = run_cli(capsys, "diarize", audio / "one.wav", audio / "two.flac", "-o", tmp_path / "x.rttm",
+                             "--checkpoint", trained["ckpt"], *counts)
+        assert rc == 1 and len(err.strip().splitlines()) == 1 and words in err     # refused once, before any file
+        assert not (tmp_path / "x.rttm").exists()
 
 
 def test_onnx_runtime_gives_the_same_turns(trained, audio, tmp_path, capsys):
