@@ -548,6 +548,9 @@ def _add_diarize(sub) -> None:
     p.add_argument("--overlap-threshold", type=float, metavar="P",
                    help="overlap probability from which two speakers are given (default 0.8, and 0.9 for a "
                         "narrowband recording; given here, P for every recording)")
+    p.add_argument("--speech-threshold", type=float, metavar="P",
+                   help="speech detection: Silero's probability from which a frame is speech (default 0.3; higher "
+                        "takes less noise for speech and misses more quiet or covered speech)")
     p.add_argument("--name-split", action=argparse.BooleanOptionalAction, default=True,
                    help="with --registry: split a speaker whose speech holds several enrolled voices into them, where "
                         "at least two parts are named (default: on; not with --num-speakers)")
@@ -565,6 +568,7 @@ def _add_diarize(sub) -> None:
 def _cmd_diarize(a) -> int:
     import time
     from spkid.diarization.batch import audio_inputs, diarize_files, load_embedder
+    from spkid.audio.vad import VadConfig
     from spkid.diarization.pipeline import check_counts, model_config
     from spkid.diarization.rttm import write_rttm, write_segments_csv
     from spkid.pretrained import is_shipped
@@ -598,6 +602,10 @@ def _cmd_diarize(a) -> int:
         given["name_split_s"] = 0.0
     if a.overlap_threshold is not None:
         given["overlap_threshold_narrowband"] = a.overlap_threshold
+    if a.speech_threshold is not None:
+        if not 0 < a.speech_threshold < 1:                                   # NaN too
+            raise SpkidError(f"diarize --speech-threshold {a.speech_threshold}: a probability in (0, 1)")
+        given["vad"] = VadConfig(threshold=a.speech_threshold)
     cfg = model_config(embedder, method=a.method, overlap=a.overlap, band_limit=a.band_limit, **given)
     if not (embedder.tuned or is_shipped(embedder.model.path) or a.quiet or {a.merge_raw, a.resplit} != {None}):
         print(f"spkid: note: {embedder.model.path} carries no diarization cosines of its own: base's merge_raw "

@@ -20,12 +20,17 @@ Three pieces, each a plain function of L2-normalised embeddings ``x`` ``(N, E)``
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.cluster.vq import kmeans2
+from scipy.cluster.vq import ClusterError, kmeans2
 
 
 WINDOWS_PER_SPEAKER = 6      # spectral's count is at most N / 6 (4.5 s of speech per speaker on average)
+RESTARTS_COUNT_GIVEN = 10    # k-means starts when the count is given: the partition is then k-means' alone, and its
+                             # best start scored lower DER with the count given; with the count found, the merges
+                             # after it took one start's partitions better (docs/diarization.md)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -74,14 +79,16 @@ def ahc(x: np.ndarray, threshold: float, *, n_speakers: int | None = None, min_s
 
 
 def spectral(x: np.ndarray, *, n_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
-             prune: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4), seed: int = 0) -> np.ndarray:
+             prune: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4), seed: int = 0,
+             restarts: int = 1) -> np.ndarray:
     """Spectral clustering ``(N, E) -> (N,)`` with the count from the eigengap (NME-tuned pruning).
 
     For each pruning fraction ``p`` only the ``p N`` largest similarities of each row are kept; the ``p`` whose
     largest eigengap is largest relative to ``p`` wins (NME). A count of 1 is only chosen when ``min_speakers``
     or ``n_speakers`` says so (an eigengap cannot tell one cluster from noise: pair with a merge threshold). The
     count is at most one speaker per ``WINDOWS_PER_SPEAKER`` points: on a short recording without structure (one
-    speaker) the largest gap otherwise falls anywhere up to 20."""
+    speaker) the largest gap otherwise falls anywhere up to 20. The spectral embedding is cut by k-means, the best
+    of ``restarts`` k-means++ starts (``kmeans``)."""
     n = len(x)
     cap = max(2, n // WINDOWS_PER_SPEAKER, min_speakers, n_speakers or 0)
     hi = min(max(max_speakers or 20, n_speakers or 0), cap, n - 1) if n > 2 else 1
@@ -101,9 +108,25 @@ def spectral(x: np.ndarray, *, n_speakers: int | None = None, min_speakers: int 
             best = (ratio, k, keep)
     _, k, keep = best
     _, vecs = np.linalg.eigh(_laplacian(sim, keep))
-    emb = _unit(vecs[:, :k])
-    _, labels = kmeans2(emb, k, minit="++", seed=seed, missing="warn")
-    return relabel(labels)
+    return relabel(kmeans(_unit(vecs[:, :k]), k, seed=seed, restarts=restarts))
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0, restarts: int = 1) -> np.ndarray:
+    """k-means labels ``(N, D) -> (N,)``: of ``restarts`` k-means++ starts (seeds ``seed``, ``seed + 1``, ...), the
+    one with the least within-cluster sum of squares among those that leave no cluster empty; if every start does,
+    the first start's labels (fewer than ``k`` clusters, renumbered by ``relabel`` where used)."""
+    best = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # scipy's notes on empty clusters and on points k-means++ cannot spread
+        for s in range(max(1, restarts)):
+            try:
+                c, labels = kmeans2(x, k, minit="++", seed=seed + s, missing="raise")
+            except ClusterError:
+                continue
+            inertia = float(((x - c[labels]) ** 2).sum())
+            if best is None or inertia < best[0]:
+                best = (inertia, labels)
+        return best[1] if best is not None else kmeans2(x, k, minit="++", seed=seed, missing="warn")[1]
 
 
 def _laplacian(sim: np.ndarray, keep: int) -> np.ndarray:

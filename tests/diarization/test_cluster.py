@@ -282,3 +282,47 @@ def test_cluster_records_the_count_after_each_step_it_runs():
     stages = {}
     _cluster(x, win, DiarizeConfig(method="ahc", same_speaker=0.05), None, 1, None, raw, stages)
     assert list(stages) == ["ahc", "raw_merge", "same_speaker", "hmm"]
+
+
+def _inertia(x, labels):
+    return sum(((x[labels == k] - x[labels == k].mean(0)) ** 2).sum() for k in np.unique(labels))
+
+
+def test_kmeans_keeps_its_best_start():
+    """``kmeans(restarts=)``: never worse than its first start (the single start of before), strictly better on
+    some of these overlapping 6-cluster sets (one start's local minimum), and the same with one restart."""
+    from scipy.cluster.vq import kmeans2
+    better = 0
+    for seed in range(12):
+        x, _ = _blobs([30, 25, 20, 35, 15, 25], dim=6, spread=1.2, seed=seed)
+        one, best = C.kmeans(x, 6, restarts=1), C.kmeans(x, 6, restarts=10)
+        assert _inertia(x, best) <= _inertia(x, one) + 1e-9
+        better += _inertia(x, best) < _inertia(x, one) - 1e-6
+        if len(np.unique(one)) == 6:                         # no empty cluster: what kmeans2 alone gives
+            assert np.array_equal(one, kmeans2(x, 6, minit="++", seed=0, missing="warn")[1])
+    assert better >= 1
+
+
+def test_kmeans_with_too_few_distinct_points_gives_fewer_clusters_and_no_warning():
+    import warnings
+    x = np.repeat(np.eye(3)[:2], 5, axis=0)                 # two distinct points, three clusters asked for
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = C.kmeans(x, 3, restarts=4)
+    assert labels.shape == (10,) and len(np.unique(labels)) <= 2 and len(np.unique(labels[:5])) == 1
+
+
+def test_a_given_count_takes_the_best_of_several_kmeans_starts(monkeypatch):
+    """``_cluster``: with the count given, spectral's k-means keeps the best of ``RESTARTS_COUNT_GIVEN`` starts;
+    with the count found, one start (the merges after it were measured on that; docs/diarization.md)."""
+    from spkid.diarization.pipeline import DiarizeConfig, _cluster, _space
+    raw, y = _dominant(0)
+    win = np.stack([np.arange(len(y)) * 12000, np.arange(len(y)) * 12000 + 24000], 1)
+    x = _space(raw, C._unit(raw).mean(0))
+    seen, kmeans = [], C.kmeans
+    monkeypatch.setattr(C, "kmeans", lambda *a, **kw: seen.append(kw["restarts"]) or kmeans(*a, **kw))
+    _cluster(x, win, DiarizeConfig(hmm=False), 3, 1, None, raw)
+    assert seen == [C.RESTARTS_COUNT_GIVEN] and C.RESTARTS_COUNT_GIVEN > 1
+    seen.clear()
+    _cluster(x, win, DiarizeConfig(hmm=False, resplit=0.0), None, 1, None, raw)
+    assert seen == [1]

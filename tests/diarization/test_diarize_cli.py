@@ -119,8 +119,9 @@ def test_eval_diarization_and_report_timeline(trained, audio, tmp_path, capsys):
 
 
 def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monkeypatch):
-    """--no-settled, --merge-raw, --resplit, --threshold, --overlap-threshold, --no-overlap and --no-band-limit set
-    DiarizeConfig; the defaults keep its own values."""
+    """--no-settled, --merge-raw, --resplit, --threshold, --overlap-threshold, --no-overlap, --no-band-limit and
+    --speech-threshold set DiarizeConfig; the defaults keep its own values; a speech threshold outside (0, 1) is a
+    one-line error naming the flag."""
     import spkid.diarization.batch as batch
     from spkid.errors import SpkidError
     seen = []
@@ -132,7 +133,7 @@ def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monk
     base = ["diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint", trained["ckpt"], "--quiet"]
     assert run_cli(capsys, *base)[0] == 1
     assert run_cli(capsys, *base, "--no-settled", "--merge-raw", "0", "--resplit", "0", "--threshold", "0.9",
-                "--overlap-threshold", "0.7", "--no-overlap", "--no-band-limit")[0] == 1
+                "--overlap-threshold", "0.7", "--no-overlap", "--no-band-limit", "--speech-threshold", "0.45")[0] == 1
     default, given = seen
     assert default.settled_s == 15.0 and default.raw_settled_s == 45.0 and default.merge_raw == 0.88
     assert default.overlap and default.threshold == 1.0 and default.resplit == 0.75
@@ -142,6 +143,12 @@ def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monk
     assert not given.overlap and not given.band_limit and default.band_limit
     assert (default.overlap_threshold, default.overlap_threshold_narrowband) == (0.8, 0.9)
     assert default.name_margin == 1.0 and default.name_margin_telephone == 0.5
+    assert default.vad.threshold == 0.3 and given.vad.threshold == 0.45
+    for bad in ("0", "1", "nan"):
+        rc, _, err = run_cli(capsys, *base, "--speech-threshold", bad)
+        assert rc == 1 and err.strip().splitlines() == [f"spkid: error: diarize --speech-threshold {float(bad)}: "
+                                                        "a probability in (0, 1)"]
+    assert len(seen) == 2                                      # refused before the pipeline
 
 
 def test_name_margin_reaches_the_naming_and_needs_a_registry(trained, audio, tmp_path, capsys, monkeypatch):
