@@ -6,7 +6,8 @@ Three pieces, each a plain function of L2-normalised embeddings ``x`` ``(N, E)``
   ``k`` clusters when the count is known or bounded;
 - ``spectral``: spectral clustering of the pruned cosine affinity, the count from the largest gap between
   Laplacian eigenvalues, the pruning chosen per recording by the normalised maximum eigengap (Park et al.,
-  "Auto-tuning spectral clustering for speaker diarization", 2019);
+  "Auto-tuning spectral clustering for speaker diarization", 2019), the spectral embedding cut by ``kmeans`` (the
+  best of several k-means++ starts);
 - ``split_recentred``: each large cluster clustered again around its own mean (speakers that centring on the
   recording's mean left together), kept only where the parts are clearly different voices;
 - ``split_by_scores``: each cluster split where its windows' scores against known speakers (an enrollment) say

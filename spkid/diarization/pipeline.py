@@ -40,8 +40,8 @@ from spkid.training.checkpoint import TUNED
 
 METHODS = ("ahc", "spectral")
 SPEECH_THRESHOLD = 0.3           # Silero's probability from which a frame is speech, here: its usual 0.5 missed the
-                                 # speech that room and noise cover (9.6 % of FSDD's on the full set, 7.1 % at 0.3) and
-                                 # scored higher DER on 67 test conversations and monologues, lower on 42, with the
+                                 # speech that room and noise cover (9.6 % of FSDD's on the full set, 7.1 % at 0.3);
+                                 # 0.3 scored lower DER on 67 test conversations and monologues, higher on 42, with the
                                  # count found (docs/diarization.md); clips for enroll / identify keep 0.5
 
 
