@@ -694,7 +694,13 @@ def _cmd_eval_diarization(a) -> int:
     ref = read_rttm(a.reference)
     if not ref:
         raise SpkidError(f"{a.reference}: no SPEAKER lines: nothing to score against")
-    rows = score_diarization(ref, read_rttm(a.hypothesis), read_uem(a.uem) if a.uem else None)
+    hyp = read_rttm(a.hypothesis)
+    uem = read_uem(a.uem) if a.uem else None
+    missing = sorted({s.file for s in ref} - set(uem)) if uem is not None else []
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SpkidError(f"{a.uem}: no line for file {missing[0]!r} of the reference{more}")
+    rows = score_diarization(ref, hyp, uem)
     print(format_table(rows))
     t = rows[-1]
     print(f"DER {100 * t.der_collar:.2f}% (±0.25 s collar, overlap scored), {100 * t.der:.2f}% (no collar); "

@@ -118,6 +118,27 @@ def test_eval_diarization_and_report_timeline(trained, audio, tmp_path, capsys):
     assert (tmp_path / "r" / "report_figures" / "timeline.png").stat().st_size > 1000
 
 
+def test_eval_diarization_uem_must_cover_the_reference(tmp_path, capsys):
+    """A UEM without a line for a reference file is a one-line error naming the UEM file; with every file, it limits
+    the scored time."""
+    pytest.importorskip("pyannote.metrics")
+    ref, hyp, uem = tmp_path / "ref.rttm", tmp_path / "hyp.rttm", tmp_path / "u.uem"
+    ref.write_text("SPEAKER a 1 0 10 <NA> <NA> A <NA> <NA>\nSPEAKER b 1 0 5 <NA> <NA> B <NA> <NA>\n"
+                   "SPEAKER c 1 0 5 <NA> <NA> C <NA> <NA>\n")
+    hyp.write_text("SPEAKER a 1 0 10 <NA> <NA> x <NA> <NA>\nSPEAKER a 1 20 10 <NA> <NA> x <NA> <NA>\n"
+                   "SPEAKER b 1 0 5 <NA> <NA> y <NA> <NA>\nSPEAKER c 1 0 5 <NA> <NA> z <NA> <NA>\n")
+    uem.write_text("a 1 0 15\n")
+    rc, out, err = run_cli(capsys, "eval-diarization", ref, hyp, "--uem", uem)
+    assert rc == 1 and out == ""
+    assert err.strip().splitlines() == [f"spkid: error: {uem}: no line for file 'b' of the reference (and 1 more)"]
+    uem.write_text("a 1 0 15\nb 1 0 5\nc 1 0 5\n")
+    rc, out, err = run_cli(capsys, "eval-diarization", ref, hyp, "--uem", uem)
+    assert rc == 0, err
+    assert out.splitlines()[-1].startswith("DER 0.00% (±0.25 s collar, overlap scored)")   # a's false alarm lies outside
+    rc, out, err = run_cli(capsys, "eval-diarization", ref, hyp)
+    assert rc == 0 and not out.splitlines()[-1].startswith("DER 0.00%")                    # ... and counts without it
+
+
 def test_diarize_flags_reach_the_pipeline(trained, audio, tmp_path, capsys, monkeypatch):
     """--no-settled, --merge-raw, --resplit, --threshold, --overlap-threshold, --no-overlap, --no-band-limit and
     --speech-threshold set DiarizeConfig; the defaults keep its own values; a speech threshold outside (0, 1) is a
