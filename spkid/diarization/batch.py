@@ -3,6 +3,7 @@ never lets one bad file stop the others (its error is kept, the rest finish; the
 ``diarize`` is the Python API for one file (``spkid.diarize``)."""
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from spkid.diarization.names import ClusterName, Enrolled
 from spkid.diarization.pipeline import (DiarizeConfig, FileDiarization, SpkidEmbedder, check_counts, diarize_file,
                                         model_config)
 from spkid.diarization.rttm import Segment
-from spkid.errors import SpkidError
+from spkid.errors import ConfigError, SpkidError
 
 DEFAULT_CHECKPOINT = "base"      # the pretrained model, resolved by spkid.load like any checkpoint name
 
@@ -172,6 +173,12 @@ def diarize(path: str | Path, checkpoint: str | Path | None = None, *, registry:
     ``checkpoint`` the registry's own model embeds, or without a registry the pretrained ``base`` model. A file
     without speech gives ``[]`` and a ``UserWarning``. ``config`` None: the defaults, with the cosines the model
     carries when it was tuned (``spkid tune-diarization``; ``pipeline.model_config``)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"spkid.diarize takes one audio file, got {type(path).__name__}; for several, "
+                          "spkid.diarization.batch.diarize_files (or `spkid diarize A B ... -o out.rttm`)")
+    if config is not None and not isinstance(config, DiarizeConfig):
+        raise ConfigError(f"config: a spkid.diarization.pipeline.DiarizeConfig, got {type(config).__name__}")
+    check_counts(n_speakers, min_speakers, max_speakers)
     embedder = load_embedder(checkpoint, registry, device=device, runtime=runtime, threads=threads)
     enrolled = enrolled_of(registry, embedder, config)
     r = diarize_file(path, embedder, config, n_speakers=n_speakers, min_speakers=min_speakers,

@@ -123,6 +123,41 @@ def test_spkid_diarize_warns_on_no_speech(tmp_path, monkeypatch):
     assert any("no speech found" in str(x.message) for x in w)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_speakers": 2.5}, "--num-speakers 2.5: a whole number of speakers"),
+    ({"n_speakers": True}, "--num-speakers True: a whole number of speakers"),
+    ({"max_speakers": "3"}, "--max-speakers '3': a whole number of speakers"),
+    ({"min_speakers": 0}, "--min-speakers 0 / --max-speakers None: need 1 <= min <= max"),
+    ({"config": {"window_s": 2.0}}, "config: a spkid.diarization.pipeline.DiarizeConfig, got dict"),
+])
+def test_spkid_diarize_refuses_bad_arguments_before_loading(conv, monkeypatch, kwargs, message):
+    """Wrong types and impossible counts are one ConfigError naming the argument, before any model loads."""
+    import spkid
+    from spkid.diarization import batch
+    monkeypatch.setattr(batch, "load_embedder", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(ConfigError) as e:
+        spkid.diarize(conv[0], **kwargs)
+    assert str(e.value) == message
+
+
+def test_spkid_diarize_takes_one_file_and_numpy_counts(conv, monkeypatch):
+    import spkid
+    from spkid.diarization import batch
+    monkeypatch.setattr(batch, "load_embedder", lambda *a, **k: MeanLogMel())
+    with pytest.raises(ConfigError, match="spkid.diarize takes one audio file, got list; for several"):
+        spkid.diarize([conv[0], conv[0]])
+    segs = spkid.diarize(str(conv[0]), n_speakers=np.int64(2), config=diar_config())
+    assert {s.speaker for s in segs} == {"SPEAKER_00", "SPEAKER_01"}
+
+
+def test_model_refuses_negative_or_fractional_threads(tmp_path):
+    from spkid.errors import SpkidError
+    from spkid.scoring.model import Model
+    for bad in (-1, 1.5, True):
+        with pytest.raises(SpkidError, match=r"threads .*: a whole number >= 0 \(0 = the free cores\)"):
+            Model(tmp_path / "none.ckpt", threads=bad)
+
+
 def test_default_checkpoint_is_the_pretrained_base(monkeypatch):
     from spkid.diarization import batch
     from spkid.scoring import model
