@@ -20,7 +20,7 @@ spkid model (PyTorch or ONNX Runtime), and the benchmark plugs Resemblyzer in th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,8 @@ SPEECH_THRESHOLD = 0.3           # Silero's probability from which a frame is sp
                                  # speech that room and noise cover (9.6 % of FSDD's on the full set, 7.1 % at 0.3);
                                  # 0.3 scored lower DER on 67 test conversations and monologues, higher on 42, with the
                                  # count found (docs/diarization.md); clips for enroll / identify keep 0.5
+
+_TYPE_WORDS = {"bool": "True or False", "int": "a whole number", "float": "a finite number", "str": "a string"}
 
 
 @dataclass
@@ -108,6 +110,7 @@ class DiarizeConfig:
     vad: VadConfig = field(default_factory=lambda: VadConfig(threshold=SPEECH_THRESHOLD))
 
     def __post_init__(self):
+        self._check_types()
         if self.method not in METHODS:
             raise ConfigError(f"diarize method {self.method!r} unknown; choose one of {', '.join(METHODS)}")
         if not 0 < self.hop_s <= self.window_s or self.min_window_s > self.window_s or self.min_window_s <= 0:
@@ -137,7 +140,33 @@ class DiarizeConfig:
                                   "and >= 0")
         if not 0 <= self.merge_raw_settled < 1:
             raise ConfigError(f"diarize merge_raw_settled {self.merge_raw_settled}: a cosine in [0, 1)")
+        if not (self.hmm_scale > 0 and 0 < self.hmm_loop < 1):
+            raise ConfigError(f"diarize hmm_scale {self.hmm_scale}, hmm_loop {self.hmm_loop}: need a scale > 0 and a "
+                              "loop probability in (0, 1)")
+        if not (self.refine_step_s > 0 and self.refine_window_s > 0):
+            raise ConfigError(f"diarize refine_step_s {self.refine_step_s}, refine_window_s {self.refine_window_s}: "
+                              "both seconds > 0")
         self.vad.validate()
+
+    def _check_types(self) -> None:
+        """Each setting of its field's type: ``ConfigError`` naming it otherwise. Numbers must be finite, but for
+        the two ``*settled_s`` (infinite: no cluster is ever settled); whole numbers for ``int`` fields, and
+        ``True``/``False`` for ``bool`` ones (not numbers)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "bool":
+                ok = isinstance(v, bool)
+            elif f.type == "int":
+                ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            elif f.type == "float":
+                ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and \
+                    (np.isfinite(v) or (f.name in ("settled_s", "raw_settled_s") and v == float("inf")))
+            elif f.type == "str":
+                ok = isinstance(v, str)
+            else:
+                ok = isinstance(v, VadConfig)
+            if not ok:
+                raise ConfigError(f"diarize {f.name} {v!r}: must be {_TYPE_WORDS.get(f.type, 'a VadConfig')}")
 
 
 Embedder = Callable[[list[np.ndarray]], np.ndarray]   # 16 kHz waveforms [(S_i,)] -> embeddings (B, E)

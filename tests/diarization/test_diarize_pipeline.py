@@ -9,7 +9,7 @@ import soundfile as sf
 
 from spkid.diarization.batch import diarize_files, named, naming_summary
 from spkid.diarization.names import Enrolled
-from spkid.diarization.pipeline import analyse, diarize_file
+from spkid.diarization.pipeline import DiarizeConfig, analyse, diarize_file
 from spkid.diarization.stream import AudioStream
 from spkid.errors import ConfigError, DataError
 
@@ -277,6 +277,29 @@ def test_a_cluster_holding_two_enrolled_voices_is_split_into_them(tmp_path):
     assert len(decide(an, None, None, off, enrolled=enrolled).labels) == 1
     with pytest.raises(ConfigError, match="name_split_s"):
         DiarizeConfig(name_split_s=float("nan"))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"window_s": "1.5"}, "diarize window_s '1.5': must be a finite number"),
+    ({"block_s": float("nan")}, "diarize block_s nan: must be a finite number"),
+    ({"batch": 2.5}, "diarize batch 2.5: must be a whole number"),
+    ({"hmm": "yes"}, "diarize hmm 'yes': must be True or False"),
+    ({"refine": 1}, "diarize refine 1: must be True or False"),
+    ({"resplit": True}, "diarize resplit True: must be a finite number"),
+    ({"vad": None}, "diarize vad None: must be a VadConfig"),
+    ({"hmm_loop": 1.0}, "diarize hmm_scale 12.0, hmm_loop 1.0: need a scale > 0 and a loop probability in (0, 1)"),
+    ({"hmm_scale": 0.0}, "diarize hmm_scale 0.0, hmm_loop 0.9: need a scale > 0 and a loop probability in (0, 1)"),
+    ({"refine_step_s": 0.0}, "diarize refine_step_s 0.0, refine_window_s 1.0: both seconds > 0"),
+])
+def test_diarize_config_rejects_each_wrong_setting_by_name(bad, message):
+    with pytest.raises(ConfigError) as e:
+        DiarizeConfig(**bad)
+    assert str(e.value) == message
+
+
+def test_diarize_config_takes_numpy_numbers_and_settled_off_at_infinity():
+    cfg = DiarizeConfig(batch=np.int64(8), merge_raw=np.float32(0.9), window_s=2, settled_s=float("inf"))
+    assert cfg.batch == 8 and cfg.window_s == 2 and cfg.settled_s == float("inf")
 
 
 @pytest.mark.parametrize("band_limit", [True, False])
