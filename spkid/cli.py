@@ -577,6 +577,9 @@ def _cmd_diarize(a) -> int:
         raise SpkidError("diarize: give --num-speakers or --min-speakers/--max-speakers, not both")
     check_counts(a.num_speakers, a.min_speakers, a.max_speakers)
     outs = [a.output] + ([a.segments] if a.segments else [])
+    for out in outs:                    # before any work: an hour of audio diarized, then nowhere to write it
+        if Path(out).is_dir():
+            raise SpkidError(f"{out}: is a folder; give the path of a file to write")
     files = audio_inputs(a.audio)
     refuse_overwriting_inputs(outs, [*files, *([a.registry] if a.registry else [])])
     embedder = load_embedder(a.checkpoint, a.registry, device=a.device, **_inference_args(a))
