@@ -118,6 +118,9 @@ def test_tune_bad_input_is_one_line(trained, speakers, tmp_path, capsys):
     assert rc == 1 and len(err.strip().splitlines()) == 1
     rc, _, err = run_cli(capsys, *args, tmp_path / "a.ckpt", "--conversations", "0", "--monologues", "0")
     assert rc == 1 and "recordings are needed" in err
+    (tmp_path / "out").mkdir()
+    rc, _, err = run_cli(capsys, *args, tmp_path / "out", speakers["root"])
+    assert rc == 1 and err.strip() == f"spkid: error: {tmp_path / 'out'}: is a folder; give the path of a file to write"
     silent = tmp_path / "silent"
     for s in ("x", "y"):
         (silent / s).mkdir(parents=True)
