@@ -577,7 +577,6 @@ def _cmd_diarize(a) -> int:
         raise SpkidError("diarize: give --num-speakers or --min-speakers/--max-speakers, not both")
     check_counts(a.num_speakers, a.min_speakers, a.max_speakers)
     outs = [a.output] + ([a.segments] if a.segments else [])
-    _refuse_folders(outs)
     files = audio_inputs(a.audio)
     refuse_overwriting_inputs(outs, [*files, *([a.registry] if a.registry else [])])
     embedder = load_embedder(a.checkpoint, a.registry, device=a.device, **_inference_args(a))
@@ -649,13 +648,6 @@ def _add_tune_diarization(sub) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def _refuse_folders(outputs) -> None:
-    """A file output given as an existing folder: refused before any work (not after an hour of it)."""
-    for out in outputs:
-        if Path(out).is_dir():
-            raise SpkidError(f"{out}: is a folder; give the path of a file to write")
-
-
 def _cmd_tune_diarization(a) -> int:
     from tqdm import tqdm
 
@@ -667,7 +659,6 @@ def _cmd_tune_diarization(a) -> int:
     if synthetic < 0 or a.conversations < 0 or a.monologues < 0 or a.conversations + a.monologues == 0:
         raise SpkidError("tune-diarization: --synthetic, --conversations and --monologues must be >= 0, and some "
                          "recordings are needed")
-    _refuse_folders([a.output])
     refuse_overwriting_inputs([a.output], [resolve(a.checkpoint), *a.folders])
     embedder = load_embedder(a.checkpoint, device=a.device)
     speakers = {**tune.folder_speakers(a.folders), **tune.synthetic_speakers(synthetic)}

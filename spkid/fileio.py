@@ -80,7 +80,12 @@ def _identities(p: Path) -> list:
 
 
 def refuse_overwriting_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path]) -> None:
-    """Raise ``SpkidError`` when an output path is (or links to) one of the inputs, naming both."""
+    """Raise ``SpkidError`` when an output path is (or links to) one of the inputs, naming both, or is an existing
+    folder (every output checked here is a file: refused before the work, not after it)."""
+    outputs = list(outputs)
+    for out in outputs:
+        if Path(out).is_dir():
+            raise SpkidError(f"{out}: is a folder; give the path of a file to write")
     index = {}
     for src in inputs:
         for key in _identities(Path(src)):

@@ -49,6 +49,25 @@ def test_predict_embed_identify_refuse_outputs_that_are_inputs(model, tmp_path, 
     assert reg.read_bytes() == before
 
 
+def test_file_outputs_that_are_folders_are_refused_before_the_work(model, tmp_path, capsys):
+    """predict, embed and identify given a folder for their file output: one line naming it, before any model
+    loads (the checkpoint given does not exist), and the folder untouched."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _voice(16000, seconds=1.0), 16000)
+    missing = tmp_path / "missing.ckpt"
+    for args in (("predict", missing, model["root"], "-o", folder), ("embed", missing, wav, "-o", folder / "x.npz"),
+                 ("identify", tmp_path / "r.db", wav, "-o", folder)):
+        if args[0] == "embed":
+            (folder / "x.npz").mkdir()
+        rc, _, err = _cli(capsys, *args, "--quiet") if args[0] == "predict" else _cli(capsys, *args)
+        _one_line_error(rc, err, "is a folder; give the path of a file to write")
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt", "x.npz"] and (folder / "keep.txt").read_text() == \
+        "mine"
+
+
 def test_enroll_refuses_a_registry_path_that_is_an_input(model, tmp_path, capsys):
     wav = tmp_path / "a.wav"
     sf.write(wav, _voice(16000), 16000)
