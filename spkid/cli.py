@@ -573,8 +573,6 @@ def _cmd_diarize(a) -> int:
     from spkid.diarization.rttm import write_rttm, write_segments_csv
     from spkid.pretrained import is_shipped
     from spkid.fileio import refuse_overwriting_inputs
-    if a.num_speakers is not None and (a.min_speakers != 1 or a.max_speakers is not None):
-        raise SpkidError("diarize: give --num-speakers or --min-speakers/--max-speakers, not both")
     check_counts(a.num_speakers, a.min_speakers, a.max_speakers)
     outs = [a.output] + ([a.segments] if a.segments else [])
     files = audio_inputs(a.audio)

@@ -338,10 +338,13 @@ def _n(seconds: float) -> int:
 
 
 def check_counts(n: int | None, lo: int, hi: int | None) -> None:
-    """``ConfigError`` (one line) unless ``n`` >= 1 and 1 <= ``lo`` <= ``hi`` (where given), each a whole number."""
+    """``ConfigError`` (one line) unless ``n`` >= 1 and 1 <= ``lo`` <= ``hi`` (where given), each a whole number,
+    and not ``n`` with bounds (a given count would leave them unused)."""
     for flag, v in (("--num-speakers", n), ("--min-speakers", lo), ("--max-speakers", hi)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise ConfigError(f"{flag} {v!r}: a whole number of speakers")
+    if n is not None and (lo != 1 or hi is not None):
+        raise ConfigError("diarize: give --num-speakers or --min-speakers/--max-speakers, not both")
     if n is not None and n < 1:
         raise ConfigError(f"--num-speakers {n}: must be >= 1")
     if lo < 1 or (hi is not None and hi < lo):

@@ -69,6 +69,8 @@ async def diarize(request):
     counts = {k: _count(fields, k) for k in ("num_speakers", "min_speakers", "max_speakers")}
     if counts["min_speakers"] and counts["max_speakers"] and counts["min_speakers"] > counts["max_speakers"]:
         raise ApiError(422, "min_speakers: greater than max_speakers")
+    if counts["num_speakers"] and (counts["min_speakers"] or counts["max_speakers"]):
+        raise ApiError(422, "num_speakers: give it or min_speakers / max_speakers, not both")
     tmp = await asyncio.to_thread(save_clip, clips[0], svc.cfg.max_diarize_seconds, svc.tmp)
     named = bool((await svc.registry.snapshot()).names)           # an empty registry has no names to give
     try:

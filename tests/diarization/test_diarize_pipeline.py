@@ -128,6 +128,7 @@ def test_spkid_diarize_warns_on_no_speech(tmp_path, monkeypatch):
     ({"n_speakers": True}, "--num-speakers True: a whole number of speakers"),
     ({"max_speakers": "3"}, "--max-speakers '3': a whole number of speakers"),
     ({"min_speakers": 0}, "--min-speakers 0 / --max-speakers None: need 1 <= min <= max"),
+    ({"n_speakers": 2, "max_speakers": 3}, "diarize: give --num-speakers or --min-speakers/--max-speakers, not both"),
     ({"config": {"window_s": 2.0}}, "config: a spkid.diarization.pipeline.DiarizeConfig, got dict"),
 ])
 def test_spkid_diarize_refuses_bad_arguments_before_loading(conv, monkeypatch, kwargs, message):

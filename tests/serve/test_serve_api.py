@@ -204,6 +204,10 @@ def test_diarize_is_501_without_spkid_diarize_and_wired_when_present(client, voi
     assert not __import__("os").path.exists(seen["path"])         # the server's temp copy is gone
     assert client.post("/v1/diarize", files=files(voices[0][0]), data={"num_speakers": "0"},
                        headers=auth(READ)).status_code == 422
+    both = client.post("/v1/diarize", files=files(voices[0][0]), data={"num_speakers": "2", "max_speakers": "3"},
+                       headers=auth(READ))
+    assert both.status_code == 422 and both.json()["error"] == \
+        "num_speakers: give it or min_speakers / max_speakers, not both"
 
 
 def test_diarize_runs_the_real_pipeline_with_the_shipped_model(tmp_path, voices):
