@@ -114,7 +114,7 @@ class Model:
         from spkid.scoring.onnx_runtime import check_runtime
         self.name = display_name(path)          # "base" for a shipped model, else the path as given
         self.runtime = check_runtime(runtime)
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
             raise SpkidError(f"threads {threads!r}: a whole number >= 0 (0 = the free cores)")
         self.quantize = quantize
         if quantize and runtime != "onnx":
