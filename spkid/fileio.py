@@ -85,7 +85,7 @@ def refuse_overwriting_inputs(outputs: Iterable[str | Path], inputs: Iterable[st
     outputs = list(outputs)
     for out in outputs:
         if Path(out).is_dir():
-            raise SpkidError(f"{out}: is a folder; give the path of a file to write")
+            raise SpkidError(f"{out}: cannot write: Is a directory (give the path of a file to write)")
     index = {}
     for src in inputs:
         for key in _identities(Path(src)):

@@ -78,8 +78,8 @@ def test_diarize_argument_errors_are_one_line(trained, audio, tmp_path, capsys):
     for outs in (("-o", tmp_path / "folder"), ("-o", tmp_path / "x.rttm", "--segments", tmp_path / "folder")):
         rc, out, err = run_cli(capsys, "diarize", audio / "one.wav", *outs, "--checkpoint", tmp_path / "nope.ckpt")
         assert rc == 1 and out == ""                    # refused before the model loads (nope.ckpt: never opened)
-        assert err.strip().splitlines() == [f"spkid: error: {tmp_path / 'folder'}: is a folder; give the path of a "
-                                            "file to write"]
+        assert err.strip().splitlines() == [f"spkid: error: {tmp_path / 'folder'}: cannot write: Is a directory "
+                                            "(give the path of a file to write)"]
         assert not (tmp_path / "x.rttm").exists() and not any((tmp_path / "folder").iterdir())
 
 

@@ -120,7 +120,8 @@ def test_tune_bad_input_is_one_line(trained, speakers, tmp_path, capsys):
     assert rc == 1 and "recordings are needed" in err
     (tmp_path / "out").mkdir()
     rc, _, err = run_cli(capsys, *args, tmp_path / "out", speakers["root"])
-    assert rc == 1 and err.strip() == f"spkid: error: {tmp_path / 'out'}: is a folder; give the path of a file to write"
+    assert rc == 1 and err.strip() == f"spkid: error: {tmp_path / 'out'}: cannot write: Is a directory (give the " \
+        "path of a file to write)"
     silent = tmp_path / "silent"
     for s in ("x", "y"):
         (silent / s).mkdir(parents=True)

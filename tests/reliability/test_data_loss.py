@@ -63,7 +63,7 @@ def test_file_outputs_that_are_folders_are_refused_before_the_work(model, tmp_pa
         if args[0] == "embed":
             (folder / "x.npz").mkdir()
         rc, _, err = _cli(capsys, *args, "--quiet") if args[0] == "predict" else _cli(capsys, *args)
-        _one_line_error(rc, err, "is a folder; give the path of a file to write")
+        _one_line_error(rc, err, "cannot write: Is a directory (give the path of a file to write)")
     assert sorted(p.name for p in folder.iterdir()) == ["keep.txt", "x.npz"] and (folder / "keep.txt").read_text() == \
         "mine"
 
