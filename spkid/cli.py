@@ -697,7 +697,7 @@ def _cmd_eval_diarization(a) -> int:
     missing = sorted({s.file for s in ref} - set(uem)) if uem is not None else []
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise SpkidError(f"{a.uem}: no line for file {missing[0]!r} of the reference{more}")
+        raise SpkidError(f"{a.uem}: UEM has no line for file {missing[0]!r} of the reference{more}")
     rows = score_diarization(ref, hyp, uem)
     print(format_table(rows))
     t = rows[-1]

@@ -114,8 +114,10 @@ class Model:
         from spkid.scoring.onnx_runtime import check_runtime
         self.name = display_name(path)          # "base" for a shipped model, else the path as given
         self.runtime = check_runtime(runtime)
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
-            raise SpkidError(f"threads {threads!r}: a whole number >= 0 (0 = the free cores)")
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+            raise SpkidError(f"threads must be a whole number >= 0 (0 = auto), got {threads!r}")
+        if threads < 0:
+            raise SpkidError(f"threads must be >= 0 (0 = auto), got {threads}")    # as runtime.resolve_threads says
         self.quantize = quantize
         if quantize and runtime != "onnx":
             raise SpkidError("int8 quantisation needs runtime onnx")

@@ -137,7 +137,8 @@ def test_eval_diarization_uem_must_cover_the_reference(tmp_path, capsys):
     uem.write_text("a 1 0 15\n")
     rc, out, err = run_cli(capsys, "eval-diarization", ref, hyp, "--uem", uem)
     assert rc == 1 and out == ""
-    assert err.strip().splitlines() == [f"spkid: error: {uem}: no line for file 'b' of the reference (and 1 more)"]
+    assert err.strip().splitlines() == [f"spkid: error: {uem}: UEM has no line for file 'b' of the reference "
+                                        "(and 1 more)"]
     uem.write_text("a 1 0 15\nb 1 0 5\nc 1 0 5\n")
     rc, out, err = run_cli(capsys, "eval-diarization", ref, hyp, "--uem", uem)
     assert rc == 0, err
