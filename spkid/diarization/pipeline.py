@@ -111,7 +111,7 @@ class DiarizeConfig:
     vad: VadConfig = field(default_factory=lambda: VadConfig(threshold=SPEECH_THRESHOLD))
 
     def __post_init__(self):
-        self._check_types()
+        self._check_types()                 # first the types, then each range (NaN fails those), then what is left
         if self.method not in METHODS:
             raise ConfigError(f"diarize method {self.method!r} unknown; choose one of {', '.join(METHODS)}")
         if not 0 < self.hop_s <= self.window_s or self.min_window_s > self.window_s or self.min_window_s <= 0:
@@ -147,12 +147,17 @@ class DiarizeConfig:
         if not (self.refine_step_s > 0 and self.refine_window_s > 0):
             raise ConfigError(f"diarize refine_step_s {self.refine_step_s}, refine_window_s {self.refine_window_s}: "
                               "both seconds > 0")
+        for f in fields(self):              # numbers without a range of their own above (block_s, min_window_s, ...)
+            v = getattr(self, f.name)
+            if f.type == "float" and not (np.isfinite(v) or (f.name in ("settled_s", "raw_settled_s") and v > 0)):
+                raise ConfigError(f"diarize {f.name} {v!r}: must be {_TYPE_WORDS[f.type]}")
         self.vad.validate()
 
     def _check_types(self) -> None:
-        """Each setting of its field's type: ``ConfigError`` naming it otherwise. Numbers must be finite, but for
-        the two ``*settled_s`` (infinite: no cluster is ever settled); whole numbers for ``int`` fields, and
-        ``True``/``False`` for ``bool`` ones (not numbers)."""
+        """Each setting of its field's type: ``ConfigError`` naming it otherwise (numbers for ``float`` fields,
+        whole numbers for ``int`` ones, ``True``/``False`` for ``bool`` ones, not numbers). Finite numbers are
+        checked after the ranges: all must be, but for the two ``*settled_s`` (infinite: no cluster is ever
+        settled)."""
         for f in fields(self):
             v = getattr(self, f.name)
             if f.type == "bool":
@@ -160,8 +165,7 @@ class DiarizeConfig:
             elif f.type == "int":
                 ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool)
             elif f.type == "float":
-                ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and \
-                    (np.isfinite(v) or (f.name in ("settled_s", "raw_settled_s") and v == float("inf")))
+                ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
             elif f.type == "str":
                 ok = isinstance(v, str)
             elif f.type == "VadConfig":

@@ -164,7 +164,7 @@ def test_settled_settings_are_checked():
     with pytest.raises(ConfigError, match="merge_raw_settled"):
         DiarizeConfig(merge_raw_settled=1.0)
     for bad in ({"settled_s": float("nan")}, {"raw_settled_s": float("nan")}, {"settled_threshold": float("nan")}):
-        with pytest.raises(ConfigError, match=f"diarize {next(iter(bad))} nan: must be a finite number"):
+        with pytest.raises(ConfigError, match="settled clusters"):
             DiarizeConfig(**bad)
     DiarizeConfig(settled_s=0.0, raw_settled_s=0.0)                  # 0: the rule off
 
