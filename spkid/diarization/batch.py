@@ -76,11 +76,14 @@ def naming_summary(answers: list[ClusterName]) -> str:
     return f"{text}; {len(left)} anonymous: " + ", ".join(parts)
 
 
-def audio_inputs(paths: list[str | Path]) -> list[Path]:
+def audio_inputs(paths: list[str | Path] | str | Path) -> list[Path]:
     """The files to diarize: each path as given, a folder replaced by the audio files under it, sorted
     (``data.scan.gather``). A missing file stays (its own error comes when its turn does); a folder without
-    audio raises ``DataError`` naming it, before any work."""
+    audio raises ``DataError`` naming it, before any work. One path (a string or ``Path``) is one input, not a
+    sequence of characters."""
     from spkid.data.scan import gather
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     out: list[Path] = []
     for p in map(Path, paths):
         out += gather(p, features=False)[1] if p.is_dir() else [p]
@@ -104,12 +107,12 @@ class FileOutcome:
     names: str | None = None      # with a registry: naming_summary of the file's speakers
 
 
-def diarize_files(paths: list[str | Path], embedder: SpkidEmbedder, cfg: DiarizeConfig | None = None, *,
-                  registry: str | Path | None = None, n_speakers: int | None = None, min_speakers: int = 1,
+def diarize_files(paths: list[str | Path] | str | Path, embedder: SpkidEmbedder, cfg: DiarizeConfig | None = None,
+                  *, registry: str | Path | None = None, n_speakers: int | None = None, min_speakers: int = 1,
                   max_speakers: int | None = None, progress: bool = True,
                   on_file: Callable[[FileOutcome], None] | None = None) -> list[FileOutcome]:
-    """Diarize every path (in order; a folder: the audio files under it, ``audio_inputs``); ``SpkidError`` of one
-    file (undecodable, too short) becomes its ``error``.
+    """Diarize every path (in order; a folder: the audio files under it; one path alone: that input;
+    ``audio_inputs``); ``SpkidError`` of one file (undecodable, too short) becomes its ``error``.
     Speaker counts that cannot be (``pipeline.check_counts``) and two inputs with one stem (they would share an RTTM
     file field) are refused before any work. ``on_file`` is called as
     each file finishes (the CLI prints a line); the progress bar (seconds of audio, two passes) shows on a

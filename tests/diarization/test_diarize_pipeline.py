@@ -151,6 +151,14 @@ def test_spkid_diarize_takes_one_file_and_numpy_counts(conv, monkeypatch):
     assert {s.speaker for s in segs} == {"SPEAKER_00", "SPEAKER_01"}
 
 
+def test_diarize_files_takes_one_path_as_one_input(conv):
+    """A single path (str or Path) is one input: not its characters ("/" would be the whole file system)."""
+    from spkid.diarization.batch import audio_inputs
+    assert audio_inputs(str(conv[0])) == audio_inputs(conv[0]) == [conv[0]]
+    (o,) = diarize_files(str(conv[0]), MeanLogMel(), diar_config(), progress=False)
+    assert o.error is None and o.n_speakers == 2
+
+
 def test_model_refuses_negative_or_fractional_threads(tmp_path):
     from spkid.errors import SpkidError
     from spkid.scoring.model import Model
