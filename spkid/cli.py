@@ -583,12 +583,13 @@ def _cmd_diarize(a) -> int:
     def report(o):
         if o.error:                     # the rest of the batch goes on: a warning, as for predict/embed/identify
             print(f"spkid: warning: {o.error}", file=sys.stderr)
-        elif o.warning:
-            print(f"spkid: warning: {o.warning}", file=sys.stderr)
-        else:
+            return
+        if o.segments:
             print(f"{o.path}: {o.n_speakers} speaker(s), {len(o.segments)} turns, {o.speech:.1f} s of speech in "
                   f"{o.duration:.1f} s ({o.duration / max(o.seconds, 1e-9):.0f}x real time)"
                   + (f"; {o.names}" if o.names else ""))
+        if o.warning:                   # no speech, or fewer speakers than asked
+            print(f"spkid: warning: {o.warning}", file=sys.stderr)
     given = {"threshold": a.threshold, "overlap_threshold": a.overlap_threshold, "merge_raw": a.merge_raw,
              "resplit": a.resplit, "name_margin": a.name_margin, "name_margin_telephone": a.name_margin_telephone}
     for flag, v in (("--name-margin", a.name_margin), ("--name-margin-telephone", a.name_margin_telephone)):

@@ -216,7 +216,7 @@ class SpkidEmbedder:
 class FileDiarization:
     """One file's result: ``segments`` (time order), ``duration`` and ``speech`` in seconds, ``n_windows``,
     ``cluster_emb`` ``(K, E)`` (each speaker's mean window embedding, in label order), ``warning`` (None, or why
-    the file has no segments), ``narrowband`` (most of the file is a telephone band: a registry without telephone
+    the file has no segments, or that it has fewer speakers than asked), ``narrowband`` (most of the file is a telephone band: a registry without telephone
     copies of every speaker is warned about)."""
 
     segments: list[Segment]
@@ -315,7 +315,10 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     names = [f"SPEAKER_{k:02d}" for k in range(len(cents))]
     segments = [Segment(s.file, s.start, s.end, names[int(s.speaker)], s.score) for s in segments]
     mean_raw = np.stack([a.emb[labels == k].mean(0) for k in range(len(cents))])
-    return FileDiarization(segments, a.duration, a.speech_s, len(a.win), mean_raw, names, narrowband=a.narrowband)
+    want = max(n_speakers or 0, min_speakers)
+    short = (f"{a.path}: {len(cents)} speaker(s) found where {'' if n_speakers else 'at least '}{want} were asked "
+             f"(from {len(a.win)} window(s) of speech, {a.speech_s:.1f} s)") if len(cents) < want else None
+    return FileDiarization(segments, a.duration, a.speech_s, len(a.win), mean_raw, names, short, a.narrowband)
 
 
 def diarize_file(path: str | Path, embedder: Embedder, cfg: DiarizeConfig | None = None, *,

@@ -83,6 +83,15 @@ def test_diarize_argument_errors_are_one_line(trained, audio, tmp_path, capsys):
         assert not (tmp_path / "x.rttm").exists() and not any((tmp_path / "folder").iterdir())
 
 
+def test_fewer_speakers_than_asked_prints_both_lines_and_exits_2(trained, audio, tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "diarize", audio / "one.wav", "-o", tmp_path / "x.rttm", "--checkpoint",
+                           trained["ckpt"], "--num-speakers", "50")
+    assert rc == 2 and "speaker(s)," in out and (tmp_path / "x.rttm").stat().st_size > 0
+    warned = [x for x in err.strip().splitlines() if "were asked" in x]
+    assert len(warned) == 1 and warned[0].startswith("spkid: warning: ") and \
+        "speaker(s) found where 50 were asked (from " in warned[0]
+
+
 def test_onnx_runtime_gives_the_same_turns(trained, audio, tmp_path, capsys):
     pytest.importorskip("onnx")
     ckpt = tmp_path / "m.ckpt"

@@ -159,6 +159,28 @@ def test_diarize_files_takes_one_path_as_one_input(conv):
     assert o.error is None and o.n_speakers == 2
 
 
+def test_fewer_speakers_than_asked_is_a_warning(tmp_path, monkeypatch):
+    """A count the speech cannot hold (more speakers than windows): the speakers there are, and a warning that says
+    so (the API warns; diarize_files keeps it; the command prints it and exits 2)."""
+    import spkid
+    from spkid.diarization import batch
+    path = tmp_path / "short.wav"
+    write_conversation(path, n_speakers=2, seconds=6.0)
+    r = diarize_file(path, MeanLogMel(), diar_config(), n_speakers=20)
+    assert 1 < len(r.labels) < 20 and r.segments
+    assert r.warning == (f"{path}: {len(r.labels)} speaker(s) found where 20 were asked (from {r.n_windows} "
+                         f"window(s) of speech, {r.speech:.1f} s)")
+    assert "at least 20 were asked" in diarize_file(path, MeanLogMel(), diar_config(), min_speakers=20).warning
+    assert diarize_file(path, MeanLogMel(), diar_config(), n_speakers=2).warning is None
+    monkeypatch.setattr(batch, "load_embedder", lambda *a, **k: MeanLogMel())
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert spkid.diarize(path, n_speakers=20, config=diar_config())
+    assert any("were asked" in str(x.message) for x in w)
+    (o,) = diarize_files([path], MeanLogMel(), diar_config(), n_speakers=20, progress=False)
+    assert o.segments and o.error is None and "20 were asked" in o.warning
+
+
 def test_model_refuses_negative_or_fractional_threads(tmp_path):
     from spkid.errors import SpkidError
     from spkid.scoring.model import Model
