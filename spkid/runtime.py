@@ -32,6 +32,7 @@ openmp_env(os.environ)     # before torch loads libgomp; see the module doc
 
 import contextlib  # noqa: E402
 import math  # noqa: E402
+import numbers  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -193,11 +194,18 @@ def threads_for(n_cpus: int, others: float) -> int:
     return max(1, math.floor(n_cpus - others + 0.25))
 
 
+def check_threads(threads) -> None:
+    """``SpkidError`` unless ``threads`` is a whole number >= 0 (0: auto)."""
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):     # numpy's integers too
+        raise SpkidError(f"threads must be a whole number >= 0 (0 = auto), got {threads!r}")
+    if threads < 0:
+        raise SpkidError(f"threads must be >= 0 (0 = auto), got {threads}")
+
+
 def resolve_threads(threads: int = 0) -> int:
     """``threads > 0``: itself. ``0`` (auto): ``OMP_NUM_THREADS`` when set (a launcher or the user chose),
     else :func:`free_cores`."""
-    if threads < 0:
-        raise SpkidError(f"threads must be >= 0 (0 = auto), got {threads}")
+    check_threads(threads)
     if threads > 0:
         return threads
     env = os.environ.get("OMP_NUM_THREADS", "")

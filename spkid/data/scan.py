@@ -28,11 +28,16 @@ def scan(folder: str | os.PathLike, *, features: bool = False) -> list[Path]:
     return sorted(found)
 
 
+def as_sources(sources) -> list:
+    """``sources`` as a list: one path (``str`` or ``os.PathLike``) is one source, not its characters."""
+    return [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+
+
 def gather(sources, *, features: bool = True) -> tuple[list[str], list[Path]]:
     """``(ids, paths)`` for files and folders: a folder contributes ``scan(folder)`` (id = path relative to it),
     a file itself (id = the path as given)."""
     ids, items = [], []
-    for src in [sources] if isinstance(sources, (str, os.PathLike)) else sources:
+    for src in as_sources(sources):
         src = Path(src)
         if src.is_dir():
             found = scan(src, features=features)
@@ -68,7 +73,7 @@ def input_files(sources) -> list[Path]:
     the command itself names what is wrong with them. For ``fileio.refuse_overwriting_inputs``."""
     from spkid.data.hw4 import read_metadata, read_testdata
     files: list[Path] = []
-    for src in [sources] if isinstance(sources, (str, os.PathLike)) else sources:
+    for src in as_sources(sources):
         src = Path(src)
         if src.is_dir() and (src / "testdata.json").is_file():
             files += [src / n for n in ("testdata.json", "metadata.json", "mapping.json")]

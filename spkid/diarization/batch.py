@@ -81,11 +81,9 @@ def audio_inputs(paths: list[str | Path] | str | Path) -> list[Path]:
     (``data.scan.gather``). A missing file stays (its own error comes when its turn does); a folder without
     audio raises ``DataError`` naming it, before any work. One path (a string or ``Path``) is one input, not a
     sequence of characters."""
-    from spkid.data.scan import gather
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+    from spkid.data.scan import as_sources, gather
     out: list[Path] = []
-    for p in map(Path, paths):
+    for p in map(Path, as_sources(paths)):
         out += gather(p, features=False)[1] if p.is_dir() else [p]
     return out
 

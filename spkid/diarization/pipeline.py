@@ -216,8 +216,8 @@ class SpkidEmbedder:
 class FileDiarization:
     """One file's result: ``segments`` (time order), ``duration`` and ``speech`` in seconds, ``n_windows``,
     ``cluster_emb`` ``(K, E)`` (each speaker's mean window embedding, in label order), ``warning`` (None, or why
-    the file has no segments, or that it has fewer speakers than asked), ``narrowband`` (most of the file is a telephone band: a registry without telephone
-    copies of every speaker is warned about)."""
+    the file has no segments, or that it has fewer speakers than asked), ``narrowband`` (most of the file is a
+    telephone band: a registry without telephone copies of every speaker is warned about)."""
 
     segments: list[Segment]
     duration: float

@@ -21,7 +21,7 @@ from spkid.data.sampler import length_buckets, pad_batch
 from spkid.data.definition import check_definition
 from spkid.data.hw4 import load_tensor
 from spkid.errors import DataError, InputWarning, SpkidError
-from spkid.runtime import flush_denormal, resolve_device
+from spkid.runtime import check_threads, flush_denormal, resolve_device
 from spkid.models.speaker_net import SpeakerNet
 from spkid.scoring.loader import open_model
 
@@ -114,10 +114,7 @@ class Model:
         from spkid.scoring.onnx_runtime import check_runtime
         self.name = display_name(path)          # "base" for a shipped model, else the path as given
         self.runtime = check_runtime(runtime)
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
-            raise SpkidError(f"threads must be a whole number >= 0 (0 = auto), got {threads!r}")
-        if threads < 0:
-            raise SpkidError(f"threads must be >= 0 (0 = auto), got {threads}")    # as runtime.resolve_threads says
+        check_threads(threads)                  # before the checkpoint is read (the torch runtime never resolves them)
         self.quantize = quantize
         if quantize and runtime != "onnx":
             raise SpkidError("int8 quantisation needs runtime onnx")
