@@ -78,6 +78,11 @@ class DiarizeConfig:
     raw_settled_s: float = 45.0      # ... but two clusters that each hold raw_settled_s / hop_s windows only above
     merge_raw_settled: float = 0.92  # this cosine (a telephone channel pulls every raw cosine up); the higher of it
                                      # and `merge_raw` applies
+    short_speech_s: float = 20.0     # a recording with less speech than this merges from `merge_raw` minus
+    short_merge_drop: float = 0.04   # this cosine: the mean of a few windows scores lower against another such mean
+                                     # than long clusters of one voice do, and 5-12 s of one voice came out as two
+                                     # speakers in most clips (docs/diarization.md, "Short clips of one voice");
+                                     # 0: off
     resplit: float = 0.75            # > 0: then each cluster of resplit_s of speech is clustered again around its own
     resplit_s: float = 9.0           # mean and split where its parts' uncentred means have a cosine below `resplit`
                                      # (one dominant speaker leaves the others together; cluster.split_recentred);
@@ -141,6 +146,9 @@ class DiarizeConfig:
                                   "and >= 0")
         if not 0 <= self.merge_raw_settled < 1:
             raise ConfigError(f"diarize merge_raw_settled {self.merge_raw_settled}: a cosine in [0, 1)")
+        if not (0 <= self.short_merge_drop < 1 and 0 <= self.short_speech_s < float("inf")):
+            raise ConfigError(f"diarize short_merge_drop {self.short_merge_drop}, short_speech_s {self.short_speech_s}: "
+                              "need a cosine in [0, 1) (0: off) and finite seconds >= 0")
         if not (self.hmm_scale > 0 and 0 < self.hmm_loop < 1):
             raise ConfigError(f"diarize hmm_scale {self.hmm_scale}, hmm_loop {self.hmm_loop}: need a scale > 0 and a "
                               "loop probability in (0, 1)")
@@ -298,7 +306,8 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     release_free_heap()                             # the passes' freed buffers, before the clustering's (N, N) ones
     mu = C._unit(a.emb).mean(0) if cfg.centre else np.zeros(a.emb.shape[1])
     x = _space(a.emb, mu)
-    labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb, stages)
+    labels = _cluster(x, a.win, cfg, n_speakers, min_speakers, max_speakers, a.emb, stages,
+                      short=a.speech_s < cfg.short_speech_s)
     if enrolled is not None and cfg.name_split_s > 0 and n_speakers is None:
         labels = enrolled.split(a.emb, labels, max(1, int(round(cfg.name_split_s / cfg.hop_s))), max_speakers)
         if stages is not None:
@@ -396,12 +405,13 @@ def _embed_windows(stream: AudioStream, win: np.ndarray, embedder: Embedder, cfg
 
 
 def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min_speakers, max_speakers,
-             raw: np.ndarray, stages: dict[str, int] | None = None) -> np.ndarray:
+             raw: np.ndarray, stages: dict[str, int] | None = None, *, short: bool = False) -> np.ndarray:
     """Window labels ``(W,)`` 0..K-1: cluster (representatives of a long file) the centred windows ``x`` (spectral's
     clusters merged below ``cfg.threshold``, or ``cfg.settled_threshold`` between two clusters that each hold
     ``cfg.settled_s`` of speech), split a cluster again around its own mean where its parts are clearly apart
     (``cfg.resplit``), merge the clusters whose uncentred ``raw`` ``(W, E)`` means have a cosine above
-    ``cfg.merge_raw`` (``cfg.merge_raw_settled`` between two of ``cfg.raw_settled_s``; and, with
+    ``cfg.merge_raw`` (less ``cfg.short_merge_drop`` in a ``short`` recording, one of under ``cfg.short_speech_s`` of
+    speech; ``cfg.merge_raw_settled`` between two of ``cfg.raw_settled_s``; and, with
     ``cfg.same_speaker``, what the recording calls one speaker), then the HMM over all windows. ``stages``, when
     given, receives the number of speakers after each step that ran (``spectral``/``ahc``, ``merge``, ``resplit``,
     ``raw_merge``, ``same_speaker``, ``hmm``; benchmarks/diarization_stages.py)."""
@@ -428,7 +438,8 @@ def _cluster(x: np.ndarray, win: np.ndarray, cfg: DiarizeConfig, n_speakers, min
                                    **settled, max_points=cfg.max_points, max_speakers=max_speakers)
         note("resplit", labels)
     if cfg.merge_raw > 0 and n_speakers is None:
-        labels = C.merge_close(C._unit(raw), labels, 1.0 - cfg.merge_raw, min_speakers,
+        merge_raw = max(cfg.merge_raw - (cfg.short_merge_drop if short else 0.0), 0.0)
+        labels = C.merge_close(C._unit(raw), labels, 1.0 - merge_raw, min_speakers,
                                settled=cfg.raw_settled_s / cfg.hop_s,
                                settled_threshold=1.0 - max(cfg.merge_raw_settled, cfg.merge_raw))
         note("raw_merge", labels)

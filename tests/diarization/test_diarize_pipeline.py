@@ -321,6 +321,10 @@ def test_a_cluster_holding_two_enrolled_voices_is_split_into_them(tmp_path):
     ({"hmm_loop": 1.0}, "diarize hmm_scale 12.0, hmm_loop 1.0: need a scale > 0 and a loop probability in (0, 1)"),
     ({"hmm_scale": 0.0}, "diarize hmm_scale 0.0, hmm_loop 0.9: need a scale > 0 and a loop probability in (0, 1)"),
     ({"refine_step_s": 0.0}, "diarize refine_step_s 0.0, refine_window_s 1.0: both seconds > 0"),
+    ({"short_merge_drop": 1.0}, "diarize short_merge_drop 1.0, short_speech_s 20.0: need a cosine in [0, 1) (0: off) "
+                                "and finite seconds >= 0"),
+    ({"short_speech_s": float("nan")}, "diarize short_merge_drop 0.04, short_speech_s nan: need a cosine in [0, 1) "
+                                       "(0: off) and finite seconds >= 0"),
 ])
 def test_diarize_config_rejects_each_wrong_setting_by_name(bad, message):
     with pytest.raises(ConfigError) as e:
@@ -331,6 +335,30 @@ def test_diarize_config_rejects_each_wrong_setting_by_name(bad, message):
 def test_diarize_config_takes_numpy_numbers_and_settled_off_at_infinity():
     cfg = DiarizeConfig(batch=np.int64(8), merge_raw=np.float32(0.9), window_s=2, settled_s=float("inf"))
     assert cfg.batch == 8 and cfg.window_s == 2 and cfg.settled_s == float("inf")
+
+
+def test_a_short_recording_merges_its_parts_from_a_lower_cosine(tmp_path):
+    """Two halves of a recording whose mean embeddings (uncentred) score a cosine of 0.86: one speaker in 10 s of
+    speech (under short_speech_s, the raw merge from 0.88 - 0.04), two in 25 s, and two in 10 s without the drop."""
+    from spkid.diarization.pipeline import Analysis, decide
+    rng = np.random.default_rng(3)
+    base, side = np.eye(16)[0], np.eye(16)[1]
+    a = np.sqrt(0.14 / 1.86)                                  # cos(base + a side, base - a side) = 0.86
+    cfg = DiarizeConfig(refine=False, overlap=False)
+
+    def analysis(seconds: float) -> Analysis:
+        starts = np.arange(0, 16000 * seconds - 24000 + 1, 12000)
+        win = np.stack([starts, starts + 24000], 1)
+        sign = np.where(np.arange(len(starts)) < len(starts) // 2, 1.0, -1.0)[:, None]
+        emb = base + a * sign * side + 0.01 * rng.standard_normal((len(starts), 16))
+        return Analysis(tmp_path / "f.wav", seconds, [(0, int(16000 * seconds))], win, emb.astype(np.float32))
+
+    short, long = analysis(10.0), analysis(25.0)
+    assert short.speech_s < cfg.short_speech_s <= long.speech_s
+    assert len(decide(short, None, None, cfg).labels) == 1
+    assert len(decide(long, None, None, cfg).labels) == 2
+    assert len(decide(short, None, None, dataclasses.replace(cfg, short_merge_drop=0.0)).labels) == 2
+    assert len(decide(short, None, None, dataclasses.replace(cfg, merge_raw=0.03)).labels) == 1   # 0.03 - 0.04: 0
 
 
 @pytest.mark.parametrize("band_limit", [True, False])
