@@ -73,13 +73,17 @@ def clips(wavs: dict[str, np.ndarray]) -> list[tuple[str, int, np.ndarray]]:
 
 def run(wavs: dict[str, np.ndarray], checkpoint: str | None, drops: list[float], conditions: list[str]) -> dict:
     """``{(condition, kind): [clips, right at each drop...]}`` in the order built."""
+    from tqdm import tqdm
     embedder = load_embedder(checkpoint)
     cfg = DiarizeConfig(refine=False)
     out: dict[tuple[str, str], list[int]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    cut = clips(wavs)
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(cut) * len(conditions), unit="clip",
+                                                    desc="short clips") as bar:
         path = Path(tmp) / "clip.wav"
         for cond in conditions:
-            for kind, k, x in clips(wavs):
+            for kind, k, x in cut:
+                bar.update()
                 sf.write(path, degrade.telephone(x) if cond == "telephone" else x, SR)
                 with warnings.catch_warnings(), AudioStream(path) as stream:
                     warnings.simplefilter("ignore")
