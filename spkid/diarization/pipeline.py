@@ -325,9 +325,9 @@ def decide(a: Analysis, stream: AudioStream | None, embedder: Embedder | None, c
     segments = [Segment(s.file, s.start, s.end, names[int(s.speaker)], s.score) for s in segments]
     mean_raw = np.stack([a.emb[labels == k].mean(0) for k in range(len(cents))])
     want = max(n_speakers or 0, min_speakers)
-    short = (f"{a.path}: {len(cents)} speaker(s) found where {'' if n_speakers else 'at least '}{want} were asked "
+    fewer = (f"{a.path}: {len(cents)} speaker(s) found where {'' if n_speakers else 'at least '}{want} were asked "
              f"(from {len(a.win)} window(s) of speech, {a.speech_s:.1f} s)") if len(cents) < want else None
-    return FileDiarization(segments, a.duration, a.speech_s, len(a.win), mean_raw, names, short, a.narrowband)
+    return FileDiarization(segments, a.duration, a.speech_s, len(a.win), mean_raw, names, fewer, a.narrowband)
 
 
 def diarize_file(path: str | Path, embedder: Embedder, cfg: DiarizeConfig | None = None, *,
