@@ -2,7 +2,6 @@
 file its card describes (fingerprint), embeds a fixed synthetic clip as recorded, and is every command's default."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -31,10 +30,8 @@ def test_the_file_is_the_one_its_card_describes():
     assert len(ckpt["speakers"]) == c["speakers"] and c["steps"] > 0
 
 
-def test_it_loads_fast_and_embeds_the_reference_clip_as_recorded():
-    t0 = time.perf_counter()
-    m = spkid.load("base", "cpu")
-    assert time.perf_counter() - t0 < 5.0                     # the card's benchmark: under 1 s on an idle machine
+def test_it_loads_and_embeds_the_reference_clip_as_recorded():
+    m = spkid.load("base", "cpu")                             # its load time is the card's benchmark's to measure
     assert m.name == "base" and m.model_id == card("base")["fingerprint"]
     e = m.embed([torch.from_numpy(reference_clip())])[0].numpy()
     ref = np.asarray(card("base")["reference_embedding"], dtype=np.float32)
