@@ -2,14 +2,13 @@
 silence alone give ~0 s; the segment rules on hand-made probabilities; config errors."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from conftest import SHARED
-from spkid.audio.synth import make_voice, synth_utterance
 from spkid.audio import vad
+from spkid.audio.synth import make_voice, synth_utterance
 from spkid.audio.vad import (FRAME, NARROW_CHUNK, VadConfig, _session, keep_speech, narrowband_content,
                              segments_from_probs, speech_probs, speech_probs_narrowband, speech_segments)
 from spkid.errors import ConfigError

@@ -2,7 +2,6 @@
 file its card describes (fingerprint), embeds a fixed synthetic clip as recorded, and is every command's default."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -80,8 +80,10 @@ def test_concurrent_identify_requests_batch_and_give_the_sequential_answers(mode
         results = [None] * len(queries)
         inner, first = batcher.embed_fn, threading.Event()
 
-        def held(feats):        # the first batch waits until the other requests queue behind it: whether they
-            if not first.is_set():      # batch is then the batcher's doing, not a race with a loaded machine
+        def held(feats):
+            # the first batch waits until the other requests queue behind it: whether they then share a batch is
+            # the batcher's doing, not a race with a loaded machine (one CI run made 16 batches of one)
+            if not first.is_set():
                 deadline = time.monotonic() + 60
                 while batcher.stats()["queued"] < 15 and time.monotonic() < deadline:
                     time.sleep(0.01)
