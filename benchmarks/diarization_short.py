@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import degrade  # noqa: E402  (the telephone channel)
 
 from spkid.audio.io import load_audio  # noqa: E402
+from spkid.data.scan import scan  # noqa: E402
 from spkid.diarization.batch import load_embedder  # noqa: E402
 from spkid.diarization.pipeline import DiarizeConfig, analyse, decide  # noqa: E402
 from spkid.diarization.stream import AudioStream  # noqa: E402
@@ -40,11 +41,11 @@ TWO_S = (2, 3, 5, 8)                # two voices: seconds each
 
 
 def voices(folder: Path, max_voices: int | None) -> dict[str, np.ndarray]:
-    """Speaker -> 16 kHz waveform ``(S,)``: the files of each sub-folder of ``folder`` joined in name order."""
+    """Speaker -> 16 kHz waveform ``(S,)``: the audio files of each sub-folder of ``folder`` (spkid's scanner) joined
+    in name order."""
     out = {}
-    for d in sorted(p for p in folder.iterdir() if p.is_dir())[:max_voices]:
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in (".opus", ".flac", ".wav", ".ogg"))
-        if files:
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))[:max_voices]:
+        if files := scan(d):
             out[d.name] = np.concatenate([load_audio(f).numpy() for f in files])
     if len(out) < 3:
         raise SpkidError(f"{folder}: need sub-folders of at least 3 speakers' audio, found {len(out)}")
